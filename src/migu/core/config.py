@@ -1,0 +1,106 @@
+"""Configuration of MIGU: which layers, how the statistic is gathered, how rows are masked."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+PRESETS = ("attention", "ffn", "all_linear")
+MaskMode = Literal["grad", "update"]
+Reduction = Literal["sum", "mean"]
+Selection = Literal["magnitude", "random"]
+
+
+@dataclass
+class MiguConfig:
+    """Settings of one MIGU attachment. Every field is checked in ``__post_init__``.
+
+    The defaults follow the official implementation (threshold 0.7 for full finetuning,
+    every attention and FFN linear layer, all tokens counted, gradients masked).
+    """
+
+    threshold: float = 0.7
+    """Fraction T in [0, 1) of output channels whose weight-gradient rows are zeroed.
+    A row is kept when its statistic is at or above the T-quantile (linear interpolation)
+    of its layer's statistic; T = 0 keeps every row."""
+
+    layers: str = "all_linear"
+    """Preset of target layers: ``attention`` (q, k, v, o projections), ``ffn`` (the 2 or 3
+    linear layers of each feed-forward block) or ``all_linear`` (every supported linear layer
+    except the output embedding)."""
+
+    include: tuple[str, ...] = ()
+    """Regular expressions (``re.search`` on the module name); when given, only layers of the
+    preset whose name matches one of them are targeted. Each pattern must match a layer."""
+
+    exclude: tuple[str, ...] = ()
+    """Regular expressions of module names to leave untouched. Each must match a layer."""
+
+    include_lm_head: bool = False
+    """Also target the output embedding (``lm_head``) and any layer tied to the input
+    embedding. Off by default, as in the paper."""
+
+    reduction: Reduction = "sum"
+    """``sum`` of |output| over the step's tokens, or its ``mean`` (sum / token count).
+    Both rank rows identically; ``mean`` keeps magnitudes comparable across steps."""
+
+    ignore_padding: bool = False
+    """Count only real tokens. The token mask is taken from the model call's
+    ``attention_mask`` (encoder side) and ``decoder_attention_mask`` or ``labels != -100``
+    (decoder side of encoder-decoder models), or set with ``handle.set_token_mask``.
+    Off by default: the official code counts padding tokens too."""
+
+    mask_mode: MaskMode = "grad"
+    """``grad``: multiply masked rows of ``weight.grad`` by 0 just before the optimizer step
+    (official; Adam momentum and weight decay still move those rows). ``update``: masked rows
+    are left exactly unchanged by the optimizer step (their values are restored after it)."""
+
+    mask_bias: bool = False
+    """Also zero the bias entries of masked rows. Off by default (bias untouched)."""
+
+    selection: Selection = "magnitude"
+    """``magnitude`` is MIGU. ``random`` is the control: per layer and step, keep as many rows
+    as the magnitude rule would, chosen uniformly at random."""
+
+    seed: int = 0
+    """Seed of the ``random`` selection; the same on every rank, so all ranks agree."""
+
+    sync_distributed: bool = True
+    """Sum the statistic over ranks (one all-reduce per step) when torch.distributed is
+    initialized, so that every rank masks the same rows."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)):
+            raise TypeError(f"threshold must be a number in [0, 1), got {self.threshold!r}")
+        if not 0.0 <= float(self.threshold) < 1.0:
+            raise ValueError(
+                f"threshold must be in [0, 1) (the fraction of rows whose gradient is zeroed), "
+                f"got {self.threshold}"
+            )
+        self.threshold = float(self.threshold)
+        if self.layers not in PRESETS:
+            raise ValueError(f"unknown layer preset {self.layers!r}; choose one of {', '.join(PRESETS)}")
+        self.include = _patterns("include", self.include)
+        self.exclude = _patterns("exclude", self.exclude)
+        _choice("reduction", self.reduction, ("sum", "mean"))
+        _choice("mask_mode", self.mask_mode, ("grad", "update"))
+        _choice("selection", self.selection, ("magnitude", "random"))
+
+
+def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _patterns(name: str, value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = (value,)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(p, str) for p in value):
+        raise TypeError(f"{name} must be a list of regular expressions, got {value!r}")
+    for pattern in value:
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            raise ValueError(f"{name} pattern {pattern!r} is not a valid regular expression: {err}") from err
+    return tuple(value)

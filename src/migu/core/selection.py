@@ -1,0 +1,41 @@
+"""Row selection: which output channels keep their gradient, from a layer's statistic.
+
+Pure functions on fp32 tensors of shape [layers, rows] (layers of equal width are stacked so
+that one kernel ranks them all). No host synchronisation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def cut_index(rows: int, threshold: float) -> int:
+    """Index, in ascending order, of the smallest kept value: ceil(T * (rows - 1)).
+
+    Keeping values >= sorted[cut_index] is keeping values at or above the T-quantile under
+    linear interpolation (``torch.quantile``'s default), without its rounding error. A tiny
+    tolerance absorbs binary fractions such as 0.7 * 10 = 7.000000000000001.
+    """
+    return min(rows - 1, max(0, math.ceil(threshold * (rows - 1) - 1e-9)))
+
+
+def magnitude_keep(stats: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Boolean [layers, rows]: rows whose statistic is at or above the T-quantile of its layer."""
+    cut = cut_index(stats.shape[-1], threshold)
+    if cut == 0:
+        return torch.ones_like(stats, dtype=torch.bool)
+    floor = stats.kthvalue(cut + 1, dim=-1, keepdim=True).values
+    return stats >= floor
+
+
+def random_keep(stats: torch.Tensor, threshold: float, generator: torch.Generator) -> torch.Tensor:
+    """Boolean [layers, rows]: per layer, as many rows as ``magnitude_keep`` keeps, uniformly at random.
+
+    ``generator`` is a CPU generator so that every rank draws the same rows.
+    """
+    counts = magnitude_keep(stats, threshold).sum(dim=-1, keepdim=True)
+    scores = torch.rand(stats.shape, generator=generator).to(stats.device)
+    ranks = scores.argsort(dim=-1).argsort(dim=-1)
+    return ranks < counts

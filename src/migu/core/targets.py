@@ -1,0 +1,193 @@
+"""Which layers MIGU masks, and from which module output each layer's statistic comes.
+
+A *source* is a module whose output gives the per-channel statistic; a *target* is a weight
+whose gradient rows are masked by it. Usually a layer is both. Under PEFT LoRA, the A matrix
+is masked by its own r-dim output, and B (plus the base weight, if trainable) by the combined
+layer output ``xW + scale * xAB`` (paper, section 3.3).
+
+Supported layers: ``torch.nn.Linear``, transformers ``Conv1D`` (GPT-2; weight stored as
+[in, out]) and PEFT ``lora.Linear``. transformers and peft are looked up in ``sys.modules``
+only: a model cannot hold their layers unless they are imported, so the core imports neither.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from torch import nn
+
+from .config import MiguConfig
+
+Side = Literal["input", "decoder"]
+
+_ATTENTION = re.compile(r"attn|attention", re.IGNORECASE)
+_IN_BLOCK = re.compile(r"\.\d+\.")
+_CROSS_ATTENTION = re.compile(r"encdecattention|crossattention|cross_attn|encoder_attn", re.IGNORECASE)
+_KEY_VALUE = {"k", "v", "key", "value", "k_proj", "v_proj", "k_lin", "v_lin"}
+
+
+@dataclass(eq=False)
+class Target:
+    """A weight whose gradient rows (output channels) are masked."""
+
+    name: str
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+    rows_last: bool = False  # Conv1D keeps output channels in the last weight dimension
+
+    def rows(self) -> int:
+        return self.weight.shape[1] if self.rows_last else self.weight.shape[0]
+
+
+@dataclass(eq=False)
+class Source:
+    """A module whose output statistic decides the kept rows of its targets."""
+
+    name: str
+    module: nn.Module
+    side: Side
+    targets: list[Target] = field(default_factory=list)
+
+    def rows(self) -> int:
+        return self.targets[0].rows()
+
+
+def _conv1d_class() -> Any:
+    mod = sys.modules.get("transformers.pytorch_utils")
+    return getattr(mod, "Conv1D", None) if mod is not None else None
+
+
+def _lora_linear_class() -> Any:
+    mod = sys.modules.get("peft.tuners.lora.layer")
+    return getattr(mod, "Linear", None) if mod is not None else None
+
+
+def in_preset(name: str, preset: str) -> bool:
+    """Whether the module name belongs to a layer preset.
+
+    ``attention``: a dotted part of the name contains ``attn`` or ``attention``.
+    ``ffn``: inside a numbered block (``.N.``) and not attention.
+    ``all_linear``: every supported layer.
+    """
+    is_attention = any(_ATTENTION.search(part) for part in name.split("."))
+    if preset == "attention":
+        return is_attention
+    if preset == "ffn":
+        return not is_attention and bool(_IN_BLOCK.search(f".{name}."))
+    return True
+
+
+def side_of(name: str) -> Side:
+    """``decoder`` for layers on the decoder side of an encoder-decoder model, else ``input``.
+
+    Keys and values of cross-attention read encoder states, so they are on the input side.
+    """
+    parts = name.split(".")
+    if any(_CROSS_ATTENTION.search(p) for p in parts) and parts[-1] in _KEY_VALUE:
+        return "input"
+    return "decoder" if any(p == "decoder" or p.startswith("decoder_") for p in parts) else "input"
+
+
+def _tied_output_ids(model: nn.Module) -> set[int]:
+    """Ids of the output embedding and of every layer whose weight is an input embedding's."""
+    ids: set[int] = set()
+    get_out = getattr(model, "get_output_embeddings", None)
+    if callable(get_out):
+        try:
+            out = get_out()
+        except (AttributeError, NotImplementedError):
+            out = None
+        if isinstance(out, nn.Module):
+            ids.add(id(out))
+    embedding_ptrs = {m.weight.data_ptr() for m in model.modules() if isinstance(m, nn.Embedding)}
+    for m in model.modules():
+        weight = getattr(m, "weight", None)
+        tied = isinstance(weight, nn.Parameter) and weight.data_ptr() in embedding_ptrs
+        if tied and not isinstance(m, nn.Embedding):
+            ids.add(id(m))
+    return ids
+
+
+def supported_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """All layers MIGU knows how to mask, in module order; LoRA layers hide their children."""
+    conv1d, lora_linear = _conv1d_class(), _lora_linear_class()
+    kinds: Any = tuple(k for k in (nn.Linear, conv1d) if k is not None)
+    hidden: set[int] = set()
+    layers: list[tuple[str, nn.Module]] = []
+    for name, module in model.named_modules():
+        if id(module) in hidden:
+            continue
+        if lora_linear is not None and isinstance(module, lora_linear):
+            hidden.update(id(m) for m in module.modules() if m is not module)
+            layers.append((name, module))
+        elif isinstance(module, kinds):
+            layers.append((name, module))
+    return layers
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    conv1d = _conv1d_class()
+    return conv1d is not None and isinstance(module, conv1d)
+
+
+def _plain_target(name: str, module: Any) -> Target:
+    return Target(name, module.weight, getattr(module, "bias", None), rows_last=_is_conv1d(module))
+
+
+def sources_for(name: str, module: Any) -> list[Source]:
+    """The statistic sources of one layer (one for a plain layer, 1 + adapters for LoRA)."""
+    lora_linear = _lora_linear_class()
+    side = side_of(name)
+    if lora_linear is None or not isinstance(module, lora_linear):
+        if not module.weight.requires_grad:
+            return []
+        return [Source(name, module, side, [_plain_target(name, module)])]
+    combined = Source(name, module, side)
+    base = module.get_base_layer()
+    if base.weight.requires_grad:
+        combined.targets.append(_plain_target(f"{name}.base_layer", base))
+    sources = [combined]
+    for adapter, lora_a in module.lora_A.items():
+        lora_b = module.lora_B[adapter]
+        if lora_a.weight.requires_grad:
+            a_name = f"{name}.lora_A.{adapter}"
+            sources.append(Source(a_name, lora_a, side, [_plain_target(a_name, lora_a)]))
+        if lora_b.weight.requires_grad:
+            combined.targets.append(_plain_target(f"{name}.lora_B.{adapter}", lora_b))
+    return [s for s in sources if s.targets]
+
+
+def find_sources(model: nn.Module, config: MiguConfig) -> list[Source]:
+    """Resolve the config's preset and patterns to statistic sources; explain any mismatch."""
+    layers = supported_layers(model)
+    if not layers:
+        raise ValueError(
+            f"{type(model).__name__} has no layer MIGU supports (torch.nn.Linear, transformers "
+            "Conv1D, PEFT LoRA Linear)"
+        )
+    tied = set() if config.include_lm_head else _tied_output_ids(model)
+    candidates = [(n, m) for n, m in layers if id(m) not in tied and in_preset(n, config.layers)]
+    for kind, patterns in (("include", config.include), ("exclude", config.exclude)):
+        for pattern in patterns:
+            if not any(re.search(pattern, n) for n, _ in candidates):
+                raise ValueError(
+                    f"{kind} pattern {pattern!r} matches no layer of preset {config.layers!r}; "
+                    f"layers are named like {', '.join(n for n, _ in candidates[:4])}"
+                )
+    chosen = [
+        (n, m)
+        for n, m in candidates
+        if (not config.include or any(re.search(p, n) for p in config.include))
+        and not any(re.search(p, n) for p in config.exclude)
+    ]
+    sources = [s for n, m in chosen for s in sources_for(n, m)]
+    if not sources:
+        reason = "after include/exclude" if chosen else f"in preset {config.layers!r}"
+        raise ValueError(
+            f"{type(model).__name__} has no trainable layer for MIGU {reason}: "
+            f"{len(layers)} supported layers found, none selected with a trainable weight"
+        )
+    return sources

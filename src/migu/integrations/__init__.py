@@ -1,0 +1,1 @@
+"""Integrations of the MIGU core with training frameworks."""

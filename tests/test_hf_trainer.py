@@ -1,0 +1,65 @@
+"""MIGU in the Hugging Face Trainer, with gradient accumulation."""
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+import migu
+
+from tiny import ReferenceStatistic, batch, build, expected_layers, weight_rows_changed
+
+
+class Checker(TrainerCallback):
+    """Runs after MiguCallback: checks the mask against the test's own statistic of every
+    micro-batch of the step, and that masked rows did not move while kept rows did."""
+
+    def __init__(self, migu_callback, model, names):
+        self.migu = migu_callback
+        self.names = names
+        self.ref = ReferenceStatistic(model, names)
+        self.params = dict(model.named_parameters())
+        self.steps = 0
+        self.micro_batches = 0
+
+    def on_step_begin(self, args, state, control, **kw):
+        self.micro_batches += 1
+
+    def on_substep_end(self, args, state, control, **kw):
+        self.micro_batches += 1
+
+    def on_pre_optimizer_step(self, args, state, control, **kw):
+        report = self.migu.handle.report()
+        self.keep = {}
+        for name in self.names:
+            expected = self.ref.kept_rows(name, 0.7)
+            assert torch.equal(report[name].kept_rows, expected), name
+            keep = torch.zeros(report[name].rows, dtype=torch.bool)
+            keep[expected] = True
+            self.keep[name] = keep
+        self.before = {n: self.params[f"{n}.weight"].detach().clone() for n in self.names}
+        self.ref.sums = dict.fromkeys(self.names)
+
+    def on_optimizer_step(self, args, state, control, **kw):
+        for name in self.names:
+            changed = weight_rows_changed(self.before[name], self.params[f"{name}.weight"].detach())
+            assert changed[self.keep[name]].all(), name
+            assert not changed[~self.keep[name]].any(), name
+        self.steps += 1
+
+
+def test_trainer_with_gradient_accumulation(tmp_path):
+    model = build("bert")
+    data = batch("bert", size=16, length=8)
+    dataset = [{k: v[i] for k, v in data.items()} for i in range(16)]
+    callback = migu.MiguCallback(threshold=0.7, mask_mode="update")
+    checker = Checker(callback, model, expected_layers("bert", "all_linear"))
+    args = TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=2, gradient_accumulation_steps=2,
+        max_steps=4, learning_rate=1e-2, weight_decay=0.1, report_to=[], save_strategy="no",
+        logging_strategy="no", use_cpu=True, remove_unused_columns=False, max_grad_norm=1.0,
+    )  # fmt: skip
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[callback, checker])
+    trainer.train()
+    assert checker.steps == 4
+    assert checker.micro_batches == 8  # the statistic of each step covered 2 micro-batches
+    assert callback.handle is None  # removed at the end of training
+    assert not any(m._forward_hooks for n, m in model.named_modules() if n not in checker.names)

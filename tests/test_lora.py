@@ -1,0 +1,127 @@
+"""PEFT LoRA: A is masked by its own r-dim output, B by the combined output xW + scale * xAB."""
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+import migu
+
+from tiny import batch, build, weight_rows_changed
+
+CASES = {"llama": ["q_proj", "v_proj"], "gpt2": ["c_attn"]}
+
+
+def _lora_model(arch):
+    base = build(arch)
+    config = LoraConfig(
+        r=8, lora_alpha=32, lora_dropout=0.0, target_modules=CASES[arch], init_lora_weights=False,
+        fan_in_fan_out=arch == "gpt2",
+    )  # fmt: skip
+    return get_peft_model(base, config)
+
+
+def _lora_layers(model):
+    return {n: m for n, m in model.named_modules() if hasattr(m, "lora_A") and hasattr(m, "get_base_layer")}
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_lora_a_and_b_statistics_and_kept_rows(arch):
+    model = _lora_model(arch)
+    layers = _lora_layers(model)
+    inputs, outputs = {}, {}
+
+    def capture(name):
+        def hook(module, args, output):
+            inputs[name], outputs[name] = args[0], output
+
+        return hook
+
+    hooks = [m.register_forward_hook(capture(n)) for n, m in layers.items()]
+    handle = migu.attach(model, threshold=0.7)
+    model(**batch(arch)).loss.backward()
+    stats = handle.statistics()
+    handle.before_optimizer_step()
+    report = handle.report()
+    expected = set()
+    for name, layer in layers.items():
+        x = inputs[name].detach().double()
+        a = layer.lora_A["default"].weight.detach().double()
+        b = layer.lora_B["default"].weight.detach().double()
+        w = layer.get_base_layer().weight.detach().double()
+        w = w.t() if arch == "gpt2" else w  # Conv1D keeps [in, out]
+        bias = layer.get_base_layer().bias
+        a_out = x @ a.t()
+        combined = x @ w.t() + layer.scaling["default"] * (a_out @ b.t())
+        if bias is not None:
+            combined = combined + bias.detach().double()
+        torch.testing.assert_close(combined, outputs[name].detach().double(), rtol=1e-4, atol=1e-5)
+        for source, out in ((f"{name}.lora_A.default", a_out), (name, combined)):
+            stat = out.abs().reshape(-1, out.shape[-1]).sum(0)
+            torch.testing.assert_close(stats[source].double(), stat, rtol=1e-4, atol=1e-4)
+            assert torch.equal(
+                report[source].kept_rows, (stat >= torch.quantile(stat, 0.7)).nonzero().flatten()
+            )
+        assert report[name].targets == [f"{name}.lora_B.default"]  # base weight frozen: not a target
+        assert report[f"{name}.lora_A.default"].rows == 8
+        expected |= {name, f"{name}.lora_A.default"}
+        # masked gradient rows
+        for source, module in (
+            (f"{name}.lora_A.default", layer.lora_A["default"]),
+            (name, layer.lora_B["default"]),
+        ):
+            keep = torch.zeros(report[source].rows, dtype=torch.bool)
+            keep[report[source].kept_rows] = True
+            assert (module.weight.grad[~keep] == 0).all()
+            assert (module.weight.grad[keep] != 0).any()
+    assert set(report) == expected
+    for h in hooks:
+        h.remove()
+    handle.remove()
+
+
+def test_lora_training_freezes_base_and_masks_rows():
+    model = _lora_model("llama")
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    handle = migu.attach(model, threshold=0.7, optimizer=opt)
+    for step in range(3):
+        model(**batch("llama", seed=step)).loss.backward()
+        before = {t.name: t.weight.detach().clone() for s in handle.sources for t in s.targets}
+        opt.step()
+        opt.zero_grad()
+        report = handle.report()
+        for source in handle.sources:
+            keep = torch.zeros(source.rows(), dtype=torch.bool)
+            keep[report[source.name].kept_rows] = True
+            for t in source.targets:
+                changed = weight_rows_changed(before[t.name], t.weight.detach())
+                assert changed[keep].all() and not changed[~keep].any(), t.name
+    for n, p in model.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), n
+    handle.remove()
+
+
+def test_trainable_base_weight_masked_by_combined_output():
+    model = _lora_model("llama")
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    layer.get_base_layer().weight.requires_grad_(True)
+    handle = migu.attach(model, threshold=0.7)
+    name = next(s.name for s in handle.sources if s.module is layer)
+    assert handle.report()[name].targets == [f"{name}.base_layer", f"{name}.lora_B.default"]
+    handle.remove()
+
+
+def test_refresh_picks_up_new_adapter():
+    model = _lora_model("llama")
+    handle = migu.attach(model)
+    before = len(handle.layer_names)
+    model.add_adapter("task2", LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+    model.base_model.set_adapter(["default", "task2"])
+    for n, p in model.named_parameters():
+        if "lora_" in n:
+            p.requires_grad_("task2" in n)
+    handle.refresh()
+    assert len(handle.layer_names) == before
+    assert all("task2" in n for n in handle.layer_names)
+    handle.remove()
