@@ -12,9 +12,7 @@ from tiny import batch, build
 def test_remove_restores_outputs_and_leaves_only_foreign_hooks():
     model = build("bert")
     calls = []
-    foreign = model.bert.encoder.layer[0].attention.self.query.register_forward_hook(
-        lambda *a: calls.append(1)
-    )
+    foreign = model.bert.encoder.layer[0].attention.self.query.register_forward_hook(lambda *a: calls.append(1))
     b = batch("bert")
     with torch.no_grad():
         model.eval()
@@ -29,10 +27,7 @@ def test_remove_restores_outputs_and_leaves_only_foreign_hooks():
     hooked = [
         n
         for n, m in model.named_modules()
-        if m._forward_hooks
-        or m._forward_pre_hooks
-        or m._forward_hooks_with_kwargs
-        or m._forward_pre_hooks_with_kwargs
+        if m._forward_hooks or m._forward_pre_hooks or m._forward_hooks_with_kwargs or m._forward_pre_hooks_with_kwargs
     ]
     assert hooked == ["bert.encoder.layer.0.attention.self.query"]
     assert len(model.bert.encoder.layer[0].attention.self.query._forward_hooks) == 1

@@ -53,10 +53,19 @@ def test_trainer_with_gradient_accumulation(tmp_path):
     callback = migu.MiguCallback(threshold=0.7, mask_mode="update")
     checker = Checker(callback, model, expected_layers("bert", "all_linear"))
     args = TrainingArguments(
-        output_dir=str(tmp_path), per_device_train_batch_size=2, gradient_accumulation_steps=2,
-        max_steps=4, learning_rate=1e-2, weight_decay=0.1, report_to=[], save_strategy="no",
-        logging_strategy="no", use_cpu=True, remove_unused_columns=False, max_grad_norm=1.0,
-    )  # fmt: skip
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        max_steps=4,
+        learning_rate=1e-2,
+        weight_decay=0.1,
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        use_cpu=True,
+        remove_unused_columns=False,
+        max_grad_norm=1.0,
+    )
     trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[callback, checker])
     trainer.train()
     assert checker.steps == 4

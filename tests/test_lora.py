@@ -14,9 +14,13 @@ CASES = {"llama": ["q_proj", "v_proj"], "gpt2": ["c_attn"]}
 def _lora_model(arch):
     base = build(arch)
     config = LoraConfig(
-        r=8, lora_alpha=32, lora_dropout=0.0, target_modules=CASES[arch], init_lora_weights=False,
+        r=8,
+        lora_alpha=32,
+        lora_dropout=0.0,
+        target_modules=CASES[arch],
+        init_lora_weights=False,
         fan_in_fan_out=arch == "gpt2",
-    )  # fmt: skip
+    )
     return get_peft_model(base, config)
 
 
@@ -58,9 +62,7 @@ def test_lora_a_and_b_statistics_and_kept_rows(arch):
         for source, out in ((f"{name}.lora_A.default", a_out), (name, combined)):
             stat = out.abs().reshape(-1, out.shape[-1]).sum(0)
             torch.testing.assert_close(stats[source].double(), stat, rtol=1e-4, atol=1e-4)
-            assert torch.equal(
-                report[source].kept_rows, (stat >= torch.quantile(stat, 0.7)).nonzero().flatten()
-            )
+            assert torch.equal(report[source].kept_rows, (stat >= torch.quantile(stat, 0.7)).nonzero().flatten())
         assert report[name].targets == [f"{name}.lora_B.default"]  # base weight frozen: not a target
         assert report[f"{name}.lora_A.default"].rows == 8
         expected |= {name, f"{name}.lora_A.default"}

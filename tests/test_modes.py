@@ -43,9 +43,7 @@ def test_sgd_masked_rows_bit_identical(arch):
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_adamw_update_mode_masked_rows_bit_identical(arch):
-    _train_and_check(
-        arch, torch.optim.AdamW, "update", steps=4, check_unchanged=True, lr=1e-3, weight_decay=0.1
-    )
+    _train_and_check(arch, torch.optim.AdamW, "update", steps=4, check_unchanged=True, lr=1e-3, weight_decay=0.1)
 
 
 def test_adamw_grad_mode_lets_momentum_move_masked_rows():
@@ -89,9 +87,7 @@ def test_bf16_autocast_trains_and_masks():
         keep = torch.zeros(layer.rows, dtype=torch.bool)
         keep[layer.kept_rows] = True
         assert len(layer.kept_rows) == layer.rows - cut_index(layer.rows, 0.7)
-        changed = weight_rows_changed(
-            before[f"{name}.weight"], dict(model.named_parameters())[f"{name}.weight"]
-        )
+        changed = weight_rows_changed(before[f"{name}.weight"], dict(model.named_parameters())[f"{name}.weight"])
         assert changed[keep].all() and not changed[~keep].any(), name
     assert all(v.dtype == torch.float32 for v in handle.statistics().values())
 

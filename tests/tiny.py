@@ -17,30 +17,56 @@ def build(arch: str, seed: int = 0) -> torch.nn.Module:
             "roberta": (tf.RobertaConfig, tf.RobertaForMaskedLM),
         }[arch]
         config = cls_cfg(
-            vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-            intermediate_size=48, max_position_embeddings=64, hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0, pad_token_id=1 if arch == "roberta" else 0,
-        )  # fmt: skip
+            vocab_size=VOCAB,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=48,
+            max_position_embeddings=64,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+            pad_token_id=1 if arch == "roberta" else 0,
+        )
         model = cls_model(config)
     elif arch in ("t5", "t5_gated"):
         config = tf.T5Config(
-            vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2,
-            num_heads=4, dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0,
+            vocab_size=VOCAB,
+            d_model=32,
+            d_kv=8,
+            d_ff=48,
+            num_layers=2,
+            num_decoder_layers=2,
+            num_heads=4,
+            dropout_rate=0.0,
+            decoder_start_token_id=0,
+            pad_token_id=0,
             feed_forward_proj="gated-gelu" if arch == "t5_gated" else "relu",
-        )  # fmt: skip
+        )
         model = tf.T5ForConditionalGeneration(config)
     elif arch == "llama":
         config = tf.LlamaConfig(
-            vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-            tie_word_embeddings=True, pad_token_id=0,
-        )  # fmt: skip
+            vocab_size=VOCAB,
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            tie_word_embeddings=True,
+            pad_token_id=0,
+        )
         model = tf.LlamaForCausalLM(config)
     elif arch == "gpt2":
         config = tf.GPT2Config(
-            vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
-            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        )  # fmt: skip
+            vocab_size=VOCAB,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            n_positions=64,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
         model = tf.GPT2LMHeadModel(config)
     else:
         raise ValueError(arch)
@@ -67,15 +93,22 @@ def expected_layers(arch: str, preset: str) -> list[str]:
     layers = range(2)
     if arch in ("bert", "roberta"):
         p = "bert" if arch == "bert" else "roberta"
-        attn = [f"{p}.encoder.layer.{i}.attention.{n}" for i in layers
-                for n in ("self.query", "self.key", "self.value", "output.dense")]  # fmt: skip
+        attn = [
+            f"{p}.encoder.layer.{i}.attention.{n}"
+            for i in layers
+            for n in ("self.query", "self.key", "self.value", "output.dense")
+        ]
         ffn = [f"{p}.encoder.layer.{i}.{n}" for i in layers for n in ("intermediate.dense", "output.dense")]
         extra = ["cls.predictions.transform.dense"] if arch == "bert" else ["lm_head.dense"]
     elif arch.startswith("t5"):
         wi = ("wi_0", "wi_1", "wo") if arch == "t5_gated" else ("wi", "wo")
         attn = [f"encoder.block.{i}.layer.0.SelfAttention.{n}" for i in layers for n in "qkvo"]
-        attn += [f"decoder.block.{i}.layer.{j}.{kind}.{n}" for i in layers
-                 for j, kind in ((0, "SelfAttention"), (1, "EncDecAttention")) for n in "qkvo"]  # fmt: skip
+        attn += [
+            f"decoder.block.{i}.layer.{j}.{kind}.{n}"
+            for i in layers
+            for j, kind in ((0, "SelfAttention"), (1, "EncDecAttention"))
+            for n in "qkvo"
+        ]
         ffn = [f"encoder.block.{i}.layer.1.DenseReluDense.{n}" for i in layers for n in wi]
         ffn += [f"decoder.block.{i}.layer.2.DenseReluDense.{n}" for i in layers for n in wi]
         extra = []

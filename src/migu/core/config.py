@@ -75,8 +75,7 @@ class MiguConfig:
             raise TypeError(f"threshold must be a number in [0, 1), got {self.threshold!r}")
         if not 0.0 <= float(self.threshold) < 1.0:
             raise ValueError(
-                f"threshold must be in [0, 1) (the fraction of rows whose gradient is zeroed), "
-                f"got {self.threshold}"
+                f"threshold must be in [0, 1) (the fraction of rows whose gradient is zeroed), got {self.threshold}"
             )
         self.threshold = float(self.threshold)
         if self.layers not in PRESETS:

@@ -149,9 +149,7 @@ class MiguHandle:
         if self._paused or self._masked:
             return
         recorder = self._live()
-        with_grad = [
-            (i, t) for i, s in enumerate(self.sources) for t in s.targets if t.weight.grad is not None
-        ]
+        with_grad = [(i, t) for i, s in enumerate(self.sources) for t in s.targets if t.weight.grad is not None]
         if not any(recorder.forwards):
             raise ValueError(
                 "MIGU was asked to mask before any training forward: the statistic is empty "
@@ -247,6 +245,10 @@ class MiguHandle:
                 mean_jaccard=float(torch.stack(d["jaccard"]).mean()) if d and d["jaccard"] else None,
             )
         return out
+
+    def reseed(self, seed: int) -> None:
+        """Restart the generator of the ``random`` selection (e.g. per task, for resumable runs)."""
+        self._generator.manual_seed(seed)
 
     def reset_report(self) -> None:
         """Forget the masking history (e.g. at the start of a new task)."""

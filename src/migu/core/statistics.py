@@ -27,8 +27,7 @@ class Recorder:
         self.ignore_padding = ignore_padding
         self.enabled = True
         self.buffers = [
-            torch.zeros(s.rows() + 1, dtype=torch.float32, device=s.targets[0].weight.device)
-            for s in self.sources
+            torch.zeros(s.rows() + 1, dtype=torch.float32, device=s.targets[0].weight.device) for s in self.sources
         ]
         self.forwards = [0] * len(self.sources)
         self._host_tokens = [0] * len(self.sources)

@@ -21,9 +21,7 @@ class MiguCallback(TrainerCallback):
     caller then owns: it is neither attached nor removed here). ``handle`` is the live handle.
     """
 
-    def __init__(
-        self, config: MiguConfig | None = None, *, handle: MiguHandle | None = None, **overrides: Any
-    ) -> None:
+    def __init__(self, config: MiguConfig | None = None, *, handle: MiguHandle | None = None, **overrides: Any) -> None:
         if handle is not None and (config is not None or overrides):
             raise ValueError("pass either an existing MIGU handle or a config, not both")
         self._config = config if config is not None or handle is not None else MiguConfig(**overrides)

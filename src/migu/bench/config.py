@@ -1,0 +1,127 @@
+"""A run's configuration: YAML -> nested dict (+ ``key=value`` overrides) -> typed dataclasses."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..train.config import TrainConfig
+
+
+@dataclass
+class DataConfig:
+    """Where the tasks come from and how many examples of each."""
+
+    source: str = "cl_benchmark"
+    """``cl_benchmark`` (local JSON), ``bbc`` (packaged BBC News) or ``hub`` (Hugging Face)."""
+    root: str = "../shared/data/cl_benchmark"
+    order: Any = "order1"
+    """An order name from ``orders.json`` or a list of task names (for bbc: lists of topics)."""
+    replace: dict[str, str] = field(default_factory=dict)
+    """Stand-ins for missing tasks, e.g. ``{yahoo: yelp}``."""
+    n_train: int | None = 1000
+    n_test: int | None = 1000
+    n_validation: int = 0
+    evaluate_on: str = "test"
+    """``test``, or ``validation`` (held out of the training data) to choose hyperparameters."""
+    seed: int | None = None
+    """Seed of the example sampling; by default the run's seed."""
+    with_task_name: bool = False
+    """Prefix each prompt with its task name (the official code does; it leaks task identity)."""
+
+    def __post_init__(self) -> None:
+        if self.source not in ("cl_benchmark", "bbc", "hub"):
+            raise ValueError(f"data.source must be cl_benchmark, bbc or hub; got {self.source!r}")
+        if self.evaluate_on not in ("test", "validation"):
+            raise ValueError(f"data.evaluate_on must be test or validation; got {self.evaluate_on!r}")
+        if self.evaluate_on == "validation" and self.n_validation < 1:
+            raise ValueError("data.evaluate_on=validation needs data.n_validation >= 1")
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines one run (one model, one method, one seed, one task order)."""
+
+    model: str = "minilm"
+    method: str = "finetune"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Settings per method name, e.g. ``{migu: {threshold: 0.7}}``."""
+    evaluation: str = "generate"
+    """Decoders: ``generate`` (greedy, exact match; the paper's metric) or ``rank`` (candidates)."""
+    output_dir: str = "runs"
+    name: str | None = None
+    """Folder of the run under ``output_dir``; by default model-method-order-seed."""
+    progress: bool | None = None
+    """Progress bars for tasks, steps and evaluation; by default when stderr is a terminal."""
+
+    def run_name(self) -> str:
+        if self.name:
+            return self.name
+        order = self.data.order if isinstance(self.data.order, str) else "custom"
+        return f"{self.model}_{self.method}_{order}_seed{self.seed}".replace("/", "-")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _coerce(value: str) -> Any:
+    """A ``key=value`` override's value, read as YAML (numbers, booleans, lists, null)."""
+    return yaml.safe_load(value) if value != "" else ""
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``train.lr=3e-5 methods.migu.threshold=0.5 seed=1`` on a nested dict (a copy)."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not key=value")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {part!r} is not a section")
+        node[parts[-1]] = _coerce(value)
+    return out
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    if not isinstance(values, dict):
+        raise ValueError(f"{where} must be a mapping, got {type(values).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in {where}; known: {', '.join(sorted(known))}")
+    return cls(**values)
+
+
+def run_config(raw: dict[str, Any]) -> RunConfig:
+    """Typed, checked config from a nested dict."""
+    raw = dict(raw or {})
+    data = _build(DataConfig, raw.pop("data", {}) or {}, "data")
+    train = _build(TrainConfig, raw.pop("train", {}) or {}, "train")
+    for key in ("lr",):
+        if key in raw:
+            raise ValueError(f"{key!r} belongs under train: (train.{key})")
+    return _build(RunConfig, {**raw, "data": data, "train": train}, "the run config")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config file {p} does not exist")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{p} is not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ValueError(f"{p} must hold a mapping of settings")
+    return raw

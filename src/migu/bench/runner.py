@@ -1,0 +1,224 @@
+"""Run a task sequence end to end: train each task, evaluate every task, write the results.
+
+The only place that knows task orders, checkpoints and result files. State is saved at task
+boundaries, so a killed run restarts after its last finished task and ends with the same
+numbers as an uninterrupted one (every task's randomness is seeded from the seed and the
+task's position).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import metrics
+from ..data.bbc import bbc_sequence
+from ..data.cl_benchmark import load_sequence
+from ..data.tasks import Task, TaskSequence
+from ..methods import TaskContext, build_methods
+from ..models import load_model
+from ..train import accuracy, make_accelerator, make_format, train_task
+from .config import RunConfig
+
+RESULTS = "results.json"
+
+
+def load_tasks(config: RunConfig) -> TaskSequence:
+    data = config.data
+    seed = config.seed if data.seed is None else data.seed
+    if data.source == "cl_benchmark":
+        return load_sequence(data.root, data.order, data.n_train, data.n_test, data.n_validation, seed, data.replace)
+    if data.source == "bbc":
+        kwargs = {} if isinstance(data.order, str) else {"tasks": [tuple(t) for t in data.order]}
+        return bbc_sequence(
+            n_train=data.n_train or 200, n_test=data.n_test or 100, n_validation=data.n_validation, seed=seed, **kwargs
+        )
+    from ..data.hub import load_hub_sequence
+
+    names = data.order if isinstance(data.order, list) else [data.order]
+    return load_hub_sequence(names, data.n_train, data.n_test, data.n_validation, seed)
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write JSON atomically: a reader sees the old file or the new one, never a partial one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, path)
+
+
+def _save_torch(path: Path, payload: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def versions() -> dict[str, str]:
+    import accelerate
+    import peft
+    import transformers
+
+    import migu
+
+    return {
+        "migu": migu.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "accelerate": accelerate.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _fingerprint(config: RunConfig) -> str:
+    settings = {k: v for k, v in config.to_dict().items() if k not in ("progress", "output_dir")}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _eval_split(task: Task, on: str) -> list:
+    return task.validation if on == "validation" else task.test
+
+
+TaskHook = Callable[[int, dict[str, Any]], None]
+
+
+def run(config: RunConfig, on_task_end: TaskHook | None = None) -> dict[str, Any]:
+    """Run (or resume, or return the finished results of) the configured sequence."""
+    if config.progress is None:
+        config = replace(config, progress=sys.stderr.isatty())
+    sequence = load_tasks(config)  # bad data fails here, before anything is written
+    methods = build_methods(config.method, config.methods)
+    method_name = "+".join(m.name for m in methods)
+    run_dir = Path(config.output_dir) / config.run_name()
+    state_dir = run_dir / "state"
+    fingerprint = _fingerprint(config)
+    if (run_dir / RESULTS).is_file():
+        done = json.loads((run_dir / RESULTS).read_text())
+        if done.get("fingerprint") == fingerprint:
+            return done
+        raise ValueError(f"{run_dir} holds results of a different config; choose another output_dir or name")
+    bundle = load_model(config.model, seed=config.seed)
+    fmt_options = {"evaluation": config.evaluation} if bundle.arch == "decoder" else {}
+    fmt = make_format(bundle.arch, bundle.tokenizer, config.train.max_length, config.data.with_task_name, **fmt_options)
+    model = bundle.model
+    for method in methods:
+        model = method.setup(model)
+    accelerator = make_accelerator(config.train)
+    state = _load_progress(state_dir, fingerprint)
+    if state is None:
+        state = {
+            "fingerprint": fingerprint,
+            "completed": 0,
+            "rows": [],
+            "timings": [],
+            "diagnostics": [],
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "resumed_at": [],
+        }
+        start = time.perf_counter()
+        state["rows"].append(_evaluate_all(model, fmt, sequence, config, "before training"))
+        state["timings"].append({"task": None, "eval_seconds": time.perf_counter() - start})
+    else:
+        state["resumed_at"].append(state["completed"])
+        for index in range(state["completed"]):  # rebuild structure (e.g. adapters), then load
+            model = _before_task(methods, model, TaskContext(index, sequence[index], len(sequence), config.seed))
+        checkpoint = torch.load(state_dir / state["checkpoint"], weights_only=False)
+        model.load_state_dict(checkpoint["model"])
+        for method, method_state in zip(methods, checkpoint["methods"], strict=True):
+            method.load_state_dict(method_state)
+    tasks_bar = tqdm(total=len(sequence), initial=state["completed"], desc="tasks", unit="task",
+                     disable=not config.progress)  # fmt: skip
+    for index in range(state["completed"], len(sequence)):
+        task = sequence[index]
+        ctx = TaskContext(index, task, len(sequence), config.seed)
+        model = _before_task(methods, model, ctx)
+        examples = task.train
+        for method in methods:
+            examples = method.train_examples(examples, ctx)
+        trained = train_task(model, fmt, examples, methods, ctx, config.train, accelerator, config.progress)
+        state["diagnostics"].append({m.name: m.after_task(model, ctx) for m in methods})
+        start = time.perf_counter()
+        state["rows"].append(_evaluate_all(model, fmt, sequence, config, f"after {task.name}"))
+        trained.update(task=task.name, eval_seconds=time.perf_counter() - start)
+        state["timings"].append(trained)
+        state["completed"] = index + 1
+        _save_progress(state_dir, state, model, methods)
+        tasks_bar.update(1)
+        if on_task_end is not None:
+            on_task_end(index, state)
+    tasks_bar.close()
+    results = {
+        "model": config.model,
+        "method": method_name,
+        "seed": config.seed,
+        "sequence": sequence.names,
+        "accuracy_matrix": state["rows"],
+        "metrics": metrics.summary(state["rows"]),
+        "evaluated_on": config.data.evaluate_on,
+        "examples": {
+            t.name: {"train": len(t.train), "eval": len(_eval_split(t, config.data.evaluate_on))} for t in sequence
+        },
+        "timings": state["timings"],
+        "diagnostics": state["diagnostics"],
+        "config": config.to_dict(),
+        "versions": versions(),
+        "fingerprint": fingerprint,
+        "started": state["started"],
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "resumed_at": state["resumed_at"],
+    }
+    write_json(run_dir / RESULTS, results)
+    shutil.rmtree(state_dir, ignore_errors=True)
+    return results
+
+
+def _before_task(methods: list, model: Any, ctx: TaskContext) -> Any:
+    for method in methods:
+        model = method.before_task(model, ctx)
+    return model
+
+
+def _evaluate_all(model: Any, fmt: Any, sequence: TaskSequence, config: RunConfig, when: str) -> list[float]:
+    on = config.data.evaluate_on
+    return [
+        accuracy(model, fmt, _eval_split(t, on), config.train.eval_batch_size, f"{t.name} ({when})", config.progress)
+        for t in sequence
+    ]
+
+
+def _load_progress(state_dir: Path, fingerprint: str) -> dict[str, Any] | None:
+    progress = state_dir / "progress.json"
+    if not progress.is_file():
+        return None
+    state = json.loads(progress.read_text())
+    if state.get("fingerprint") != fingerprint:
+        raise ValueError(
+            f"{state_dir.parent} holds an unfinished run of a different config; "
+            "choose another output_dir or name, or delete that folder"
+        )
+    return state
+
+
+def _save_progress(state_dir: Path, state: dict[str, Any], model: Any, methods: list) -> None:
+    """Checkpoint first, under a name of its own, then the progress that points to it."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    name = f"after_task{state['completed']}.pt"
+    _save_torch(state_dir / name, {"model": model.state_dict(), "methods": [m.state_dict() for m in methods]})
+    previous = state.get("checkpoint")
+    state["checkpoint"] = name
+    write_json(state_dir / "progress.json", state)
+    if previous and previous != name:
+        (state_dir / previous).unlink(missing_ok=True)

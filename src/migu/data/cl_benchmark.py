@@ -1,0 +1,140 @@
+"""The 15-task CL benchmark as local JSON: ``<category>/<dataset>/{train,test,labels}.json``.
+
+Dataset names are matched case-insensitively (``sst-2`` finds ``SC/SST-2``); the category
+selects the instruction in ``instruction_config.json``; ``orders.json`` names the task orders.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from .tasks import Task, TaskSequence, make_examples
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"missing file {path}")
+    try:
+        with path.open(encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+
+
+def _check_root(root: str | Path) -> Path:
+    path = Path(root)
+    if not path.is_dir():
+        raise FileNotFoundError(f"CL benchmark data directory {path} does not exist")
+    return path
+
+
+def dataset_dirs(root: str | Path) -> dict[str, Path]:
+    """Lower-case dataset name -> its folder, for every ``<category>/<dataset>`` with data."""
+    path = _check_root(root)
+    found = {}
+    for folder in sorted(path.glob("*/*")):
+        if folder.is_dir() and any((folder / f).exists() for f in ("train.json", "test.json", "labels.json")):
+            found[folder.name.lower()] = folder
+    return found
+
+
+def load_orders(root: str | Path) -> dict[str, list[str]]:
+    orders = _read_json(_check_root(root) / "orders.json")
+    if not isinstance(orders, dict) or not all(isinstance(v, list) for v in orders.values()):
+        raise ValueError(f"{Path(root) / 'orders.json'} must map order names to lists of task names")
+    return orders
+
+
+def _pairs(data: Any, path: Path) -> list[tuple[str, str]]:
+    if not isinstance(data, list):
+        raise ValueError(f"{path} must hold a JSON list of {{'sentence', 'label'}} objects")
+    out = []
+    for index, row in enumerate(data):
+        if not isinstance(row, dict) or not isinstance(row.get("sentence"), str) or "label" not in row:
+            raise ValueError(f"{path}: example {index} needs a string 'sentence' and a 'label'")
+        out.append((row["sentence"], str(row["label"])))
+    return out
+
+
+def load_task(
+    root: str | Path,
+    name: str,
+    n_train: int | None = 1000,
+    n_test: int | None = 1000,
+    n_validation: int = 0,
+    seed: int = 0,
+) -> Task:
+    """Load one task with seeded samples of ``n_train`` training, ``n_validation`` validation
+    (held out of the training file, disjoint from the training sample) and ``n_test`` test
+    examples; ``None`` or more than available takes all."""
+    dirs = dataset_dirs(root)
+    folder = dirs.get(name.lower())
+    if folder is None:
+        raise ValueError(f"unknown task {name!r}: no dataset folder under {root} (found {', '.join(sorted(dirs))})")
+    labels = _read_json(folder / "labels.json")
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise ValueError(f"{folder / 'labels.json'} must be a non-empty JSON list of label strings")
+    category = folder.parent.name
+    instructions = _read_json(_check_root(root) / "instruction_config.json")
+    try:
+        instruction = instructions[category][0]["instruction"]
+    except (KeyError, IndexError, TypeError) as err:
+        raise ValueError(f"instruction_config.json has no instruction for category {category!r}") from err
+    rng = random.Random(f"{seed}:{name.lower()}")
+    train_all = _pairs(_read_json(folder / "train.json"), folder / "train.json")
+    test_all = _pairs(_read_json(folder / "test.json"), folder / "test.json")
+    for split, rows in (("train", train_all), ("test", test_all)):
+        if not rows:
+            raise ValueError(f"task {name!r} has an empty {split} split ({folder / (split + '.json')})")
+    order = list(range(len(train_all)))
+    rng.shuffle(order)
+    n_val = min(n_validation, max(0, len(order) - 1))
+    validation = [train_all[i] for i in order[:n_val]]
+    train = [train_all[i] for i in order[n_val:][: n_train if n_train is not None else None]]
+    test = rng.sample(test_all, min(len(test_all), n_test)) if n_test is not None else test_all
+    instruction, task = instruction.strip(), name.lower()
+    return Task(
+        name=task,
+        instruction=instruction,
+        labels=tuple(labels),
+        train=make_examples(train, labels, str(folder / "train.json"), instruction, task),
+        test=make_examples(test, labels, str(folder / "test.json"), instruction, task),
+        validation=make_examples(validation, labels, str(folder / "train.json"), instruction, task),
+        category=category,
+    )
+
+
+def load_sequence(
+    root: str | Path,
+    order: str | list[str],
+    n_train: int | None = 1000,
+    n_test: int | None = 1000,
+    n_validation: int = 0,
+    seed: int = 0,
+    replace: dict[str, str] | None = None,
+) -> TaskSequence:
+    """Load an order by name (from ``orders.json``) or as a list of task names.
+
+    ``replace`` maps missing tasks to stand-ins (e.g. ``{"yahoo": "yelp"}``); every name is
+    checked before any file is read.
+    """
+    if isinstance(order, str):
+        orders = load_orders(root)
+        if order not in orders:
+            raise ValueError(f"unknown order {order!r}; {Path(root) / 'orders.json'} has {', '.join(orders)}")
+        names, label = orders[order], order
+    else:
+        names, label = list(order), "custom"
+    names = [(replace or {}).get(n.lower(), n.lower()) for n in names]
+    available = dataset_dirs(root)
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise ValueError(
+            f"unknown task(s) {missing} in order {label!r}: not found under {root} "
+            f"(use replace={{'{missing[0]}': ...}} to stand in another task)"
+        )
+    tasks = [load_task(root, n, n_train, n_test, n_validation, seed) for n in names]
+    return TaskSequence(label, tasks)

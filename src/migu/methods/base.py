@@ -1,0 +1,69 @@
+"""The moments of the training loop that continual-learning methods plug into.
+
+A method implements only the moments it needs; each returns a value (the model to train, the
+examples to train on, a loss term, diagnostics) instead of mutating shared state. Methods are
+composed as a list, in the order of their ``stage``: model wrappers (LoRA) first, then data
+(replay), then loss terms, then gradient editing (MIGU).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data.tasks import Example, Task
+
+STAGES = ("model", "data", "loss", "gradient")
+
+
+@dataclass
+class TaskContext:
+    """What a method may read about the current task."""
+
+    index: int  # 0-based position in the sequence
+    task: Task
+    num_tasks: int
+    seed: int
+
+
+class Method:
+    """A continual-learning method: no-op moments, overridden as needed."""
+
+    name = "method"
+    stage = "loss"
+
+    def setup(self, model: nn.Module) -> nn.Module:
+        """Once, before the first task; returns the model to train (possibly wrapped)."""
+        return model
+
+    def before_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
+        """Before training on a task; returns the model to train on it."""
+        return model
+
+    def train_examples(self, examples: list[Example], ctx: TaskContext) -> list[Example]:
+        """The examples to train on for this task."""
+        return examples
+
+    def extra_loss(self, model: nn.Module, ctx: TaskContext) -> torch.Tensor | None:
+        """A term added to each micro-batch's loss."""
+        return None
+
+    def before_optimizer_step(self, model: nn.Module, ctx: TaskContext) -> None:
+        """After backward and clipping, once per optimizer step, just before it."""
+
+    def after_optimizer_step(self, model: nn.Module, ctx: TaskContext) -> None:
+        """Just after each optimizer step."""
+
+    def after_task(self, model: nn.Module, ctx: TaskContext) -> dict[str, Any]:
+        """After training on a task (before evaluation); returns diagnostics to record."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """What must survive a restart at a task boundary (besides the model's weights)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore ``state_dict()``."""

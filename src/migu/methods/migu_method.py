@@ -1,0 +1,98 @@
+"""MIGU as a method of the loop, and the random-rows control (``random_update``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from torch import nn
+
+from ..core import MiguConfig, MiguHandle
+from .base import Method, TaskContext
+
+
+@dataclass
+class MiguMethodConfig:
+    """MIGU's settings in a run: the core ``MiguConfig`` plus when to mask."""
+
+    skip_first_task: bool = True
+    """Train the first task of the sequence unmasked, as the official code does."""
+    core: MiguConfig = field(default_factory=MiguConfig)
+    """Threshold, layers, mask mode, padding, ... (see ``migu.MiguConfig``)."""
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> MiguMethodConfig:
+        values = dict(values)
+        skip = values.pop("skip_first_task", True)
+        known = {f.name for f in fields(MiguConfig)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown MIGU setting(s) {unknown}; known: skip_first_task, {', '.join(sorted(known))}")
+        for key in ("include", "exclude"):
+            if isinstance(values.get(key), list):
+                values[key] = tuple(values[key])
+        return cls(skip_first_task=bool(skip), core=MiguConfig(**values))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"skip_first_task": self.skip_first_task, **asdict(self.core)}
+
+
+class Migu(Method):
+    """Masks gradient rows by output-channel magnitude (or at random, for the control)."""
+
+    name = "migu"
+    stage = "gradient"
+
+    def __init__(self, config: MiguMethodConfig | None = None) -> None:
+        self.config = config or MiguMethodConfig()
+        self.handle: MiguHandle | None = None
+
+    def before_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
+        if self.handle is None:
+            self.handle = MiguHandle(model, self.config.core)
+        else:
+            self.handle.refresh()  # a method may have added trainable layers (new adapters)
+        self.handle.reseed(self.config.core.seed + 1000 * ctx.seed + ctx.index)
+        self.handle.reset_report()
+        if ctx.index == 0 and self.config.skip_first_task:
+            self.handle.pause()
+        else:
+            self.handle.resume()
+        return model
+
+    def before_optimizer_step(self, model: nn.Module, ctx: TaskContext) -> None:
+        assert self.handle is not None
+        self.handle.before_optimizer_step()
+
+    def after_optimizer_step(self, model: nn.Module, ctx: TaskContext) -> None:
+        assert self.handle is not None
+        self.handle.after_optimizer_step()
+
+    def after_task(self, model: nn.Module, ctx: TaskContext) -> dict[str, Any]:
+        assert self.handle is not None
+        layers = [r for r in self.handle.report().values() if r.steps]
+        if not layers:
+            return {"masked": False}
+
+        def mean(values: list[float | None]) -> float | None:
+            xs = [v for v in values if v is not None]
+            return sum(xs) / len(xs) if xs else None
+
+        return {
+            "masked": True,
+            "layers": len(layers),
+            "steps": layers[0].steps,
+            "kept_fraction": mean([r.kept_fraction for r in layers]),
+            "ever_kept_fraction": mean([r.ever_kept_fraction for r in layers]),
+            "consecutive_jaccard": mean([r.mean_jaccard for r in layers]),
+        }
+
+
+class RandomUpdate(Migu):
+    """The control: as many rows per layer and step as MIGU keeps, chosen at random."""
+
+    name = "random_update"
+
+    def __init__(self, config: MiguMethodConfig | None = None) -> None:
+        config = config or MiguMethodConfig()
+        super().__init__(MiguMethodConfig(config.skip_first_task, replace(config.core, selection="random")))

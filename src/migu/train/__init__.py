@@ -1,0 +1,18 @@
+"""The one training loop, the task formats per model kind, and evaluation."""
+
+from .config import TrainConfig
+from .evaluate import accuracy
+from .formats import DecoderFormat, EncoderDecoderFormat, EncoderFormat, make_format, normalize_answer
+from .loop import make_accelerator, train_task
+
+__all__ = [
+    "DecoderFormat",
+    "EncoderDecoderFormat",
+    "EncoderFormat",
+    "TrainConfig",
+    "accuracy",
+    "make_accelerator",
+    "make_format",
+    "normalize_answer",
+    "train_task",
+]

@@ -1,0 +1,48 @@
+"""Training settings of a run (per task: a fresh AdamW, a schedule, a number of epochs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class TrainConfig:
+    """Optimizer, batching and schedule. The paper: AdamW, constant lr 1e-4 (full finetuning)
+    or 1e-3 (LoRA), batch 64, one epoch per task."""
+
+    lr: float = 1e-4
+    schedule: str = "constant"
+    """``constant``, ``linear`` or ``cosine`` decay over each task's steps."""
+    warmup_ratio: float = 0.0
+    batch_size: int = 64
+    """Examples per optimizer step (the statistic of MIGU covers all of them)."""
+    micro_batch_size: int = 16
+    """Examples per forward; ``batch_size`` must be a multiple (gradient accumulation)."""
+    epochs: int = 1
+    max_length: int = 128
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+    eval_batch_size: int = 64
+    mixed_precision: str = "no"
+    """``no`` or ``bf16`` (autocast)."""
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.schedule not in ("constant", "linear", "cosine"):
+            raise ValueError(f"schedule must be constant, linear or cosine; got {self.schedule!r}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        for name in ("batch_size", "micro_batch_size", "epochs", "max_length", "eval_batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({self.micro_batch_size})"
+            )
+        if self.mixed_precision not in ("no", "bf16"):
+            raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
+
+    @property
+    def accumulation_steps(self) -> int:
+        return self.batch_size // self.micro_batch_size

@@ -1,0 +1,94 @@
+"""The one training loop: a task's examples, the methods' moments, AdamW, on Accelerate."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from ..data.tasks import Example
+from ..methods.base import Method, TaskContext
+from .config import TrainConfig
+from .formats import Format
+
+
+def make_accelerator(config: TrainConfig) -> Accelerator:
+    return Accelerator(
+        gradient_accumulation_steps=config.accumulation_steps,
+        mixed_precision=config.mixed_precision,
+        cpu=not torch.cuda.is_available(),
+    )
+
+
+def train_task(
+    model: nn.Module,
+    fmt: Format,
+    examples: list[Example],
+    methods: list[Method],
+    ctx: TaskContext,
+    config: TrainConfig,
+    accelerator: Accelerator,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train on one task: a fresh AdamW over the trainable parameters, ``config.epochs`` passes
+    over the (seeded, shuffled) examples. Returns step count, mean loss and seconds."""
+    if not examples:
+        raise ValueError(f"task {ctx.task.name!r} has no training examples")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameter")
+    generator = torch.Generator().manual_seed(1000 * ctx.seed + ctx.index)
+    torch.manual_seed(1000 * ctx.seed + ctx.index)
+    loader = DataLoader(
+        examples,
+        batch_size=config.micro_batch_size,
+        shuffle=True,
+        generator=generator,  # type: ignore[arg-type]
+        collate_fn=fmt.batch,
+    )
+    steps = math.ceil(len(loader) / config.accumulation_steps) * config.epochs
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = get_scheduler(config.schedule, optimizer, int(config.warmup_ratio * steps), steps)
+    wrapped, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    start, losses, done = time.perf_counter(), [], 0
+    bar = tqdm(total=steps, desc=f"train {ctx.task.name}", unit="step", disable=not progress, leave=False)
+    wrapped.train()
+    for _ in range(config.epochs):
+        for batch in loader:
+            with accelerator.accumulate(wrapped):
+                loss = fmt.loss(wrapped, batch)
+                for method in methods:
+                    extra = method.extra_loss(wrapped, ctx)
+                    if extra is not None:
+                        loss = loss + extra
+                accelerator.backward(loss)
+                losses.append(loss.detach())
+                if accelerator.sync_gradients:
+                    if config.max_grad_norm:
+                        accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                    for method in methods:
+                        method.before_optimizer_step(model, ctx)
+                optimizer.step()
+                if accelerator.sync_gradients:
+                    for method in methods:
+                        method.after_optimizer_step(model, ctx)
+                    scheduler.step()
+                    done += 1
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{float(losses[-1]):.3f}")
+                optimizer.zero_grad(set_to_none=True)
+    bar.close()
+    accelerator.free_memory()
+    return {
+        "steps": done,
+        "examples": len(examples) * config.epochs,
+        "mean_loss": float(torch.stack(losses).float().mean()),
+        "seconds": time.perf_counter() - start,
+    }

@@ -1,0 +1,135 @@
+"""The runner: results file, resume after a kill, no partial results on bad input; the CLI."""
+
+import json
+
+import pytest
+import yaml
+
+from migu.bench import RunConfig, run, run_config
+from migu.cli import main
+from migu.methods import build_methods
+from migu.report import load_results
+
+REQUIRED = {"model", "method", "seed", "sequence", "accuracy_matrix"}
+
+
+def _config(bench_dir, out, **extra):
+    raw = {
+        "model": "tiny-bert",
+        "method": "finetune+migu",
+        "seed": 0,
+        "data": {"root": str(bench_dir), "order": "tiny", "n_train": 16, "n_test": 8},
+        "train": {"lr": 1e-3, "batch_size": 8, "micro_batch_size": 4, "max_length": 32, "eval_batch_size": 8},
+        "output_dir": str(out),
+        "progress": False,
+    }
+    raw.update(extra)
+    return run_config(raw)
+
+
+def test_results_file(bench_dir, tmp_path):
+    result = run(_config(bench_dir, tmp_path))
+    path = tmp_path / "tiny-bert_finetune+migu_tiny_seed0" / "results.json"
+    on_disk = json.loads(path.read_text())
+    assert set(on_disk) >= REQUIRED
+    assert on_disk["sequence"] == ["alpha", "beta", "gamma"]
+    assert len(on_disk["accuracy_matrix"]) == 4 and all(len(r) == 3 for r in on_disk["accuracy_matrix"])
+    assert on_disk["method"] == "finetune+migu" and on_disk["accuracy_matrix"] == result["accuracy_matrix"]
+    assert on_disk["diagnostics"][0]["migu"] == {"masked": False}  # first task unmasked
+    assert on_disk["diagnostics"][1]["migu"]["masked"] and 0 < on_disk["diagnostics"][1]["migu"]["kept_fraction"] < 1
+    assert on_disk["versions"]["torch"].startswith("2.13.0")
+    assert not (path.parent / "state").exists()
+    # a finished run is not redone
+    assert run(_config(bench_dir, tmp_path))["finished"] == on_disk["finished"]
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_after_kill_gives_same_numbers(bench_dir, tmp_path):
+    full = run(_config(bench_dir, tmp_path / "a"))
+
+    def kill_after_second(index, state):
+        if index == 1:
+            raise Killed
+
+    config = _config(bench_dir, tmp_path / "b")
+    with pytest.raises(Killed):
+        run(config, on_task_end=kill_after_second)
+    run_dir = tmp_path / "b" / config.run_name()
+    assert not (run_dir / "results.json").exists()
+    progress = json.loads((run_dir / "state" / "progress.json").read_text())
+    assert progress["completed"] == 2 and len(progress["rows"]) == 3
+    finished = []
+    resumed = run(config, on_task_end=lambda index, state: finished.append(index))
+    assert finished == [2]  # only the third task was trained again
+    assert resumed["resumed_at"] == [2]
+    assert resumed["accuracy_matrix"] == full["accuracy_matrix"]
+
+
+def test_resume_refuses_other_config(bench_dir, tmp_path):
+    config = _config(bench_dir, tmp_path)
+    with pytest.raises(Killed):
+        run(config, on_task_end=lambda i, s: (_ for _ in ()).throw(Killed()))
+    other = _config(bench_dir, tmp_path, name=config.run_name())
+    other.train.lr = 5e-4
+    with pytest.raises(ValueError, match="unfinished run of a different config"):
+        run(other)
+
+
+@pytest.mark.parametrize(
+    "break_data, message",
+    [
+        (lambda d: (d / "TC" / "alpha" / "train.json").write_text("{"), "not valid JSON"),
+        (lambda d: (d / "SC" / "beta" / "labels.json").unlink(), "missing file"),
+        (lambda d: (d / "TC" / "gamma" / "test.json").write_text("[]"), "empty test split"),
+    ],
+)
+def test_bad_data_leaves_no_result_file(bench_dir, tmp_path, break_data, message):
+    break_data(bench_dir)
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        run(_config(bench_dir, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_config_values():
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['learning_rate'\] in train"):
+        run_config({"train": {"learning_rate": 1e-4}})
+    with pytest.raises(ValueError, match="'lr' belongs under train"):
+        run_config({"lr": 1e-4})
+    with pytest.raises(ValueError, match="unknown key"):
+        run_config({"modle": "minilm"})
+    with pytest.raises(ValueError, match="must be a multiple of micro_batch_size"):
+        run_config({"train": {"batch_size": 64, "micro_batch_size": 24}})
+    with pytest.raises(ValueError, match=r"unknown method\(s\) \['magic'\]"):
+        build_methods("finetune+magic")
+    with pytest.raises(ValueError, match=r"threshold must be in \[0, 1\)"):
+        build_methods("migu", {"migu": {"threshold": 1.2}})
+    with pytest.raises(ValueError, match=r"unknown MIGU setting\(s\) \['treshold'\]"):
+        build_methods("migu", {"migu": {"treshold": 0.5}})
+    assert RunConfig().run_name() == "minilm_finetune_order1_seed0"
+
+
+def test_cli_run_and_report(bench_dir, tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(_config(bench_dir, tmp_path / "runs").to_dict()))
+    assert main(["run", str(cfg), "method=finetune,finetune+random_update", "data.n_train=8"]) == 0
+    out = capsys.readouterr().out
+    assert "finetune+random_update" in out and "AA" in out and "| (start) |" in out
+    runs = load_results([tmp_path / "runs"])
+    assert sorted(r["method"] for r in runs) == ["finetune", "finetune+random_update"]
+    assert main(["report", str(tmp_path / "runs"), "--matrices"]) == 0
+    report = capsys.readouterr().out
+    assert "Paired differences against finetune" in report and "### tiny-bert" in report
+
+
+def test_cli_errors(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "missing.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed")
+    assert main(["run", str(bad)]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no results.json" in capsys.readouterr().err
