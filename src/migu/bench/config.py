@@ -64,11 +64,15 @@ class RunConfig:
     def run_name(self) -> str:
         if self.name:
             return self.name
-        order = self.data.order if isinstance(self.data.order, str) else "custom"
+        order = self.data.order if isinstance(self.data.order, str) else "-".join(_flat(self.data.order))
         return f"{self.model}_{self.method}_{order}_seed{self.seed}".replace("/", "-")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _flat(items: Any) -> list[str]:
+    return [x for item in items for x in _flat(item)] if isinstance(items, list | tuple) else [str(items)]
 
 
 def _coerce(value: str) -> Any:

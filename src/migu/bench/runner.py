@@ -194,7 +194,15 @@ def _before_task(methods: list, model: Any, ctx: TaskContext) -> Any:
 def _evaluate_all(model: Any, fmt: Any, sequence: TaskSequence, config: RunConfig, when: str) -> list[float]:
     on = config.data.evaluate_on
     return [
-        accuracy(model, fmt, _eval_split(t, on), config.train.eval_batch_size, f"{t.name} ({when})", config.progress)
+        accuracy(
+            model,
+            fmt,
+            _eval_split(t, on),
+            config.train.eval_batch_size,
+            f"{t.name} ({when})",
+            config.progress,
+            config.train.mixed_precision,
+        )
         for t in sequence
     ]
 

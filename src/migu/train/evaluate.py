@@ -11,7 +11,13 @@ from .formats import Format, normalize_answer
 
 
 def accuracy(
-    model: nn.Module, fmt: Format, examples: list[Example], batch_size: int = 64, desc: str = "", progress: bool = True
+    model: nn.Module,
+    fmt: Format,
+    examples: list[Example],
+    batch_size: int = 64,
+    desc: str = "",
+    progress: bool = True,
+    mixed_precision: str = "no",
 ) -> float:
     """Percent of examples whose prediction equals the label (``normalize_answer`` on both).
 
@@ -24,7 +30,8 @@ def accuracy(
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].text))
     correct = 0
     try:
-        with torch.no_grad():
+        device = next(model.parameters()).device
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed_precision == "bf16"):
             for start in tqdm(
                 range(0, len(order), batch_size),
                 desc=f"eval {desc}".strip(),

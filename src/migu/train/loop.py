@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -20,11 +21,14 @@ from .formats import Format
 
 
 def make_accelerator(config: TrainConfig) -> Accelerator:
-    return Accelerator(
-        gradient_accumulation_steps=config.accumulation_steps,
-        mixed_precision=config.mixed_precision,
-        cpu=not torch.cuda.is_available(),
-    )
+    """Accelerate handles devices, processes and accumulation; bf16 autocast is ours (``autocast``),
+    so that the model's ``forward`` is left as it is."""
+    return Accelerator(gradient_accumulation_steps=config.accumulation_steps, cpu=not torch.cuda.is_available())
+
+
+def autocast(mixed_precision: str, device: torch.device) -> AbstractContextManager:
+    """bf16 autocast when asked (weights, gradients, optimizer state and MIGU stay fp32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed_precision == "bf16")
 
 
 def train_task(
@@ -63,7 +67,8 @@ def train_task(
     for _ in range(config.epochs):
         for batch in loader:
             with accelerator.accumulate(wrapped):
-                loss = fmt.loss(wrapped, batch)
+                with autocast(config.mixed_precision, accelerator.device):
+                    loss = fmt.loss(wrapped, batch)
                 for method in methods:
                     extra = method.extra_loss(wrapped, ctx)
                     if extra is not None:

@@ -1,0 +1,74 @@
+"""The CPU-scale standard CL benchmark with the packaged MiniLM (see BENCHMARKS.md).
+
+    python benchmarks/cl_standard.py --out benchmarks/results/minilm_standard [--seeds 0,1,2]
+
+1. Learning rate per method, chosen on validation data held out of the training files
+   (order 1, seed 0, AA over the validation splits); never on test examples.
+2. Test runs with the chosen rates: for each seed, each order, each method (interleaved, so
+   that a partial table is still made of paired comparisons).
+Every run is resumable: rerun the same command after an interruption. Tables:
+    migu report benchmarks/results/minilm_standard/test --matrices
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from migu import metrics
+from migu.bench import apply_overrides, load_yaml, run, run_config
+
+CONFIG = Path(__file__).parents[1] / "configs" / "cpu" / "minilm_standard.yaml"
+
+
+def _run(raw: dict, overrides: list[str]) -> dict:
+    config = run_config(apply_overrides(raw, overrides))
+    print(f"== {config.output_dir}/{config.run_name()}", flush=True)
+    result = run(config)
+    m = metrics.summary(result["accuracy_matrix"])
+    print(f"   AA {m['aa']:.2f}  BWT {m['bwt']:.2f}  (evaluated on {result['evaluated_on']})", flush=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="benchmarks/results/minilm_standard")
+    parser.add_argument("--config", default=str(CONFIG))
+    parser.add_argument("--methods", default="finetune,finetune+migu,finetune+random_update")
+    parser.add_argument("--lrs", default="1e-4,3e-5", help="learning-rate grid for the validation phase")
+    parser.add_argument("--orders", default="order1,order2,order3")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--n-validation", type=int, default=200)
+    parser.add_argument("--data-root", help="override data.root of the config")
+    parser.add_argument("--skip-test", action="store_true", help="only choose the learning rates")
+    args = parser.parse_args()
+    raw = load_yaml(args.config)
+    raw.pop("method", None)
+    if args.data_root:
+        raw["data"]["root"] = args.data_root
+    out = Path(args.out)
+    methods = args.methods.split(",")
+
+    chosen = {}
+    for method in methods:
+        scores = {}
+        for lr in args.lrs.split(","):
+            result = _run(raw, [f"method={method}", f"train.lr={lr}", "seed=0", "data.order=order1",
+                                "data.evaluate_on=validation", f"data.n_validation={args.n_validation}",
+                                f"output_dir={out / 'lr_select'}", f"name={method}_lr{lr}"])  # fmt: skip
+            scores[lr] = metrics.average_accuracy(result["accuracy_matrix"])
+        chosen[method] = max(scores, key=lambda lr: scores[lr])
+        print(f"-> {method}: validation AA {scores}; lr {chosen[method]}", flush=True)
+    (out / "lr_choice.json").write_text(json.dumps(chosen, indent=1))
+    if args.skip_test:
+        return
+    for seed in args.seeds.split(","):
+        for order in args.orders.split(","):
+            for method in methods:
+                _run(raw, [f"method={method}", f"train.lr={chosen[method]}", f"seed={seed}", f"data.order={order}",
+                           f"data.n_validation={args.n_validation}", f"output_dir={out / 'test'}"])  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
