@@ -133,3 +133,12 @@ def test_cli_errors(tmp_path, capsys):
     assert "not valid YAML" in capsys.readouterr().err
     assert main(["report", str(tmp_path)]) == 2
     assert "no results.json" in capsys.readouterr().err
+
+
+def test_numbers_written_as_1e_minus_4():
+    from migu.bench import apply_overrides
+
+    assert run_config(apply_overrides({}, ["train.lr=1e-4"])).train.lr == 1e-4
+    assert run_config(yaml.safe_load("train: {lr: 3e-5}")).train.lr == 3e-5
+    with pytest.raises(ValueError, match="train.lr must be a number"):
+        run_config({"train": {"lr": "fast"}})

@@ -76,8 +76,15 @@ def _flat(items: Any) -> list[str]:
 
 
 def _coerce(value: str) -> Any:
-    """A ``key=value`` override's value, read as YAML (numbers, booleans, lists, null)."""
-    return yaml.safe_load(value) if value != "" else ""
+    """A ``key=value`` override's value, read as YAML (numbers, booleans, lists, null); YAML 1.1
+    reads ``1e-4`` as a string, so numbers in that form are converted here."""
+    parsed = yaml.safe_load(value) if value != "" else ""
+    if isinstance(parsed, str):
+        try:
+            return float(parsed)
+        except ValueError:
+            return parsed
+    return parsed
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -27,6 +27,13 @@ class TrainConfig:
     """``no`` or ``bf16`` (autocast)."""
 
     def __post_init__(self) -> None:
+        for name in ("lr", "warmup_ratio", "weight_decay", "max_grad_norm"):
+            value = getattr(self, name)
+            if isinstance(value, str):  # YAML 1.1 reads 1e-4 as a string
+                try:
+                    setattr(self, name, float(value))
+                except ValueError:
+                    raise ValueError(f"train.{name} must be a number, got {value!r}") from None
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.schedule not in ("constant", "linear", "cosine"):
