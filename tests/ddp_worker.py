@@ -20,6 +20,8 @@ def main(out_dir: str) -> None:
     ref = ReferenceStatistic(model, names)
     ddp = DistributedDataParallel(model)
     opt = torch.optim.AdamW(ddp.parameters(), lr=1e-2)
+    with migu.attach(model, micro_batches_per_step=1) as probe:
+        assert probe.fast_path_layers == []  # the statistic must be reduced first: reference path
     handle = migu.attach(model, threshold=0.7, optimizer=opt)
     record = {"local_sums": [], "kept": []}
     for step in range(3):

@@ -140,5 +140,5 @@ def test_numbers_written_as_1e_minus_4():
 
     assert run_config(apply_overrides({}, ["train.lr=1e-4"])).train.lr == 1e-4
     assert run_config(yaml.safe_load("train: {lr: 3e-5}")).train.lr == 3e-5
-    with pytest.raises(ValueError, match="train.lr must be a number"):
+    with pytest.raises(ValueError, match=r"train\.lr must be a number"):
         run_config({"train": {"lr": "fast"}})

@@ -134,7 +134,7 @@ def run(config: RunConfig, on_task_end: TaskHook | None = None) -> dict[str, Any
     else:
         state["resumed_at"].append(state["completed"])
         for index in range(state["completed"]):  # rebuild structure (e.g. adapters), then load
-            model = _before_task(methods, model, TaskContext(index, sequence[index], len(sequence), config.seed))
+            model = _before_task(methods, model, _context(config, sequence, index))
         checkpoint = torch.load(state_dir / state["checkpoint"], weights_only=False)
         model.load_state_dict(checkpoint["model"])
         for method, method_state in zip(methods, checkpoint["methods"], strict=True):
@@ -143,7 +143,7 @@ def run(config: RunConfig, on_task_end: TaskHook | None = None) -> dict[str, Any
                      disable=not config.progress)  # fmt: skip
     for index in range(state["completed"], len(sequence)):
         task = sequence[index]
-        ctx = TaskContext(index, task, len(sequence), config.seed)
+        ctx = _context(config, sequence, index)
         model = _before_task(methods, model, ctx)
         examples = task.train
         for method in methods:
@@ -183,6 +183,10 @@ def run(config: RunConfig, on_task_end: TaskHook | None = None) -> dict[str, Any
     write_json(run_dir / RESULTS, results)
     shutil.rmtree(state_dir, ignore_errors=True)
     return results
+
+
+def _context(config: RunConfig, sequence: TaskSequence, index: int) -> TaskContext:
+    return TaskContext(index, sequence[index], len(sequence), config.seed, config.train.accumulation_steps)
 
 
 def _before_task(methods: list, model: Any, ctx: TaskContext) -> Any:

@@ -66,6 +66,18 @@ class MiguConfig:
     seed: int = 0
     """Seed of the ``random`` selection; the same on every rank, so all ranks agree."""
 
+    micro_batches_per_step: int | None = None
+    """Forward/backward passes per optimizer step, if known (the training loop's gradient
+    accumulation). With 1, the fast path applies: weight gradients are computed for the kept
+    rows only, with the same result as masking dense gradients. Unknown (None) or more than
+    one: the reference path (dense gradients, masked before the step)."""
+
+    fast_path: bool = True
+    """Use the fast path where it gives the reference path's result (see
+    ``micro_batches_per_step``): Linear and Conv1D layers, magnitude selection, one process
+    or ``sync_distributed=False``. Rows tied exactly at the cut are the one difference: the
+    fast path keeps exactly ``rows - ceil(T * (rows - 1))`` of them."""
+
     sync_distributed: bool = True
     """Sum the statistic over ranks (one all-reduce per step) when torch.distributed is
     initialized, so that every rank masks the same rows."""
@@ -85,6 +97,14 @@ class MiguConfig:
         _choice("reduction", self.reduction, ("sum", "mean"))
         _choice("mask_mode", self.mask_mode, ("grad", "update"))
         _choice("selection", self.selection, ("magnitude", "random"))
+        if self.micro_batches_per_step is not None and (
+            isinstance(self.micro_batches_per_step, bool)
+            or not isinstance(self.micro_batches_per_step, int)
+            or self.micro_batches_per_step < 1
+        ):
+            raise ValueError(
+                f"micro_batches_per_step must be a positive integer or None, got {self.micro_batches_per_step!r}"
+            )
 
 
 def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:

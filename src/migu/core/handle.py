@@ -13,8 +13,8 @@ from torch.utils.hooks import RemovableHandle
 
 from .config import MiguConfig
 from .selection import magnitude_keep, random_keep
-from .statistics import Recorder
-from .targets import Source, Target, find_sources
+from .statistics import Recorder, distributed_world
+from .targets import Source, Target, fast_path_layer, find_sources
 
 
 @dataclass
@@ -65,6 +65,29 @@ class MiguHandle:
         self.sources: list[Source] = find_sources(self.model, self.config)
         self._recorder = Recorder(self.model, self.sources, self.config.ignore_padding)
         self._recorder.enabled = not self._paused
+        self._recorder.threshold = self.config.threshold
+        self._update_fast_path()
+
+    def _update_fast_path(self) -> None:
+        """Choose the layers whose weight gradient is computed for kept rows only (see config)."""
+        c = self.config
+        on = (
+            c.fast_path
+            and c.micro_batches_per_step == 1
+            and c.selection == "magnitude"
+            and not (c.sync_distributed and distributed_world() > 1)
+        )
+        self._live().fast_sources = {i for i, s in enumerate(self.sources) if on and fast_path_layer(s)}
+
+    @property
+    def fast_path_layers(self) -> list[str]:
+        """Layers on the fast path now (empty when the reference path applies)."""
+        return [self.sources[i].name for i in sorted(self._live().fast_sources)]
+
+    def set_micro_batches_per_step(self, count: int | None) -> None:
+        """Declare the forward/backward passes per optimizer step (1 enables the fast path)."""
+        self.config = replace(self.config, micro_batches_per_step=count)
+        self._update_fast_path()
 
     # -- state ---------------------------------------------------------------------------------
     @property
@@ -171,7 +194,7 @@ class MiguHandle:
         for i, target in with_grad:
             keep = keeps[i]
             assert keep is not None  # every source with a gradient was recorded (checked above)
-            self._mask(target, keep)
+            self._mask(target, keep, gradient_masked=i in recorder.fast_rows)
 
     def after_optimizer_step(self) -> None:
         """Restore masked rows (``update`` mode) and reset the statistic for the next step."""
@@ -184,6 +207,7 @@ class MiguHandle:
         self._pending.clear()
         self._masked = False
         self._live().reset()
+        self._update_fast_path()
 
     def _select(self, buffers: list[torch.Tensor], forwards: list[int]) -> list[torch.Tensor | None]:
         groups: dict[tuple[int, torch.device], list[int]] = {}
@@ -202,14 +226,15 @@ class MiguHandle:
                 keeps[i] = keep[row]
         return keeps
 
-    def _mask(self, target: Target, keep: torch.Tensor) -> None:
+    def _mask(self, target: Target, keep: torch.Tensor, gradient_masked: bool = False) -> None:
         grad = target.weight.grad
         assert grad is not None
         shaped = keep.view(1, -1) if target.rows_last else keep.view(-1, *([1] * (grad.dim() - 1)))
         if self.config.mask_mode == "update":
             bias = target.bias.detach().clone() if self.config.mask_bias and target.bias is not None else None
             self._pending.append((target, shaped, target.weight.detach().clone(), bias))
-        grad.masked_fill_(~shaped, 0)
+        if not gradient_masked:  # the fast path computed only the kept rows already
+            grad.masked_fill_(~shaped, 0)
         if self.config.mask_bias and target.bias is not None and target.bias.grad is not None:
             target.bias.grad.masked_fill_(~keep, 0)
 

@@ -16,7 +16,14 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from .fastpath import RowSparseLinear
+from .selection import cut_index
 from .targets import Side, Source
+
+
+def distributed_world() -> int:
+    """Number of ranks when torch.distributed is initialized, else 1 (nothing called)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 class Recorder:
@@ -31,6 +38,11 @@ class Recorder:
         ]
         self.forwards = [0] * len(self.sources)
         self._host_tokens = [0] * len(self.sources)
+        # fast path: sources whose weight gradient is computed for kept rows only (set by the handle)
+        self.fast_sources: set[int] = set()
+        self.threshold = 0.0
+        self.fast_rows: dict[int, torch.Tensor] = {}
+        self.backward_seen = False
         self._derived: dict[Side, torch.Tensor | None] = {}
         self._explicit: dict[Side, torch.Tensor | None] = {}
         self._warned_no_mask = False
@@ -73,11 +85,37 @@ class Recorder:
 
     # -- recording ---------------------------------------------------------------------------
     def _hook(self, index: int):
-        def record(module: nn.Module, args: tuple, output: Any) -> None:
+        def record(module: nn.Module, args: tuple, output: Any) -> Any:
             if self.enabled and module.training and torch.is_grad_enabled():
                 self._record(index, output)
+                if index in self.fast_sources and args and isinstance(output, torch.Tensor):
+                    return self._fast_output(index, module, args[0], output)
+            return None
 
         return record
+
+    def _fast_output(self, index: int, module: nn.Module, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        if self.backward_seen:
+            raise RuntimeError(
+                "MIGU's fast path saw a training forward after a backward in the same optimizer step "
+                "(gradient accumulation?): the rows kept by the first backward would ignore it. "
+                "Set micro_batches_per_step to the real number (or fast_path=False)"
+            )
+        target = self.sources[index].targets[0]
+        return RowSparseLinear.apply(
+            x, target.weight, target.bias, output.detach(), target.rows_last, lambda: self._kept_rows(index)
+        )
+
+    def _kept_rows(self, index: int) -> torch.Tensor:
+        """The kept rows of a fast-path source, chosen at its first backward of the step."""
+        self.backward_seen = True
+        rows = self.fast_rows.get(index)
+        if rows is None:
+            stat = self.buffers[index][:-1]
+            keep = stat.numel() - cut_index(stat.numel(), self.threshold)
+            rows = stat.topk(keep, sorted=False).indices
+            self.fast_rows[index] = rows
+        return rows
 
     def _record(self, index: int, output: Any) -> None:
         out = (output if isinstance(output, torch.Tensor) else output[0]).detach()
@@ -100,7 +138,7 @@ class Recorder:
     def gather(self, sync_distributed: bool) -> list[torch.Tensor]:
         """The step's buffers ([rows] channel sums + token count), summed over ranks if asked."""
         self.flush_tokens()
-        if sync_distributed and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if sync_distributed and distributed_world() > 1:
             flat = torch.cat([b.to(self.buffers[0].device) for b in self.buffers])
             dist.all_reduce(flat)
             for buffer, part in zip(self.buffers, flat.split([b.numel() for b in self.buffers]), strict=True):
@@ -119,6 +157,8 @@ class Recorder:
             buffer.zero_()
         self.forwards = [0] * len(self.sources)
         self._host_tokens = [0] * len(self.sources)
+        self.fast_rows.clear()
+        self.backward_seen = False
 
     def remove(self) -> None:
         for hook in self.hooks:

@@ -160,6 +160,14 @@ def sources_for(name: str, module: Any) -> list[Source]:
     return [s for s in sources if s.targets]
 
 
+def fast_path_layer(source: Source) -> bool:
+    """A plain Linear or Conv1D layer masked by its own output (LoRA layers are not)."""
+    lora_linear = _lora_linear_class()
+    if lora_linear is not None and isinstance(source.module, lora_linear):
+        return False
+    return len(source.targets) == 1 and source.targets[0].weight is getattr(source.module, "weight", None)
+
+
 def find_sources(model: nn.Module, config: MiguConfig) -> list[Source]:
     """Resolve the config's preset and patterns to statistic sources; explain any mismatch."""
     layers = supported_layers(model)

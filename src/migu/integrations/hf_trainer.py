@@ -34,6 +34,9 @@ class MiguCallback(TrainerCallback):
             if model is None:
                 raise ValueError("MiguCallback needs the Trainer's model at on_train_begin")
             self.handle = attach(model, self._config, **self._overrides)
+            if self.handle.config.micro_batches_per_step is None:
+                # one forward/backward per optimizer step lets MIGU skip the masked rows' gradient work
+                self.handle.set_micro_batches_per_step(args.gradient_accumulation_steps)
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.handle is not None:

@@ -27,6 +27,7 @@ class TaskContext:
     task: Task
     num_tasks: int
     seed: int
+    micro_batches_per_step: int | None = None  # the loop's gradient accumulation, when known
 
 
 class Method:

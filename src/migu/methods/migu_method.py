@@ -53,6 +53,7 @@ class Migu(Method):
         else:
             self.handle.refresh()  # a method may have added trainable layers (new adapters)
         self.handle.reseed(self.config.core.seed + 1000 * ctx.seed + ctx.index)
+        self.handle.set_micro_batches_per_step(ctx.micro_batches_per_step)
         self.handle.reset_report()
         if ctx.index == 0 and self.config.skip_first_task:
             self.handle.pause()

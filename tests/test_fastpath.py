@@ -1,0 +1,105 @@
+"""The fast path (kept rows' weight gradients only) gives the reference path's parameters."""
+
+import copy
+
+import pytest
+import torch
+
+import migu
+
+from tiny import batch, build
+
+
+def _train(model, steps, autocast, **config):
+    # SGD with momentum and weight decay: masked rows move in grad mode, stay in update mode.
+    # (Adam would turn the rounding noise of gradients that are zero in exact arithmetic, such
+    # as attention key biases, into full-size steps, hiding real differences behind noise.)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=0.01)
+    handle = migu.attach(model, threshold=0.7, optimizer=opt, **config)
+    arch = "gpt2" if hasattr(model, "transformer") else "llama" if hasattr(model, "model") else "bert"
+    for step in range(steps):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = model(**batch(arch, seed=step)).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    layers = handle.fast_path_layers
+    handle.remove()
+    return layers
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "bert"])
+@pytest.mark.parametrize("mode", ["grad", "update"])
+@pytest.mark.parametrize("autocast", [False, True])
+def test_fast_equals_reference(arch, mode, autocast):
+    fast, reference = build(arch), build(arch)
+    fast_layers = _train(fast, 3, autocast, mask_mode=mode, micro_batches_per_step=1)
+    ref_layers = _train(reference, 3, autocast, mask_mode=mode, micro_batches_per_step=1, fast_path=False)
+    assert ref_layers == [] and len(fast_layers) > 0
+    tol = {"rtol": 2e-2, "atol": 2e-4} if autocast else {"rtol": 1e-5, "atol": 1e-6}
+    for (name, p), q in zip(fast.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p, q, msg=name, **tol)
+
+
+def test_fast_path_skips_masked_rows_gradient_work():
+    layer = torch.nn.Linear(8, 10)
+    handle = migu.attach(layer, threshold=0.7, micro_batches_per_step=1)
+    x = torch.randn(4, 8, requires_grad=True)
+    layer(x).pow(2).sum().backward()
+    assert layer.weight.grad is not None and int((layer.weight.grad.abs().sum(1) > 0).sum()) == 10 - 7
+    assert x.grad is not None and layer.bias.grad is not None and (layer.bias.grad != 0).all()
+    kept_before = (layer.weight.grad.abs().sum(1) > 0).nonzero().flatten()
+    handle.before_optimizer_step()
+    assert torch.equal(handle.report()[""].kept_rows, kept_before)
+
+
+def test_two_forwards_before_one_backward_are_fine():
+    # the encoder format embeds texts and label strings in two forwards per micro-batch
+    fast, reference = build("bert"), build("bert")
+    for model, fast_path in ((fast, True), (reference, False)):
+        handle = migu.attach(model, threshold=0.7, micro_batches_per_step=1, fast_path=fast_path)
+        loss = model(**batch("bert", seed=1)).loss + model(**batch("bert", seed=2)).loss
+        loss.backward()
+        handle.before_optimizer_step()
+        handle.remove()
+    for p, q in zip(fast.parameters(), reference.parameters(), strict=True):
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{}, {"micro_batches_per_step": 4}, {"micro_batches_per_step": 1, "selection": "random"},
+     {"micro_batches_per_step": 1, "fast_path": False}],
+)  # fmt: skip
+def test_reference_path_where_fast_path_would_differ(config):
+    with migu.attach(build("llama"), **config) as handle:
+        assert handle.fast_path_layers == []
+
+
+def test_accumulation_with_fast_path_declared_raises():
+    model = build("llama")
+    handle = migu.attach(model, micro_batches_per_step=1)
+    model(**batch("llama", seed=0)).loss.backward()
+    with pytest.raises(RuntimeError, match="training forward after a backward"):
+        model(**batch("llama", seed=1))
+    handle.remove()
+
+
+def test_declaring_later_and_lora_layers():
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(build("llama"), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]))
+    handle = migu.attach(model)
+    assert handle.fast_path_layers == []
+    handle.set_micro_batches_per_step(1)
+    assert handle.fast_path_layers and all(n.endswith("lora_A.default") for n in handle.fast_path_layers)
+    handle.remove()
+
+
+def test_copy_of_model_unaffected():
+    model = build("llama")
+    twin = copy.deepcopy(model)
+    with migu.attach(model, micro_batches_per_step=1):
+        pass
+    assert not any(m._forward_hooks for m in twin.modules())
