@@ -6,8 +6,9 @@ Time: one process per case; a plain model and identical copies with MIGU attache
 optimizers take interleaved training steps (forward, backward, AdamW step), median of
 ``--repeats`` steps each after warm-up. ``migu`` is the default (fast path: the loop declares one
 micro-batch per optimizer step); ``migu_dense`` forces the reference path (dense weight
-gradients, then masking). Memory: each variant runs alone in a fresh subprocess; its peak
-resident memory during 3 steps minus the resident memory before the first step.
+gradients, then masking). Memory: each variant runs alone in a fresh subprocess (glibc mmap threshold
+fixed, so that freed memory leaves the process); its peak resident memory during 3 steps minus
+the resident memory before the first step.
 Output: ``{case: {"time_ratio", "memory_ratio", "dense_time_ratio", "dense_memory_ratio", ...}}``.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -159,9 +161,13 @@ def memory_child(name: str, variant: str, threshold: float) -> None:
 
 def measure_memory(name: str, threshold: float) -> dict[str, float]:
     growth = {}
+    # glibc's adaptive mmap threshold keeps freed blocks resident at random, which makes RSS peaks
+    # vary by about 5% from run to run; a fixed threshold makes them repeatable to the kilobyte
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
     for variant in VARIANTS:
         out = subprocess.run(
             [sys.executable, __file__, "--memory-child", name, variant, str(threshold)],
+            env=env,
             capture_output=True,
             text=True,
             check=True,

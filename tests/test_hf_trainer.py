@@ -1,5 +1,6 @@
 """MIGU in the Hugging Face Trainer, with gradient accumulation."""
 
+import pytest
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
@@ -27,6 +28,7 @@ class Checker(TrainerCallback):
         self.micro_batches += 1
 
     def on_pre_optimizer_step(self, args, state, control, **kw):
+        self.fast_layers = self.migu.handle.fast_path_layers
         report = self.migu.handle.report()
         self.keep = {}
         for name in self.names:
@@ -46,7 +48,8 @@ class Checker(TrainerCallback):
         self.steps += 1
 
 
-def test_trainer_with_gradient_accumulation(tmp_path):
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_trainer_with_gradient_accumulation(tmp_path, accumulation):
     model = build("bert")
     data = batch("bert", size=16, length=8)
     dataset = [{k: v[i] for k, v in data.items()} for i in range(16)]
@@ -54,8 +57,8 @@ def test_trainer_with_gradient_accumulation(tmp_path):
     checker = Checker(callback, model, expected_layers("bert", "all_linear"))
     args = TrainingArguments(
         output_dir=str(tmp_path),
-        per_device_train_batch_size=2,
-        gradient_accumulation_steps=2,
+        per_device_train_batch_size=4 // accumulation,
+        gradient_accumulation_steps=accumulation,
         max_steps=4,
         learning_rate=1e-2,
         weight_decay=0.1,
@@ -69,6 +72,8 @@ def test_trainer_with_gradient_accumulation(tmp_path):
     trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[callback, checker])
     trainer.train()
     assert checker.steps == 4
-    assert checker.micro_batches == 8  # the statistic of each step covered 2 micro-batches
+    assert checker.micro_batches == 4 * accumulation  # the statistic of each step covered them all
+    # one micro-batch per step: kept rows' gradients only (fast path); else dense, then masked
+    assert bool(checker.fast_layers) == (accumulation == 1)
     assert callback.handle is None  # removed at the end of training
     assert not any(m._forward_hooks for n, m in model.named_modules() if n not in checker.names)

@@ -234,9 +234,9 @@ class MiguHandle:
             bias = target.bias.detach().clone() if self.config.mask_bias and target.bias is not None else None
             self._pending.append((target, shaped, target.weight.detach().clone(), bias))
         if not gradient_masked:  # the fast path computed only the kept rows already
-            grad.masked_fill_(~shaped, 0)
+            grad.mul_(shaped.to(grad.dtype))  # multiply by 1 or 0, as the official code
         if self.config.mask_bias and target.bias is not None and target.bias.grad is not None:
-            target.bias.grad.masked_fill_(~keep, 0)
+            target.bias.grad.mul_(keep.to(target.bias.grad.dtype))
 
     # -- reporting -----------------------------------------------------------------------------
     def _track(self, indices: list[int], keep: torch.Tensor) -> None:

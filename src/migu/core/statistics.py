@@ -20,6 +20,8 @@ from .fastpath import RowSparseLinear
 from .selection import cut_index
 from .targets import Side, Source
 
+CHUNK_VALUES = 1 << 20
+
 
 def distributed_world() -> int:
     """Number of ranks when torch.distributed is initialized, else 1 (nothing called)."""
@@ -119,18 +121,21 @@ class Recorder:
 
     def _record(self, index: int, output: Any) -> None:
         out = (output if isinstance(output, torch.Tensor) else output[0]).detach()
-        if out.dim() == 1:
-            out = out.unsqueeze(0)
-        buffer = self.buffers[index]
+        channels = out.shape[-1]
+        flat = out.reshape(-1, channels)
         mask = self._token_mask(self.sources[index].side, out.shape[:-1]) if self.ignore_padding else None
+        buffer = self.buffers[index]
+        # |output| summed over tokens in fp32, in chunks of about 1M values: one pass over the
+        # output, with small temporaries (large ones cost page faults and raise peak memory)
+        rows = max(1, CHUNK_VALUES // channels)
         if mask is None:
-            dims = tuple(range(out.dim() - 1))
-            buffer[:-1].add_(torch.linalg.vector_norm(out, ord=1, dim=dims, dtype=torch.float32))
-            self._host_tokens[index] += out.numel() // out.shape[-1]
+            for chunk in flat.split(rows):
+                buffer[:-1].add_(chunk.abs().sum(0, dtype=torch.float32))
+            self._host_tokens[index] += flat.shape[0]
         else:
             weights = mask.reshape(-1).to(device=out.device, dtype=torch.float32)
-            magnitudes = out.reshape(-1, out.shape[-1]).abs().to(torch.float32)
-            buffer[:-1].addmv_(magnitudes.t(), weights)
+            for chunk, w in zip(flat.split(rows), weights.split(rows), strict=True):
+                buffer[:-1].addmv_(chunk.abs().t().to(torch.float32), w)
             buffer[-1:].add_(weights.sum())
         self.forwards[index] += 1
 
