@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+CHUNK_VALUES = 1 << 19
+
 
 class RowSparseLinear(torch.autograd.Function):
     """y = x W^T + b (or x W + b for Conv1D), given y; backward masks the weight gradient."""
@@ -48,14 +50,17 @@ class RowSparseLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = (g @ (w.t() if ctx.rows_last else w)).reshape(*grad.shape[:-1], -1).to(x.dtype)
         if ctx.needs_input_grad[1]:
-            rows = ctx.kept_rows()
             xs = x.reshape(-1, x.shape[-1]).to(dtype)
-            kept = g.index_select(1, rows)
             grad_w = torch.zeros_like(weight)
-            if ctx.rows_last:  # Conv1D: weight [in, out], output channels are columns
-                grad_w.index_copy_(1, rows, (xs.t() @ kept).to(weight.dtype))
-            else:
-                grad_w.index_copy_(0, rows, (kept.t() @ xs).to(weight.dtype))
+            # the kept rows in chunks, so that the gathered gradient columns and their product
+            # stay small temporaries (peak memory as plain finetuning)
+            step = max(1, CHUNK_VALUES // g.shape[0])
+            for rows in ctx.kept_rows().split(step):
+                kept = g.index_select(1, rows)
+                if ctx.rows_last:  # Conv1D: weight [in, out], output channels are columns
+                    grad_w.index_copy_(1, rows, (xs.t() @ kept).to(weight.dtype))
+                else:
+                    grad_w.index_copy_(0, rows, (kept.t() @ xs).to(weight.dtype))
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g.sum(0).to(weight.dtype)
         return grad_x, grad_w, grad_b, None, None, None

@@ -66,6 +66,7 @@ class MiguHandle:
         self._recorder = Recorder(self.model, self.sources, self.config.ignore_padding)
         self._recorder.enabled = not self._paused
         self._recorder.threshold = self.config.threshold
+        self._fast_eligible = {i for i, s in enumerate(self.sources) if fast_path_layer(s)}
         self._update_fast_path()
 
     def _update_fast_path(self) -> None:
@@ -77,7 +78,7 @@ class MiguHandle:
             and c.selection == "magnitude"
             and not (c.sync_distributed and distributed_world() > 1)
         )
-        self._live().fast_sources = {i for i, s in enumerate(self.sources) if on and fast_path_layer(s)}
+        self._live().fast_sources = set(self._fast_eligible) if on else set()
 
     @property
     def fast_path_layers(self) -> list[str]:
@@ -241,12 +242,12 @@ class MiguHandle:
     # -- reporting -----------------------------------------------------------------------------
     def _track(self, indices: list[int], keep: torch.Tensor) -> None:
         for row, i in enumerate(indices):
-            d = self._diagnostics.setdefault(self.sources[i].name, {"steps": 0, "jaccard": [], "ever": None})
+            d = self._diagnostics.setdefault(self.sources[i].name, {"steps": 0, "jaccard_sum": 0.0, "ever": None})
             current = keep[row]
-            if d["ever"] is not None:
+            if d["ever"] is not None:  # running sums on the device: no host synchronisation
                 previous = d["last"]
                 union = (current | previous).sum().clamp(min=1)
-                d["jaccard"].append((current & previous).sum() / union)
+                d["jaccard_sum"] = d["jaccard_sum"] + (current & previous).sum() / union
                 d["ever"] = d["ever"] | current
             else:
                 d["ever"] = current.clone()
@@ -267,7 +268,7 @@ class MiguHandle:
                 kept_fraction=float(last.float().mean()) if last is not None else None,
                 kept_rows=last.nonzero().flatten().cpu() if last is not None else None,
                 ever_kept_fraction=float(d["ever"].float().mean()) if d else None,
-                mean_jaccard=float(torch.stack(d["jaccard"]).mean()) if d and d["jaccard"] else None,
+                mean_jaccard=float(d["jaccard_sum"]) / (d["steps"] - 1) if d and d["steps"] > 1 else None,
             )
         return out
 
