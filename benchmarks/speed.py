@@ -1,6 +1,7 @@
 """Step time and peak memory of MIGU vs plain finetuning.
 
     python benchmarks/speed.py --out benchmarks/results/speed/speed.json [--cases a,b] [--repeats 10]
+    python benchmarks/speed.py --table benchmarks/results/speed/speed.json    # markdown table
 
 Time: one process per case; a plain model and identical copies with MIGU attached through their
 optimizers take interleaved training steps (forward, backward, AdamW step), median of
@@ -180,9 +181,37 @@ def measure_memory(name: str, threshold: float) -> dict[str, float]:
     }
 
 
+TARGETS = {"block_d1024": (0.90, 1.05), "minilm_full": (1.00, 1.05), "smollm2_lora": (1.03, None)}
+
+
+def table(path: str) -> str:
+    """The markdown table of a results file, with the issue's targets."""
+    with open(path) as f:
+        results = json.load(f)
+    lines = [
+        "| case | plain step (s) | MIGU / plain time | target | dense MIGU / plain time | target "
+        "| MIGU / plain peak memory | dense MIGU / plain peak memory |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        if name.startswith("_"):
+            continue
+        fast_target, dense_target = TARGETS.get(name, (None, None))
+        mark = lambda v, t: f"{v:.3f}" + ("" if t is None else (" ✓" if v <= t else " ✗"))  # noqa: E731
+        lines.append(
+            f"| `{name}` | {r['plain_step_s']:.3f} | {mark(r['time_ratio'], fast_target)} | "
+            f"{fast_target or ''} | {mark(r['dense_time_ratio'], dense_target)} | {dense_target or ''} | "
+            f"{mark(r['memory_ratio'], 1.02)} | {mark(r['dense_memory_ratio'], 1.02)} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--memory-child":
         memory_child(sys.argv[2], sys.argv[3], float(sys.argv[4]))
+        return
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--table":
+        print(table(sys.argv[2]))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default=DEFAULT, help=f"comma list of {', '.join(CASES)}")
