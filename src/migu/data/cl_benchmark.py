@@ -11,7 +11,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from .tasks import Task, TaskSequence, make_examples
+from .tasks import Task, TaskSequence, make_examples, sample_splits
 
 
 def _read_json(path: Path) -> Any:
@@ -89,12 +89,7 @@ def load_task(
     for split, rows in (("train", train_all), ("test", test_all)):
         if not rows:
             raise ValueError(f"task {name!r} has an empty {split} split ({folder / (split + '.json')})")
-    order = list(range(len(train_all)))
-    rng.shuffle(order)
-    n_val = min(n_validation, max(0, len(order) - 1))
-    validation = [train_all[i] for i in order[:n_val]]
-    train = [train_all[i] for i in order[n_val:][: n_train if n_train is not None else None]]
-    test = rng.sample(test_all, min(len(test_all), n_test)) if n_test is not None else test_all
+    train, validation, test = sample_splits(train_all, test_all, n_train, n_test, n_validation, rng)
     instruction, task = instruction.strip(), name.lower()
     return Task(
         name=task,

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .tasks import Task, TaskSequence, make_examples
+from .tasks import Task, TaskSequence, make_examples, sample_splits
 
 Row = dict[str, Any]
 INSTRUCTIONS = {
@@ -214,10 +214,7 @@ def load_hub_task(
     test_all = convert(key, loader(spec.path, spec.config, spec.test_split))
     if not train_all or not test_all:
         raise ValueError(f"hub task {name!r} has an empty split")
-    rng.shuffle(train_all)
-    n_val = min(n_validation, len(train_all) - 1)
-    validation, train = train_all[:n_val], train_all[n_val:][:n_train]
-    test = rng.sample(test_all, min(len(test_all), n_test)) if n_test is not None else test_all
+    train, validation, test = sample_splits(train_all, test_all, n_train, n_test, n_validation, rng)
     instruction, where = INSTRUCTIONS.get(spec.category, INSTRUCTIONS["TC"]), f"hub {spec.path}"
     return Task(
         name=key,

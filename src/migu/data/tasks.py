@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -70,6 +71,24 @@ class TaskSequence:
 
     def __getitem__(self, index: int) -> Task:
         return self.tasks[index]
+
+
+Pair = tuple[str, str]
+
+
+def sample_splits(
+    train_all: Sequence[Pair], test_all: Sequence[Pair], n_train: int | None, n_test: int | None,
+    n_validation: int, rng: random.Random,
+) -> tuple[list[Pair], list[Pair], list[Pair]]:  # fmt: skip
+    """Seeded (train, validation, test) samples: validation is held out of the training data,
+    disjoint from the training sample; ``None`` or more than available takes all."""
+    order = list(range(len(train_all)))
+    rng.shuffle(order)
+    n_val = min(n_validation, max(0, len(order) - 1))
+    validation = [train_all[i] for i in order[:n_val]]
+    train = [train_all[i] for i in order[n_val:][:n_train]]
+    test = rng.sample(list(test_all), min(len(test_all), n_test)) if n_test is not None else list(test_all)
+    return train, validation, test
 
 
 def make_examples(
