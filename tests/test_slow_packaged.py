@@ -1,0 +1,48 @@
+"""Real packaged models end to end (slow: run with ``python -m pytest -m slow``)."""
+
+import pytest
+
+from migu.bench import run, run_config
+from migu.data import Example
+from migu.methods import TaskContext, build_methods
+from migu.models import load_model
+from migu.train import TrainConfig, accuracy, make_accelerator, make_format, train_task
+
+pytestmark = pytest.mark.slow
+
+
+def test_minilm_on_bbc_news(tmp_path):
+    raw = {
+        "model": "minilm",
+        "method": "finetune+migu",
+        "data": {"source": "bbc", "order": [["business", "sports"], ["politics", "tech"]], "n_train": 32, "n_test": 32},
+        "train": {"lr": 1e-4, "batch_size": 16, "micro_batch_size": 16, "max_length": 64},
+        "output_dir": str(tmp_path),
+        "progress": False,
+    }
+    result = run(run_config(raw))
+    matrix = result["accuracy_matrix"]
+    assert len(matrix) == 3 and matrix[1][0] >= 80.0  # the pretrained encoder learns two topics at once
+    assert result["diagnostics"][1]["migu"]["masked"]
+
+
+class _Task:
+    name = "sentiment"
+
+
+def test_smollm2_trains_and_generates():
+    bundle = load_model("smollm2")
+    assert bundle.arch == "decoder"
+    options = ("positive", "negative")
+    examples = [Example(t, lab, options, "What is the sentiment?", "sentiment")
+                for t, lab in [("I loved it.", "positive"), ("Awful, boring film.", "negative")] * 2]  # fmt: skip
+    fmt = make_format("decoder", bundle.tokenizer, 64)
+    config = TrainConfig(lr=1e-5, batch_size=4, micro_batch_size=4, max_length=64)
+    methods = build_methods("finetune+migu")
+    ctx = TaskContext(1, _Task(), 2, 0, 1)
+    for m in methods:
+        m.before_task(bundle.model, ctx)
+    stats = train_task(bundle.model, fmt, examples, methods, ctx, config, make_accelerator(config), progress=False)
+    assert stats["steps"] == 1
+    assert methods[-1].handle.fast_path_layers  # one micro-batch per step: kept rows only
+    assert 0.0 <= accuracy(bundle.model, fmt, examples, batch_size=4, progress=False) <= 100.0
