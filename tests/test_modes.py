@@ -119,3 +119,19 @@ def test_random_selection_keeps_same_count_other_rows():
         handle.remove()
     assert counts["magnitude"] == counts["random"]
     assert any(not torch.equal(rows["magnitude"][n], rows["random"][n]) for n in rows["random"])
+
+
+@pytest.mark.parametrize("mode, leaks", [("grad", True), ("update", False)])
+def test_update_leak_diagnostic(mode, leaks):
+    model = build("llama")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    handle = migu.attach(model, threshold=0.7, mask_mode=mode, optimizer=opt, measure_update_leak=True)
+    assert handle.update_leak() is None
+    for step in range(3):
+        model(**batch("llama", seed=step)).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    leak = handle.update_leak()
+    assert (0.0 < leak < 1.0) if leaks else leak == 0.0
+    handle.reset_report()
+    assert handle.update_leak() is None

@@ -78,6 +78,11 @@ class MiguConfig:
     or ``sync_distributed=False``. Rows tied exactly at the cut are the one difference: the
     fast path keeps exactly ``rows - ceil(T * (rows - 1))`` of them."""
 
+    measure_update_leak: bool = False
+    """Diagnostic: measure the share of each step's squared weight update that lands on masked
+    rows (Adam momentum and weight decay in ``grad`` mode; 0 in ``update`` mode); read it with
+    ``handle.update_leak()``. Costs a copy of the masked weights per step."""
+
     sync_distributed: bool = True
     """Sum the statistic over ranks (one all-reduce per step) when torch.distributed is
     initialized, so that every rank masks the same rows."""

@@ -53,6 +53,8 @@ class MiguHandle:
         self._paused = False
         self._masked = False
         self._pending: list[tuple[Target, torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+        self._leak_pending: list[tuple[Target, torch.Tensor, torch.Tensor]] = []
+        self._leak: list[torch.Tensor] = []  # running [masked, total] squared update, on the device
         self._optimizer_hooks: list[RemovableHandle] = []
         self._generator = torch.Generator().manual_seed(config.seed)
         self._diagnostics: dict[str, dict[str, Any]] = {}
@@ -206,6 +208,11 @@ class MiguHandle:
                 b = target.bias.detach()
                 b.copy_(torch.where(shaped.reshape(-1), b, bias))
         self._pending.clear()
+        for target, shaped, before in self._leak_pending:
+            delta = (target.weight.detach() - before).float().pow(2)
+            step = torch.stack([(delta * ~shaped).sum(), delta.sum()])
+            self._leak = [self._leak[0] + step] if self._leak else [step]
+        self._leak_pending.clear()
         self._masked = False
         self._live().reset()
         self._update_fast_path()
@@ -234,6 +241,8 @@ class MiguHandle:
         if self.config.mask_mode == "update":
             bias = target.bias.detach().clone() if self.config.mask_bias and target.bias is not None else None
             self._pending.append((target, shaped, target.weight.detach().clone(), bias))
+        if self.config.measure_update_leak:
+            self._leak_pending.append((target, shaped, target.weight.detach().clone()))
         if not gradient_masked:  # the fast path computed only the kept rows already
             grad.mul_(shaped.to(grad.dtype))  # multiply by 1 or 0, as the official code
         if self.config.mask_bias and target.bias is not None and target.bias.grad is not None:
@@ -272,6 +281,14 @@ class MiguHandle:
             )
         return out
 
+    def update_leak(self) -> float | None:
+        """Share of the squared weight update that landed on masked rows, over the steps since
+        the handle was made or ``reset_report`` (needs ``measure_update_leak=True``)."""
+        if not self._leak:
+            return None
+        masked, total = self._leak[0].tolist()
+        return masked / total if total > 0 else 0.0
+
     def reseed(self, seed: int) -> None:
         """Restart the generator of the ``random`` selection (e.g. per task, for resumable runs)."""
         self._generator.manual_seed(seed)
@@ -279,6 +296,7 @@ class MiguHandle:
     def reset_report(self) -> None:
         """Forget the masking history (e.g. at the start of a new task)."""
         self._diagnostics.clear()
+        self._leak.clear()
 
     # -- lifetime ------------------------------------------------------------------------------
     def _live(self) -> Recorder:
@@ -295,6 +313,7 @@ class MiguHandle:
             hook.remove()
         self._optimizer_hooks.clear()
         self._pending.clear()
+        self._leak_pending.clear()
 
     def __enter__(self) -> MiguHandle:
         return self

@@ -86,6 +86,7 @@ class Migu(Method):
             "kept_fraction": mean([r.kept_fraction for r in layers]),
             "ever_kept_fraction": mean([r.ever_kept_fraction for r in layers]),
             "consecutive_jaccard": mean([r.mean_jaccard for r in layers]),
+            "update_leak": self.handle.update_leak(),
         }
 
 
