@@ -8,7 +8,9 @@ from typing import Any
 
 from .base import STAGES, Method
 from .finetune import Finetune, FinetuneConfig
+from .lora import IncLora, Lora, LoraMethodConfig, OLora, OLoraConfig
 from .migu_method import Migu, MiguMethodConfig, RandomUpdate
+from .replay import Replay, ReplayConfig
 
 
 def _plain(cls: type[Method], config_cls: type) -> Callable[[dict[str, Any]], Method]:
@@ -24,6 +26,10 @@ def _plain(cls: type[Method], config_cls: type) -> Callable[[dict[str, Any]], Me
 
 REGISTRY: dict[str, Callable[[dict[str, Any]], Method]] = {
     "finetune": _plain(Finetune, FinetuneConfig),
+    "lora": _plain(Lora, LoraMethodConfig),
+    "inc_lora": _plain(IncLora, LoraMethodConfig),
+    "olora": _plain(OLora, OLoraConfig),
+    "replay": _plain(Replay, ReplayConfig),
     "migu": lambda s: Migu(MiguMethodConfig.from_dict(s)),
     "random_update": lambda s: RandomUpdate(MiguMethodConfig.from_dict(s)),
 }
@@ -41,7 +47,17 @@ def parse_spec(spec: str) -> list[str]:
         raise ValueError(f"method {spec!r} names a method twice")
     if "migu" in names and "random_update" in names:
         raise ValueError("migu and random_update both choose the rows to update: use one of them")
+    models = [n for n in names if n in ("finetune", "lora", "inc_lora", "olora")]
+    if len(models) > 1:
+        raise ValueError(f"{spec!r} names {len(models)} methods that decide what trains ({models}): use one")
     return names
+
+
+def default_threshold(names: list[str]) -> float:
+    """The paper's T per combination: 0.1 with O-LoRA, 0.4 with replay, else 0.7."""
+    if "olora" in names:
+        return 0.1
+    return 0.4 if "replay" in names else 0.7
 
 
 def build_methods(spec: str, settings: dict[str, dict[str, Any]] | None = None) -> list[Method]:
@@ -50,8 +66,11 @@ def build_methods(spec: str, settings: dict[str, dict[str, Any]] | None = None) 
     Without a method that decides what trains (``finetune``, later ``lora`` ...), ``finetune``
     is implied, so ``migu`` alone means ``finetune+migu``.
     """
-    settings = settings or {}
+    settings = dict(settings or {})
     names = parse_spec(spec)
+    for gradient_method in ("migu", "random_update"):
+        if gradient_method in names and "threshold" not in (settings.get(gradient_method) or {}):
+            settings[gradient_method] = {**(settings.get(gradient_method) or {}), "threshold": default_threshold(names)}
     methods = [REGISTRY[n](dict(settings.get(n) or {})) for n in names]
     if not any(m.stage == "model" for m in methods):
         methods.insert(0, Finetune())

@@ -1,0 +1,131 @@
+"""Every registered method, alone and with MIGU: two tasks on a tiny model, killed after the
+first and resumed (save, reload), evaluated; frozen parameters stay bit-identical."""
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from migu.bench import run, run_config
+from migu.data import Example
+from migu.methods import REGISTRY, TaskContext, build_methods
+from migu.methods.lora import olora_loss
+from migu.methods.replay import Replay, ReplayConfig
+
+from tiny import build
+
+BASES = [n for n in REGISTRY if n not in ("migu", "random_update")]
+SPECS = BASES + [f"{b}+migu" for b in BASES] + ["lora+random_update", "lora+replay+migu"]
+
+
+class Stop(Exception):
+    pass
+
+
+def _config(bench_dir, out, method):
+    return run_config({
+        "model": "tiny-bert", "method": method, "seed": 0,
+        "data": {"root": str(bench_dir), "order": ["alpha", "beta"], "n_train": 16, "n_test": 8},
+        "train": {"lr": 1e-3, "batch_size": 8, "micro_batch_size": 4, "max_length": 32, "eval_batch_size": 8},
+        "output_dir": str(out), "progress": False,
+    })  # fmt: skip
+
+
+@pytest.mark.parametrize("method", SPECS)
+def test_every_method_trains_saves_resumes(bench_dir, tmp_path, method):
+    config = _config(bench_dir, tmp_path, method)
+
+    def stop_after_first(index, state):
+        if index == 0:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run(config, on_task_end=stop_after_first)
+    result = run(config)
+    assert result["resumed_at"] == [1] and len(result["accuracy_matrix"]) == 3
+    assert all(0 <= v <= 100 for row in result["accuracy_matrix"] for v in row)
+    full = run(_config(bench_dir, tmp_path / "uninterrupted", method))
+    assert full["accuracy_matrix"] == result["accuracy_matrix"]
+
+
+@pytest.mark.parametrize("method", ["lora", "inc_lora", "olora", "lora+migu", "inc_lora+migu"])
+def test_frozen_parameters_stay_bit_identical(method):
+    from migu.data.tasks import Task
+    from migu.models import load_model
+    from migu.train import TrainConfig, make_accelerator, make_format, train_task
+
+    bundle = load_model("tiny-bert")
+    examples = [Example(f"text {i}", "a" if i % 2 else "b", ("a", "b"), "Which?", "t") for i in range(8)]
+    task = Task("t", "Which?", ("a", "b"), examples, examples)
+    methods = build_methods(method)
+    model = bundle.model
+    for m in methods:
+        model = m.setup(model)
+    config = TrainConfig(lr=1e-2, batch_size=4, micro_batch_size=4, max_length=16)
+    fmt = make_format("encoder", bundle.tokenizer, 16)
+    snapshots = []
+    for index in range(2):
+        ctx = TaskContext(index, task, 2, 0, 1)
+        for m in methods:
+            model = m.before_task(model, ctx)
+        frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+        trained = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        train_task(model, fmt, examples, methods, ctx, config, make_accelerator(config), progress=False)
+        for name, p in model.named_parameters():
+            if name in frozen:
+                assert torch.equal(p, frozen[name]), name
+        assert any(not torch.equal(p, trained[n]) for n, p in model.named_parameters() if n in trained)
+        assert all("lora_" in n for n in trained)  # the base model never trains under LoRA methods
+        snapshots.append(set(trained))
+    if method.startswith(("inc_lora", "olora")):
+        assert all(".task1." in n for n in snapshots[1]) and all(".task0." in n for n in snapshots[0])
+
+
+def test_replay_mixes_earlier_examples():
+    replay = Replay(ReplayConfig(fraction=0.25))
+    from migu.data.tasks import Task
+
+    def task(name, n):
+        ex = [Example(f"{name} {i}", "x", ("x", "y"), "", name) for i in range(n)]
+        return Task(name, "", ("x", "y"), ex, ex)
+
+    t1, t2, t3 = task("one", 40), task("two", 20), task("three", 12)
+    assert len(replay.train_examples(t1.train, TaskContext(0, t1, 3, 0))) == 40
+    replay.after_task(None, TaskContext(0, t1, 3, 0))
+    mixed = replay.train_examples(t2.train, TaskContext(1, t2, 3, 0))
+    assert sum(e.task == "one" for e in mixed) == 10 and sum(e.task == "two" for e in mixed) == 20
+    replay.after_task(None, TaskContext(1, t2, 3, 0))
+    mixed = replay.train_examples(t3.train, TaskContext(2, t3, 3, 0))
+    assert [sum(e.task == n for e in mixed) for n in ("one", "two", "three")] == [10, 5, 12]
+    restored = Replay(ReplayConfig(fraction=0.25))
+    restored.load_state_dict(replay.state_dict())
+    assert restored.memory == replay.memory
+
+
+def test_olora_loss_zero_for_orthogonal_a_positive_otherwise():
+    model = get_peft_model(build("llama"), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"]),
+                           adapter_name="task0")  # fmt: skip
+    model.add_adapter("task1", LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"]))
+    layers = [m for m in model.modules() if hasattr(m, "lora_A") and "task1" in m.lora_A]
+    eye = torch.eye(32)
+    with torch.no_grad():
+        for layer in layers:
+            layer.lora_A["task0"].weight.copy_(eye[:2])
+            layer.lora_A["task1"].weight.copy_(eye[2:4])
+    assert float(olora_loss(model, "task1", 0.5, 0.0)) == 0.0
+    with torch.no_grad():
+        layers[0].lora_A["task1"].weight.copy_(eye[1:3])
+    assert float(olora_loss(model, "task1", 0.5, 0.0)) == pytest.approx(0.5)
+
+
+def test_default_thresholds_per_combination():
+    def threshold(spec):
+        return next(m for m in build_methods(spec) if m.name == "migu").config.core.threshold
+
+    assert threshold("migu") == threshold("lora+migu") == threshold("inc_lora+migu") == 0.7
+    assert threshold("finetune+replay+migu") == 0.4 and threshold("olora+migu") == 0.1
+    assert (
+        next(m for m in build_methods("migu", {"migu": {"threshold": 0.5}}) if m.name == "migu").config.core.threshold
+        == 0.5
+    )
+    with pytest.raises(ValueError, match="decide what trains"):
+        build_methods("finetune+lora")
