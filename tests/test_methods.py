@@ -129,3 +129,24 @@ def test_default_thresholds_per_combination():
     )
     with pytest.raises(ValueError, match="decide what trains"):
         build_methods("finetune+lora")
+
+
+def test_ewc_penalty_zero_at_anchor_positive_away():
+    from migu.data.tasks import Task
+    from migu.methods.ewc import Ewc, EwcConfig
+    from migu.models import load_model
+    from migu.train import make_format
+
+    bundle = load_model("tiny-bert")
+    fmt = make_format("encoder", bundle.tokenizer, 16)
+    examples = [Example(f"text {i}", "a" if i % 2 else "b", ("a", "b"), "Which?", "t") for i in range(8)]
+    ctx = TaskContext(0, Task("t", "Which?", ("a", "b"), examples, examples), 2, 0, 1,
+                      lambda m, ex: fmt.loss(m, fmt.batch(ex)), 4)  # fmt: skip
+    ewc = Ewc(EwcConfig(weight=10.0, fisher_examples=8))
+    assert ewc.extra_loss(bundle.model, ctx) is None
+    ewc.after_task(bundle.model, ctx)
+    assert float(ewc.extra_loss(bundle.model, ctx)) == 0.0
+    with torch.no_grad():
+        for p in bundle.model.parameters():
+            p.add_(0.01)
+    assert float(ewc.extra_loss(bundle.model, ctx)) > 0.0

@@ -143,7 +143,7 @@ def run(config: RunConfig, on_task_end: TaskHook | None = None) -> dict[str, Any
                      disable=not config.progress)  # fmt: skip
     for index in range(state["completed"], len(sequence)):
         task = sequence[index]
-        ctx = _context(config, sequence, index)
+        ctx = _context(config, sequence, index, fmt)
         model = _before_task(methods, model, ctx)
         examples = task.train
         for method in methods:
@@ -185,8 +185,10 @@ def run(config: RunConfig, on_task_end: TaskHook | None = None) -> dict[str, Any
     return results
 
 
-def _context(config: RunConfig, sequence: TaskSequence, index: int) -> TaskContext:
-    return TaskContext(index, sequence[index], len(sequence), config.seed, config.train.accumulation_steps)
+def _context(config: RunConfig, sequence: TaskSequence, index: int, fmt: Any = None) -> TaskContext:
+    loss = (lambda model, examples: fmt.loss(model, fmt.batch(examples))) if fmt is not None else None
+    return TaskContext(index, sequence[index], len(sequence), config.seed, config.train.accumulation_steps, loss,
+                       config.train.micro_batch_size)  # fmt: skip
 
 
 def _before_task(methods: list, model: Any, ctx: TaskContext) -> Any:

@@ -8,6 +8,7 @@ composed as a list, in the order of their ``stage``: model wrappers (LoRA) first
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,9 @@ class TaskContext:
     num_tasks: int
     seed: int
     micro_batches_per_step: int | None = None  # the loop's gradient accumulation, when known
+    batch_loss: Callable[[nn.Module, list[Example]], torch.Tensor] | None = None
+    """The task format's training loss of a list of examples (for methods such as EWC)."""
+    micro_batch_size: int = 16
 
 
 class Method:

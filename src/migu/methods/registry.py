@@ -7,6 +7,7 @@ from dataclasses import fields
 from typing import Any
 
 from .base import STAGES, Method
+from .ewc import Ewc, EwcConfig
 from .finetune import Finetune, FinetuneConfig
 from .lora import IncLora, Lora, LoraMethodConfig, OLora, OLoraConfig
 from .migu_method import Migu, MiguMethodConfig, RandomUpdate
@@ -30,6 +31,7 @@ REGISTRY: dict[str, Callable[[dict[str, Any]], Method]] = {
     "inc_lora": _plain(IncLora, LoraMethodConfig),
     "olora": _plain(OLora, OLoraConfig),
     "replay": _plain(Replay, ReplayConfig),
+    "ewc": _plain(Ewc, EwcConfig),
     "migu": lambda s: Migu(MiguMethodConfig.from_dict(s)),
     "random_update": lambda s: RandomUpdate(MiguMethodConfig.from_dict(s)),
 }
