@@ -47,7 +47,9 @@ def test_every_method_trains_saves_resumes(bench_dir, tmp_path, method):
     assert full["accuracy_matrix"] == result["accuracy_matrix"]
 
 
-@pytest.mark.parametrize("method", ["lora", "inc_lora", "olora", "lora+migu", "inc_lora+migu"])
+@pytest.mark.parametrize(
+    "method", ["lora", "inc_lora", "olora", "lora+migu", "inc_lora+migu", "moelora", "moelora+migu"]
+)
 def test_frozen_parameters_stay_bit_identical(method):
     from migu.data.tasks import Task
     from migu.models import load_model
@@ -74,7 +76,7 @@ def test_frozen_parameters_stay_bit_identical(method):
             if name in frozen:
                 assert torch.equal(p, frozen[name]), name
         assert any(not torch.equal(p, trained[n]) for n, p in model.named_parameters() if n in trained)
-        assert all("lora_" in n for n in trained)  # the base model never trains under LoRA methods
+        assert all("lora_" in n or ".router." in n for n in trained)  # the base never trains under LoRA methods
         snapshots.append(set(trained))
     if method.startswith(("inc_lora", "olora")):
         assert all(".task1." in n for n in snapshots[1]) and all(".task0." in n for n in snapshots[0])

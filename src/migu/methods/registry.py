@@ -11,6 +11,7 @@ from .ewc import Ewc, EwcConfig
 from .finetune import Finetune, FinetuneConfig
 from .lora import IncLora, Lora, LoraMethodConfig, OLora, OLoraConfig
 from .migu_method import Migu, MiguMethodConfig, RandomUpdate
+from .moelora import MoeLora, MoeLoraConfig
 from .replay import Replay, ReplayConfig
 
 
@@ -30,6 +31,7 @@ REGISTRY: dict[str, Callable[[dict[str, Any]], Method]] = {
     "lora": _plain(Lora, LoraMethodConfig),
     "inc_lora": _plain(IncLora, LoraMethodConfig),
     "olora": _plain(OLora, OLoraConfig),
+    "moelora": _plain(MoeLora, MoeLoraConfig),
     "replay": _plain(Replay, ReplayConfig),
     "ewc": _plain(Ewc, EwcConfig),
     "migu": lambda s: Migu(MiguMethodConfig.from_dict(s)),
@@ -49,7 +51,7 @@ def parse_spec(spec: str) -> list[str]:
         raise ValueError(f"method {spec!r} names a method twice")
     if "migu" in names and "random_update" in names:
         raise ValueError("migu and random_update both choose the rows to update: use one of them")
-    models = [n for n in names if n in ("finetune", "lora", "inc_lora", "olora")]
+    models = [n for n in names if n in ("finetune", "lora", "inc_lora", "olora", "moelora")]
     if len(models) > 1:
         raise ValueError(f"{spec!r} names {len(models)} methods that decide what trains ({models}): use one")
     return names

@@ -1,0 +1,88 @@
+"""MoELoRA: at each adapted layer, as many LoRA experts as tasks and a learned router that mixes
+them per token; the base model is frozen and no task id is used at inference. PEFT has no
+mixture-of-LoRA-experts layer, so the layer is defined here; the adapted linear layers are
+replaced by it in their parent modules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .base import Method, TaskContext
+from .lora import DEFAULT_TARGETS
+
+
+class MoeLoraLinear(nn.Module):
+    """base(x) + (alpha / r) * sum_e softmax(router(x))_e * B_e A_e dropout(x)."""
+
+    def __init__(self, base: nn.Linear, experts: int, r: int, alpha: float, dropout: float) -> None:
+        super().__init__()
+        self.base = base
+        self.scale = alpha / r
+        self.dropout = nn.Dropout(dropout)
+        self.router = nn.Linear(base.in_features, experts, bias=False)
+        self.lora_A = nn.ModuleList(nn.Linear(base.in_features, r, bias=False) for _ in range(experts))
+        self.lora_B = nn.ModuleList(nn.Linear(r, base.out_features, bias=False) for _ in range(experts))
+        for a, b in zip(self.lora_A, self.lora_B, strict=True):
+            nn.init.kaiming_uniform_(a.weight, a=5**0.5)
+            nn.init.zeros_(b.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gates = torch.softmax(self.router(x), dim=-1)
+        h = self.dropout(x)
+        mixed = sum(
+            gates[..., e : e + 1] * b(a(h)) for e, (a, b) in enumerate(zip(self.lora_A, self.lora_B, strict=True))
+        )
+        return self.base(x) + self.scale * mixed
+
+
+@dataclass
+class MoeLoraConfig:
+    r: int = 8
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] | None = None
+    """Module-name suffixes to adapt; by default the query and value projections."""
+    experts: int | None = None
+    """Number of experts; by default one per task of the sequence."""
+
+    def __post_init__(self) -> None:
+        if (
+            self.r < 1
+            or self.alpha <= 0
+            or not 0 <= self.dropout < 1
+            or (self.experts is not None and self.experts < 1)
+        ):
+            raise ValueError(f"MoELoRA needs r >= 1, alpha > 0, dropout in [0, 1), experts >= 1; got {self}")
+
+
+class MoeLora(Method):
+    name = "moelora"
+    stage = "model"
+
+    def __init__(self, config: MoeLoraConfig | None = None) -> None:
+        self.config = config or MoeLoraConfig()
+        self.wrapped = False
+
+    def before_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
+        if self.wrapped:
+            return model
+        kind = getattr(getattr(model, "config", None), "model_type", "")
+        suffixes = self.config.target_modules or DEFAULT_TARGETS.get(kind)
+        if not suffixes:
+            raise ValueError(f"no default MoELoRA target modules for model type {kind!r}: set moelora.target_modules")
+        for p in model.parameters():
+            p.requires_grad_(False)
+        experts = self.config.experts or ctx.num_tasks
+        targets = [(n, m) for n, m in model.named_modules()
+                   if isinstance(m, nn.Linear) and n.split(".")[-1] in suffixes]  # fmt: skip
+        if not targets:
+            raise ValueError(f"MoELoRA: no nn.Linear named {suffixes} in {type(model).__name__}")
+        for name, layer in targets:
+            parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+            wrapped = MoeLoraLinear(layer, experts, self.config.r, self.config.alpha, self.config.dropout)
+            setattr(parent, name.rsplit(".", 1)[-1], wrapped.to(layer.weight.device))
+        self.wrapped = True
+        return model
