@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .base import Method, TaskContext
-from .lora import DEFAULT_TARGETS
+from .lora import DEFAULT_TARGETS, LoraMethodConfig
 
 
 class MoeLoraLinear(nn.Module):
@@ -39,23 +39,16 @@ class MoeLoraLinear(nn.Module):
 
 
 @dataclass
-class MoeLoraConfig:
-    r: int = 8
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: list[str] | None = None
-    """Module-name suffixes to adapt; by default the query and value projections."""
+class MoeLoraConfig(LoraMethodConfig):
+    """LoRA settings of every expert, plus their number."""
+
     experts: int | None = None
     """Number of experts; by default one per task of the sequence."""
 
     def __post_init__(self) -> None:
-        if (
-            self.r < 1
-            or self.alpha <= 0
-            or not 0 <= self.dropout < 1
-            or (self.experts is not None and self.experts < 1)
-        ):
-            raise ValueError(f"MoELoRA needs r >= 1, alpha > 0, dropout in [0, 1), experts >= 1; got {self}")
+        super().__post_init__()
+        if self.experts is not None and self.experts < 1:
+            raise ValueError(f"MoELoRA needs at least one expert, got {self.experts}")
 
 
 class MoeLora(Method):
