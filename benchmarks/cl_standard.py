@@ -3,7 +3,9 @@
     python benchmarks/cl_standard.py --out benchmarks/results/minilm_standard [--seeds 0,1,2]
 
 1. Learning rate per method, chosen on validation data held out of the training files
-   (order 1, seed 0, AA over the validation splits); never on test examples.
+   (order 1, seed 0, AA over the validation splits); never on test examples. When a method's
+   best rate is at the edge of the grid, extend the grid for it and rerun with ``--methods``;
+   ``lr_choice.json`` keeps the other methods' choices. ``--use-choice`` skips this phase.
 2. Test runs with the chosen rates: for each seed, each order, each method (interleaved, so
    that a partial table is still made of paired comparisons).
 Every run is resumable: rerun the same command after an interruption. Tables:
@@ -42,6 +44,7 @@ def main() -> None:
     parser.add_argument("--n-validation", type=int, default=200)
     parser.add_argument("--data-root", help="override data.root of the config")
     parser.add_argument("--skip-test", action="store_true", help="only choose the learning rates")
+    parser.add_argument("--use-choice", action="store_true", help="skip the selection: use the rates in lr_choice.json")
     args = parser.parse_args()
     raw = load_yaml(args.config)
     raw.pop("method", None)
@@ -50,8 +53,9 @@ def main() -> None:
     out = Path(args.out)
     methods = args.methods.split(",")
 
-    chosen = {}
-    for method in methods:
+    choice_file = out / "lr_choice.json"
+    chosen = json.loads(choice_file.read_text()) if choice_file.exists() else {}  # other methods' choices stay
+    for method in [] if args.use_choice else methods:
         scores = {}
         for lr in args.lrs.split(","):
             result = _run(raw, [f"method={method}", f"train.lr={lr}", "seed=0", "data.order=order1",
@@ -60,9 +64,12 @@ def main() -> None:
             scores[lr] = metrics.average_accuracy(result["accuracy_matrix"])
         chosen[method] = max(scores, key=lambda lr: scores[lr])
         print(f"-> {method}: validation AA {scores}; lr {chosen[method]}", flush=True)
-    (out / "lr_choice.json").write_text(json.dumps(chosen, indent=1))
+        choice_file.write_text(json.dumps(chosen, indent=1))
     if args.skip_test:
         return
+    missing = [m for m in methods if m not in chosen]
+    if missing:
+        parser.error(f"no learning rate chosen for {missing} in {choice_file}: run without --use-choice first")
     for seed in args.seeds.split(","):
         for order in args.orders.split(","):
             for method in methods:

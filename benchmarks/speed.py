@@ -92,9 +92,13 @@ CASES: dict[str, Callable[[], tuple[nn.Module, Batch]]] = {
     "smollm2_lora": smollm2_lora_case,
     **{f"block_d512_tokens{t}": (lambda t=t: block_case(512, tokens=t)) for t in (512, 2048, 8192)},
     **{f"block_width{d}_tokens1024": (lambda d=d: block_case(d, tokens=1024, depth=1)) for d in (256, 1024, 4096)},
+    # the same steps under bf16 autocast (fp32 weights, bf16 matmuls), as the CPU-scale CL configs run
+    "block_d1024_bf16": lambda: block_case(1024),
+    "minilm_full_bf16": minilm_case,
 }
 DEFAULT = "block_d1024,minilm_full,smollm2_lora,block_d512_tokens512,block_d512_tokens2048,block_d512_tokens8192,"
-DEFAULT += "block_width256_tokens1024,block_width1024_tokens1024,block_width4096_tokens1024"
+DEFAULT += "block_width256_tokens1024,block_width1024_tokens1024,block_width4096_tokens1024,"
+DEFAULT += "block_d1024_bf16,minilm_full_bf16"
 
 
 def _loss(output: object) -> torch.Tensor:
@@ -114,8 +118,10 @@ def _prepare(variant: str, model: nn.Module, threshold: float) -> tuple[nn.Modul
     return model, opt
 
 
-def _step(model: nn.Module, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor]) -> None:
-    _loss(model(**batch)).backward()
+def _step(model: nn.Module, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor], bf16: bool = False) -> None:
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss = _loss(model(**batch))
+    loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
 
@@ -129,7 +135,7 @@ def measure_time(name: str, repeats: int, warmup: int, threshold: float) -> dict
         for m, opt, times in runs.values():
             batch = make_batch()
             start = time.perf_counter()
-            _step(m, opt, batch)
+            _step(m, opt, batch, name.endswith("_bf16"))
             if i >= warmup:
                 times.append(time.perf_counter() - start)
     med = {v: statistics.median(t) for v, (_, _, t) in runs.items()}
@@ -156,7 +162,7 @@ def memory_child(name: str, variant: str, threshold: float) -> None:
     with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current size
         f.write("5")
     for _ in range(3):
-        _step(model, opt, batch)
+        _step(model, opt, batch, name.endswith("_bf16"))
     print(json.dumps({"peak_growth_kb": _rss_kb("VmHWM:") - before}))
 
 
@@ -234,6 +240,7 @@ def main(argv: list[str] | None = None) -> None:
         row = measure_time(name, args.repeats, args.warmup, args.threshold)
         if not args.no_memory:
             row.update(measure_memory(name, args.threshold))
+        row["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         results[name] = row
         print(name, json.dumps(row), flush=True)
         results["_meta"] = {

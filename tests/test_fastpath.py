@@ -41,6 +41,21 @@ def test_fast_equals_reference(arch, mode, autocast):
         torch.testing.assert_close(p, q, msg=name, **tol)
 
 
+def test_small_chunks_give_the_same_result(monkeypatch):
+    # the kept rows' gradients and the statistic are computed in chunks: force many of them
+    import migu.core.fastpath as fastpath
+    import migu.core.statistics as statistics
+
+    chunked, reference = build("bert"), build("bert")
+    _train(reference, 2, False, micro_batches_per_step=1)
+    monkeypatch.setattr(fastpath, "CHUNK_VALUES", 16)
+    monkeypatch.setattr(fastpath, "MIN_CHUNK_ROWS", 1)
+    monkeypatch.setattr(statistics, "CHUNK_VALUES", 16)
+    _train(chunked, 2, False, micro_batches_per_step=1)
+    for (name, p), q in zip(chunked.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p, q, msg=name, rtol=1e-5, atol=1e-6)
+
+
 def test_fast_path_skips_masked_rows_gradient_work():
     layer = torch.nn.Linear(8, 10)
     handle = migu.attach(layer, threshold=0.7, micro_batches_per_step=1)

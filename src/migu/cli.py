@@ -56,7 +56,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report.tables import load_results, report_markdown
 
-    print(report_markdown(load_results(args.paths), baseline=args.baseline or None, matrices=args.matrices))
+    runs = load_results(args.paths)
+    print(report_markdown(runs, baseline=args.baseline or None, matrices=args.matrices, by=tuple(args.by)))
     return 0
 
 
@@ -71,6 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_rep.add_argument("paths", nargs="+", help="results files or folders holding them")
     p_rep.add_argument("--baseline", default="finetune", help="method for paired differences ('' for none)")
     p_rep.add_argument("--matrices", action="store_true", help="also print every accuracy matrix")
+    p_rep.add_argument(
+        "--by", action="append", default=[], metavar="KEY",
+        help="config key that splits methods into variants, e.g. --by train.lr --by methods.migu.threshold",
+    )  # fmt: skip
     p_rep.set_defaults(func=cmd_report)
     args = parser.parse_args(argv)
     try:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 CHUNK_VALUES = 1 << 19
+MIN_CHUNK_ROWS = 256
 
 
 class RowSparseLinear(torch.autograd.Function):
@@ -53,8 +54,9 @@ class RowSparseLinear(torch.autograd.Function):
             xs = x.reshape(-1, x.shape[-1]).to(dtype)
             grad_w = torch.zeros_like(weight)
             # the kept rows in chunks, so that the gathered gradient columns and their product
-            # stay small temporaries (peak memory as plain finetuning)
-            step = max(1, CHUNK_VALUES // g.shape[0])
+            # stay small temporaries (peak memory as plain finetuning); but not thinner than
+            # MIN_CHUNK_ROWS rows, below which the matmuls lose their efficiency on long batches
+            step = max(MIN_CHUNK_ROWS, CHUNK_VALUES // g.shape[0])
             for rows in ctx.kept_rows().split(step):
                 kept = g.index_select(1, rows)
                 if ctx.rows_last:  # Conv1D: weight [in, out], output channels are columns

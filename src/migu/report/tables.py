@@ -49,6 +49,23 @@ def order_of(run: dict[str, Any]) -> str:
     return order if isinstance(order, str) else " > ".join(run["sequence"])
 
 
+def config_value(run: dict[str, Any], key: str) -> str:
+    """A dotted config key of a run (``train.lr``, ``methods.migu.threshold``), as text; "-" if unset."""
+    value: Any = run.get("config", {})
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return "-"
+        value = value[part]
+    return str(value)
+
+
+def label_of(run: dict[str, Any], by: tuple[str, ...] = ()) -> str:
+    """The method, followed by the values of the ``by`` config keys that tell variants apart."""
+    if not by:
+        return run["method"]
+    return run["method"] + " [" + ", ".join(f"{k}={config_value(run, k)}" for k in by) + "]"
+
+
 def format_matrix(run: dict[str, Any]) -> str:
     names = run["sequence"]
     head = "| after | " + " | ".join(names) + " |\n|---|" + "---|" * len(names) + "\n"
@@ -65,13 +82,13 @@ def _pm(values: list[float]) -> str:
     return f"{mean:.2f} ± {std:.2f}" if len(values) > 1 else f"{mean:.2f}"
 
 
-def summary_table(runs: list[dict[str, Any]]) -> str:
-    """One row per (model, order, method): AA, BWT, forgetting, learning accuracy, seeds, minutes."""
+def summary_table(runs: list[dict[str, Any]], by: tuple[str, ...] = ()) -> str:
+    """One row per (model, order, method variant): AA, BWT, forgetting, learning accuracy, seeds, minutes."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
-        groups[(run["model"], order_of(run), run["method"])].append(run)
+        groups[(run["model"], order_of(run), label_of(run, by))].append(run)
     for run in runs:
-        groups[(run["model"], "all orders", run["method"])].append(run)
+        groups[(run["model"], "all orders", label_of(run, by))].append(run)
     lines = ["| model | order | method | AA | BWT | forgetting | new-task acc. | seeds | minutes/run |",
              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     orders = {order_of(r) for r in runs}
@@ -89,13 +106,25 @@ def summary_table(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def paired_table(runs: list[dict[str, Any]], baseline: str) -> str:
-    """Per method: AA and BWT minus the baseline's on the same (model, order, seed)."""
-    index = {(r["model"], order_of(r), r["seed"], r["method"]): r for r in runs}
+def _baseline_for(run: dict[str, Any], bases: list[dict[str, Any]], by: tuple[str, ...]) -> dict[str, Any] | None:
+    """The baseline run to pair with: the one with the same ``by`` values, else the only one."""
+    same = [b for b in bases if all(config_value(b, k) == config_value(run, k) for k in by)]
+    if len(same) == 1:
+        return same[0]
+    return bases[0] if len(bases) == 1 else None
+
+
+def paired_table(runs: list[dict[str, Any]], baseline: str, by: tuple[str, ...] = ()) -> str:
+    """Per method variant: AA and BWT minus the baseline's on the same (model, order, seed)."""
+    bases: dict[tuple[str, str, Any], list[dict[str, Any]]] = defaultdict(list)
+    for r in runs:
+        if r["method"] == baseline:
+            bases[(r["model"], order_of(r), r["seed"])].append(r)
     diffs: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for (model, order, seed, method), run in index.items():
-        base = index.get((model, order, seed, baseline))
-        if base is None or method == baseline:
+    for run in runs:
+        model, method = run["model"], label_of(run, by)
+        base = _baseline_for(run, bases.get((model, order_of(run), run["seed"]), []), by)
+        if base is None or run["method"] == baseline:
             continue
         a, b = metrics.summary(run["accuracy_matrix"]), metrics.summary(base["accuracy_matrix"])
         d = diffs[(model, method)]
@@ -113,15 +142,21 @@ def paired_table(runs: list[dict[str, Any]], baseline: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def report_markdown(runs: list[dict[str, Any]], baseline: str | None = "finetune", matrices: bool = False) -> str:
-    parts = ["## Summary (mean ± std over seeds)\n", summary_table(runs)]
+def report_markdown(
+    runs: list[dict[str, Any]], baseline: str | None = "finetune", matrices: bool = False, by: tuple[str, ...] = ()
+) -> str:
+    """Summary table, paired differences against ``baseline`` and, optionally, every matrix.
+
+    ``by``: dotted config keys (``train.lr``, ``methods.migu.threshold``) whose values split a
+    method into variants, for sweeps and ablations."""
+    parts = ["## Summary (mean ± std over seeds)\n", summary_table(runs, by)]
     if baseline:
-        paired = paired_table(runs, baseline)
+        paired = paired_table(runs, baseline, by)
         if paired:
             parts += [f"\n## Paired differences against {baseline} (same order and seed; mean ± std)\n", paired]
     if matrices:
         parts.append("\n## Accuracy matrices (rows: after training on; columns: task)\n")
-        for run in sorted(runs, key=lambda r: (r["model"], order_of(r), r["method"], r["seed"])):
-            parts.append(f"\n### {run['model']} / {order_of(run)} / {run['method']} / seed {run['seed']}\n\n")
+        for run in sorted(runs, key=lambda r: (r["model"], order_of(r), label_of(r, by), r["seed"])):
+            parts.append(f"\n### {run['model']} / {order_of(run)} / {label_of(run, by)} / seed {run['seed']}\n\n")
             parts.append(format_matrix(run))
     return "".join(parts)

@@ -1,0 +1,49 @@
+"""Report tables from hand-made results: variants split by config keys, pairing with the baseline."""
+
+import json
+
+from migu.cli import main
+from migu.report.tables import config_value, label_of, paired_table, summary_table
+
+
+def _run(method: str, seed: int, final: list[float], **config) -> dict:
+    first = [50.0, 50.0]
+    return {
+        "model": "m",
+        "method": method,
+        "seed": seed,
+        "sequence": ["a", "b"],
+        "accuracy_matrix": [first, [final[0] + 2, 50.0], final],
+        "config": {"data": {"order": "o1"}, **config},
+    }
+
+
+def test_variants_and_pairing(tmp_path, capsys):
+    runs = [
+        _run("finetune", 0, [80.0, 90.0], train={"lr": 1e-4}),
+        _run("finetune", 0, [70.0, 90.0], train={"lr": 3e-4}),
+        _run("finetune+migu", 0, [84.0, 90.0], train={"lr": 1e-4}, methods={"migu": {"threshold": 0.7}}),
+        _run("finetune+migu", 0, [76.0, 88.0], train={"lr": 3e-4}, methods={"migu": {"threshold": 0.7}}),
+        _run("finetune+migu", 0, [78.0, 90.0], train={"lr": 3e-4}, methods={"migu": {"threshold": 0.5}}),
+    ]
+    assert config_value(runs[2], "methods.migu.threshold") == "0.7"
+    assert config_value(runs[0], "methods.migu.threshold") == "-"
+    assert label_of(runs[3], ("train.lr",)) == "finetune+migu [train.lr=0.0003]"
+
+    by = ("train.lr", "methods.migu.threshold")
+    table = summary_table(runs, by)
+    assert table.count("finetune+migu [") == 3 and table.count("finetune [") == 2
+    # each MIGU variant is paired with the finetune run of the same learning rate
+    paired = paired_table(runs, "finetune", ("train.lr",))
+    rows = {line.split(" | ")[1]: line.split(" | ")[2] for line in paired.splitlines()[2:]}
+    assert rows["finetune+migu [train.lr=0.0001]"] == "2.00"  # (84+90)/2 - (80+90)/2
+    assert rows["finetune+migu [train.lr=0.0003]"] == "3.00 ± 1.41"  # +2 (T=0.7) and +4 (T=0.5)
+    # without the key the baseline is ambiguous: no pairs rather than a wrong one
+    assert paired_table(runs, "finetune") == ""
+
+    for i, run in enumerate(runs):
+        (tmp_path / str(i)).mkdir()
+        (tmp_path / str(i) / "results.json").write_text(json.dumps(run))
+    assert main(["report", str(tmp_path), "--by", "train.lr", "--by", "methods.migu.threshold"]) == 0
+    out = capsys.readouterr().out
+    assert "finetune+migu [train.lr=0.0003, methods.migu.threshold=0.5]" in out
