@@ -1,11 +1,12 @@
 """The runner: results file, resume after a kill, no partial results on bad input; the CLI."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
 
-from migu.bench import RunConfig, run, run_config
+from migu.bench import RunConfig, apply_overrides, load_yaml, run, run_config
 from migu.cli import main
 from migu.methods import build_methods
 from migu.report import load_results
@@ -142,3 +143,13 @@ def test_numbers_written_as_1e_minus_4():
     assert run_config(yaml.safe_load("train: {lr: 3e-5}")).train.lr == 3e-5
     with pytest.raises(ValueError, match=r"train\.lr must be a number"):
         run_config({"train": {"lr": "fast"}})
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in (Path(__file__).parents[1] / "configs").rglob("*.yaml")))
+def test_shipped_configs_are_valid(path):
+    # every config in configs/ parses into a full run config for each of its methods
+    raw = load_yaml(path)
+    methods = raw.pop("method")
+    for method in methods if isinstance(methods, list) else [methods]:
+        config = run_config(apply_overrides(raw, [f"method={method}"]))
+        assert build_methods(config.method, config.methods)
