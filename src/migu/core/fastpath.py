@@ -58,7 +58,9 @@ class RowSparseLinear(torch.autograd.Function):
             # MIN_CHUNK_ROWS rows, below which the matmuls lose their efficiency on long batches
             step = max(MIN_CHUNK_ROWS, CHUNK_VALUES // g.shape[0])
             for rows in ctx.kept_rows().split(step):
-                kept = g.index_select(1, rows)
+                # gather with an expanded index: several times faster than index_select along
+                # dim 1, most of all in bf16 (index_select there costs as much as the matmul)
+                kept = torch.gather(g, 1, rows.expand(g.shape[0], -1))
                 if ctx.rows_last:  # Conv1D: weight [in, out], output channels are columns
                     grad_w.index_copy_(1, rows, (xs.t() @ kept).to(weight.dtype))
                 else:
