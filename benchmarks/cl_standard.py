@@ -3,7 +3,8 @@
     python benchmarks/cl_standard.py --out benchmarks/results/minilm_standard [--seeds 0,1,2]
 
 1. Learning rate per method, chosen on validation data held out of the training files
-   (order 1, seed 0, AA over the validation splits); never on test examples. When a method's
+   (seed 0, AA over the validation splits of order 1, or the mean over ``--lr-orders``);
+   never on test examples. When a method's
    best rate is at the edge of the grid, extend the grid for it and rerun with ``--methods``;
    ``lr_choice.json`` keeps the other methods' choices. ``--use-choice`` skips this phase.
 2. Test runs with the chosen rates: for each seed, each order, each method (interleaved, so
@@ -56,6 +57,7 @@ def main() -> None:
     parser.add_argument("--orders", default="order1,order2,order3")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--n-validation", type=int, default=200)
+    parser.add_argument("--lr-orders", default="order1", help="orders whose validation AA (mean) picks the rate")
     parser.add_argument("--data-root", help="override data.root of the config")
     parser.add_argument("--skip-test", action="store_true", help="only choose the learning rates")
     parser.add_argument("--use-choice", action="store_true", help="skip the selection: use the rates in lr_choice.json")
@@ -72,10 +74,14 @@ def main() -> None:
     for method in [] if args.use_choice else methods:
         scores = {}
         for lr in args.lrs.split(","):
-            result = _run(raw, method, [f"train.lr={lr}", "seed=0", "data.order=order1",
-                                "data.evaluate_on=validation", f"data.n_validation={args.n_validation}",
-                                f"output_dir={out / 'lr_select'}", f"name={method}_lr{lr}"])  # fmt: skip
-            scores[lr] = metrics.average_accuracy(result["accuracy_matrix"])
+            aas = []
+            for order in args.lr_orders.split(","):
+                name = f"{method}_lr{lr}" + ("" if order == "order1" else f"_{order}")
+                result = _run(raw, method, [f"train.lr={lr}", "seed=0", f"data.order={order}",
+                                    "data.evaluate_on=validation", f"data.n_validation={args.n_validation}",
+                                    f"output_dir={out / 'lr_select'}", f"name={name}"])  # fmt: skip
+                aas.append(metrics.average_accuracy(result["accuracy_matrix"]))
+            scores[lr] = sum(aas) / len(aas)
         chosen[method] = max(scores, key=lambda lr: scores[lr])
         print(f"-> {method}: validation AA {scores}; lr {chosen[method]}", flush=True)
         choice_file.write_text(json.dumps(chosen, indent=1))
