@@ -145,6 +145,14 @@ def test_numbers_written_as_1e_minus_4():
         run_config({"train": {"lr": "fast"}})
 
 
+def test_mixed_precision_no_survives_yaml():
+    # YAML 1.1 reads a bare `no` as false, in a file and in a key=value override alike
+    assert run_config(apply_overrides({}, ["train.mixed_precision=no"])).train.mixed_precision == "no"
+    assert run_config(apply_overrides({}, ["train.mixed_precision=bf16"])).train.mixed_precision == "bf16"
+    with pytest.raises(ValueError, match="mixed_precision"):
+        run_config(apply_overrides({}, ["train.mixed_precision=fp16"]))
+
+
 @pytest.mark.parametrize("path", sorted(str(p) for p in (Path(__file__).parents[1] / "configs").rglob("*.yaml")))
 def test_shipped_configs_are_valid(path):
     # every config in configs/ parses into a full run config for each of its methods
