@@ -33,7 +33,9 @@ from torch import nn
 
 import migu
 
-Batch = Callable[[], dict[str, torch.Tensor]]
+Batch = Callable[[], dict]
+Loss = Callable[[nn.Module, dict], torch.Tensor]
+Case = tuple[nn.Module, Batch, Loss | None]
 VARIANTS = ("plain", "migu", "migu_dense")
 
 
@@ -62,21 +64,38 @@ class BlockStack(nn.Module):
         return x
 
 
-def block_case(d: int, tokens: int = 16 * 128, depth: int = 2) -> tuple[nn.Module, Batch]:
+def block_case(d: int, tokens: int = 16 * 128, depth: int = 2) -> Case:
     model = BlockStack(d, 4 * d, depth)
     x = torch.randn(tokens // 128, 128, d) if tokens >= 128 else torch.randn(1, tokens, d)
-    return model, lambda: {"x": x}
+    return model, lambda: {"x": x}, None
 
 
-def minilm_case(batch: int = 16, seq: int = 128) -> tuple[nn.Module, Batch]:
+def minilm_case(batch: int = 16, seq: int = 128) -> Case:
     from migu.models import load_model
 
     model = load_model("minilm").model
     ids = torch.randint(1000, 20000, (batch, seq))
-    return model, lambda: {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    return model, lambda: {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, None
 
 
-def smollm2_lora_case(batch: int = 8, seq: int = 128) -> tuple[nn.Module, Batch]:
+def minilm_cl_case(task: str = "amazon", batch: int = 64, batches: int = 8) -> Case:
+    """The CL benchmark's training step: the packaged MiniLM scoring 64 real examples of a task of
+    the shared data against their candidate labels (configs/cpu/minilm_standard.yaml), a new batch
+    each step."""
+    from itertools import cycle
+
+    from migu.data.cl_benchmark import load_task
+    from migu.models import load_model
+    from migu.train.formats import make_format
+
+    bundle = load_model("minilm")
+    fmt = make_format(bundle.arch, bundle.tokenizer, 128)
+    train = load_task(DATA_ROOT, task, n_train=batch * batches, n_test=1).train
+    queue = cycle([fmt.batch(train[i : i + batch]) for i in range(0, len(train), batch)])
+    return bundle.model, lambda: next(queue), fmt.loss
+
+
+def smollm2_lora_case(batch: int = 8, seq: int = 128) -> Case:
     from peft import LoraConfig, get_peft_model
 
     from migu.models import load_model
@@ -84,10 +103,11 @@ def smollm2_lora_case(batch: int = 8, seq: int = 128) -> tuple[nn.Module, Batch]
     base = load_model("smollm2").model
     model = get_peft_model(base, LoraConfig(r=8, lora_alpha=32, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]))
     ids = torch.randint(100, 40000, (batch, seq))
-    return model, lambda: {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    return model, lambda: {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, None
 
 
-CASES: dict[str, Callable[[], tuple[nn.Module, Batch]]] = {
+DATA_ROOT = os.environ.get("MIGU_CL_DATA", "../shared/data/cl_benchmark")
+CASES: dict[str, Callable[[], Case]] = {
     "block_d1024": lambda: block_case(1024),
     "minilm_full": minilm_case,
     "smollm2_lora": smollm2_lora_case,
@@ -96,6 +116,9 @@ CASES: dict[str, Callable[[], tuple[nn.Module, Batch]]] = {
     # the same steps under bf16 autocast (fp32 weights, bf16 matmuls), as the CPU-scale CL configs run
     "block_d1024_bf16": lambda: block_case(1024),
     "minilm_full_bf16": minilm_case,
+    # the step of the CPU-scale CL benchmark (batch 64 of real text, label scoring), fp32 and bf16
+    "minilm_cl_b64": minilm_cl_case,
+    "minilm_cl_b64_bf16": minilm_cl_case,
 }
 DEFAULT = "block_d1024,minilm_full,smollm2_lora,block_d512_tokens512,block_d512_tokens2048,block_d512_tokens8192,"
 DEFAULT += "block_width256_tokens1024,block_width1024_tokens1024,block_width4096_tokens1024,"
@@ -119,9 +142,11 @@ def _prepare(variant: str, model: nn.Module, threshold: float) -> tuple[nn.Modul
     return model, opt
 
 
-def _step(model: nn.Module, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor], bf16: bool = False) -> None:
+def _step(
+    model: nn.Module, opt: torch.optim.Optimizer, batch: dict, bf16: bool = False, loss_fn: Loss | None = None
+) -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        loss = _loss(model(**batch))
+        loss = loss_fn(model, batch) if loss_fn else _loss(model(**batch))
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -129,14 +154,14 @@ def _step(model: nn.Module, opt: torch.optim.Optimizer, batch: dict[str, torch.T
 
 def measure_time(name: str, repeats: int, warmup: int, threshold: float) -> dict[str, float]:
     torch.manual_seed(0)
-    model, make_batch = CASES[name]()
+    model, make_batch, loss_fn = CASES[name]()
     runs = {v: (*_prepare(v, copy.deepcopy(model), threshold), []) for v in VARIANTS}
     del model
     for i in range(warmup + repeats):
+        batch = make_batch()  # the same batch for every variant within a repetition
         for m, opt, times in runs.values():
-            batch = make_batch()
             start = time.perf_counter()
-            _step(m, opt, batch, name.endswith("_bf16"))
+            _step(m, opt, batch, name.endswith("_bf16"), loss_fn)
             if i >= warmup:
                 times.append(time.perf_counter() - start)
     med = {v: statistics.median(t) for v, (_, _, t) in runs.items()}
@@ -172,14 +197,14 @@ def memory_child(name: str, variant: str, threshold: float) -> None:
     """Run in a subprocess: print the peak memory growth of 3 training steps (kB)."""
     _load_library_code(name.endswith("_bf16"))
     torch.manual_seed(0)
-    model, make_batch = CASES[name]()
+    model, make_batch, loss_fn = CASES[name]()
     model, opt = _prepare(variant, model, threshold)
     batch = make_batch()
     before = _rss_kb("VmRSS:")
     with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current size
         f.write("5")
     for _ in range(3):
-        _step(model, opt, batch, name.endswith("_bf16"))
+        _step(model, opt, batch, name.endswith("_bf16"), loss_fn)
     print(json.dumps({"peak_growth_kb": _rss_kb("VmHWM:") - before}))
 
 

@@ -47,3 +47,18 @@ def test_variants_and_pairing(tmp_path, capsys):
     assert main(["report", str(tmp_path), "--by", "train.lr", "--by", "methods.migu.threshold"]) == 0
     out = capsys.readouterr().out
     assert "finetune+migu [train.lr=0.0003, methods.migu.threshold=0.5]" in out
+
+
+def test_timing_table(tmp_path, capsys):
+    run = _run("finetune+migu", 0, [80.0, 90.0])
+    run["timings"] = [
+        {"task": None, "eval_seconds": 10.0},
+        {"task": "a", "seconds": 30.0, "median_step_seconds": 3.0, "eval_seconds": 10.0},
+        {"task": "b", "seconds": 24.0, "median_step_seconds": 2.0, "eval_seconds": 10.0},
+    ]
+    (tmp_path / "results.json").write_text(json.dumps(run))
+    assert main(["report", str(tmp_path), "--timings", "--baseline", ""]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| m | o1 | finetune+migu | 0 |"))
+    # first task 30 s; later tasks 24 s at a median step of 2 s; 30 s of evaluation; 84 s in all
+    assert row.split(" | ")[4:9] == ["30.0", "24.0", "2.00", "30.0", "1.4 |"]

@@ -38,7 +38,11 @@ def test_results_file(bench_dir, tmp_path):
     assert on_disk["method"] == "finetune+migu" and on_disk["accuracy_matrix"] == result["accuracy_matrix"]
     assert on_disk["diagnostics"][0]["migu"] == {"masked": False}  # first task unmasked
     assert on_disk["diagnostics"][1]["migu"]["masked"] and 0 < on_disk["diagnostics"][1]["migu"]["kept_fraction"] < 1
+    assert on_disk["diagnostics"][1]["migu"]["fast_path_layers"] == 0  # 2 micro-batches per step: reference path
     assert on_disk["versions"]["torch"].startswith("2.13.0")
+    trained = [t for t in on_disk["timings"] if t["task"] is not None]
+    assert [t["task"] for t in trained] == ["alpha", "beta", "gamma"]
+    assert all(0 < t["median_step_seconds"] <= t["seconds"] for t in trained)
     assert not (path.parent / "state").exists()
     # a finished run is not redone
     assert run(_config(bench_dir, tmp_path))["finished"] == on_disk["finished"]

@@ -57,7 +57,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report.tables import load_results, report_markdown
 
     runs = load_results(args.paths)
-    print(report_markdown(runs, baseline=args.baseline or None, matrices=args.matrices, by=tuple(args.by)))
+    baseline = args.baseline or None
+    print(report_markdown(runs, baseline, matrices=args.matrices, by=tuple(args.by), timings=args.timings))
     return 0
 
 
@@ -72,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_rep.add_argument("paths", nargs="+", help="results files or folders holding them")
     p_rep.add_argument("--baseline", default="finetune", help="method for paired differences ('' for none)")
     p_rep.add_argument("--matrices", action="store_true", help="also print every accuracy matrix")
+    p_rep.add_argument("--timings", action="store_true", help="also print training and evaluation time per run")
     p_rep.add_argument(
         "--by", action="append", default=[], metavar="KEY",
         help="config key that splits methods into variants, e.g. --by train.lr --by methods.migu.threshold",

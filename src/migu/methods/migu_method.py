@@ -82,6 +82,7 @@ class Migu(Method):
         return {
             "masked": True,
             "layers": len(layers),
+            "fast_path_layers": len(self.handle.fast_path_layers),
             "steps": layers[0].steps,
             "kept_fraction": mean([r.kept_fraction for r in layers]),
             "ever_kept_fraction": mean([r.ever_kept_fraction for r in layers]),

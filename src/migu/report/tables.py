@@ -4,6 +4,7 @@ paired differences against a baseline method, per-task forgetting."""
 from __future__ import annotations
 
 import json
+import statistics
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
@@ -142,8 +143,33 @@ def paired_table(runs: list[dict[str, Any]], baseline: str, by: tuple[str, ...] 
     return "\n".join(lines) + "\n"
 
 
+def timing_table(runs: list[dict[str, Any]], by: tuple[str, ...] = ()) -> str:
+    """One row per run: training seconds of the first task (unmasked by MIGU's default) and of the
+    later tasks, the median seconds per optimizer step over the later tasks, evaluation seconds."""
+    lines = ["| model | order | method | seed | train s, first task | train s, later tasks "
+             "| median step s, later tasks | eval s | minutes |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for run in sorted(runs, key=lambda r: (r["model"], order_of(r), label_of(r, by), r["seed"])):
+        trained = [t for t in run.get("timings", []) if t.get("task") is not None]
+        if not trained:
+            continue
+        later = trained[1:]
+        steps = [t["median_step_seconds"] for t in later if "median_step_seconds" in t]
+        step = f"{statistics.median(steps):.2f}" if steps else "-"
+        evals = sum(t.get("eval_seconds", 0) for t in run["timings"])
+        total = sum(t.get("seconds", 0) for t in trained) + evals
+        lines.append(
+            f"| {run['model']} | {order_of(run)} | {label_of(run, by)} | {run['seed']} | {trained[0]['seconds']:.1f} | "
+            f"{sum(t['seconds'] for t in later):.1f} | {step} | {evals:.1f} | {total / 60:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def report_markdown(
-    runs: list[dict[str, Any]], baseline: str | None = "finetune", matrices: bool = False, by: tuple[str, ...] = ()
+    runs: list[dict[str, Any]],
+    baseline: str | None = "finetune",
+    matrices: bool = False,
+    by: tuple[str, ...] = (),
+    timings: bool = False,
 ) -> str:
     """Summary table, paired differences against ``baseline`` and, optionally, every matrix.
 
@@ -154,6 +180,8 @@ def report_markdown(
         paired = paired_table(runs, baseline, by)
         if paired:
             parts += [f"\n## Paired differences against {baseline} (same order and seed; mean ± std)\n", paired]
+    if timings:
+        parts += ["\n## Wall time per run\n", timing_table(runs, by)]
     if matrices:
         parts.append("\n## Accuracy matrices (rows: after training on; columns: task)\n")
         for run in sorted(runs, key=lambda r: (r["model"], order_of(r), label_of(r, by), r["seed"])):

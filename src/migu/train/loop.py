@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from contextlib import AbstractContextManager
+from itertools import pairwise
 from typing import Any
 
 import torch
@@ -42,7 +44,8 @@ def train_task(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train on one task: a fresh AdamW over the trainable parameters, ``config.epochs`` passes
-    over the (seeded, shuffled) examples. Returns step count, mean loss and seconds."""
+    over the (seeded, shuffled) examples. Returns step count, mean loss, seconds and the median
+    seconds per optimizer step (robust to a slow first step)."""
     if not examples:
         raise ValueError(f"task {ctx.task.name!r} has no training examples")
     params = [p for p in model.parameters() if p.requires_grad]
@@ -62,6 +65,7 @@ def train_task(
     scheduler = get_scheduler(config.schedule, optimizer, int(config.warmup_ratio * steps), steps)
     wrapped, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     start, losses, done = time.perf_counter(), [], 0
+    step_ends = [start]
     bar = tqdm(total=steps, desc=f"train {ctx.task.name}", unit="step", disable=not progress, leave=False)
     wrapped.train()
     for _ in range(config.epochs):
@@ -86,6 +90,7 @@ def train_task(
                         method.after_optimizer_step(model, ctx)
                     scheduler.step()
                     done += 1
+                    step_ends.append(time.perf_counter())
                     bar.update(1)
                     bar.set_postfix(loss=f"{float(losses[-1]):.3f}")
                 optimizer.zero_grad(set_to_none=True)
@@ -96,4 +101,5 @@ def train_task(
         "examples": len(examples) * config.epochs,
         "mean_loss": float(torch.stack(losses).float().mean()),
         "seconds": time.perf_counter() - start,
+        "median_step_seconds": statistics.median(b - a for a, b in pairwise(step_ends)) if done else 0.0,
     }
