@@ -9,7 +9,9 @@
    ``lr_choice.json`` keeps the other methods' choices. ``--use-choice`` skips this phase.
 2. Test runs with the chosen rates: for each seed, each order, each method (interleaved, so
    that a partial table is still made of paired comparisons).
-Every run is resumable: rerun the same command after an interruption.
+Every run is resumable: rerun the same command after an interruption. A second protocol (for
+example rates chosen over ``--lr-orders order1,order3``) keeps its own ``--choice-file`` and
+``--test-dir``; the validation runs are shared.
 
 The CPU-scale Table 2 (every CL method with and without MIGU) adds the other methods to the same
 folders, so that all of them share one protocol, one lr choice file and the same test examples:
@@ -60,7 +62,9 @@ def main() -> None:
     parser.add_argument("--lr-orders", default="order1", help="orders whose validation AA (mean) picks the rate")
     parser.add_argument("--data-root", help="override data.root of the config")
     parser.add_argument("--skip-test", action="store_true", help="only choose the learning rates")
-    parser.add_argument("--use-choice", action="store_true", help="skip the selection: use the rates in lr_choice.json")
+    parser.add_argument("--use-choice", action="store_true", help="skip the selection: use the chosen rates")
+    parser.add_argument("--choice-file", default="lr_choice.json", help="the chosen rates, under --out")
+    parser.add_argument("--test-dir", default="test", help="folder of the test runs, under --out")
     args = parser.parse_args()
     raw = load_yaml(args.config)
     raw.pop("method", None)
@@ -69,7 +73,7 @@ def main() -> None:
     out = Path(args.out)
     methods = args.methods.split(",")
 
-    choice_file = out / "lr_choice.json"
+    choice_file = out / args.choice_file
     chosen = json.loads(choice_file.read_text()) if choice_file.exists() else {}  # other methods' choices stay
     for method in [] if args.use_choice else methods:
         scores = {}
@@ -94,7 +98,7 @@ def main() -> None:
         for order in args.orders.split(","):
             for method in methods:
                 _run(raw, method, [f"train.lr={chosen[method]}", f"seed={seed}", f"data.order={order}",
-                           f"data.n_validation={args.n_validation}", f"output_dir={out / 'test'}"])  # fmt: skip
+                           f"data.n_validation={args.n_validation}", f"output_dir={out / args.test_dir}"])  # fmt: skip
 
 
 if __name__ == "__main__":
