@@ -118,3 +118,32 @@ def test_copy_of_model_unaffected():
     with migu.attach(model, micro_batches_per_step=1):
         pass
     assert not any(m._forward_hooks for m in twin.modules())
+
+
+def test_fast_equals_reference_through_the_loop_with_clipping():
+    # the loop masks before clipping, as the fast path (rows masked in backward) does: with a
+    # clip that binds at every step, both paths must still end with the same parameters
+    from migu.data import Example
+    from migu.data.tasks import Task
+    from migu.methods import TaskContext, build_methods
+    from migu.models import load_model
+    from migu.train import TrainConfig, make_accelerator, make_format, train_task
+
+    examples = [Example(f"text number {i}", "a" if i % 3 else "b", ("a", "b"), "Which?", "t") for i in range(16)]
+    task = Task("t", "Which?", ("a", "b"), examples, examples)
+    config = TrainConfig(lr=1e-2, batch_size=8, micro_batch_size=8, max_length=16, max_grad_norm=1e-3)
+    finals = {}
+    for fast in (True, False):
+        torch.manual_seed(0)
+        bundle = load_model("tiny-bert")
+        methods = build_methods("finetune+migu", {"migu": {"skip_first_task": False, "fast_path": fast}})
+        model = bundle.model
+        ctx = TaskContext(0, task, 1, 0, 1)
+        for m in methods:
+            model = m.before_task(model, ctx)
+        train_task(model, make_format("encoder", bundle.tokenizer, 16), examples, methods, ctx, config,
+                   make_accelerator(config), progress=False)  # fmt: skip
+        assert bool(methods[-1].handle.fast_path_layers) == fast
+        finals[fast] = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for name, p in finals[True].items():
+        torch.testing.assert_close(p, finals[False][name], rtol=1e-5, atol=1e-6, msg=name)

@@ -171,7 +171,8 @@ class MiguHandle:
 
     def before_optimizer_step(self) -> None:
         """Rank the rows of every layer and mask the gradients; call once per optimizer step,
-        after backward (and clipping), just before ``optimizer.step()``. Idempotent per step."""
+        after backward and before gradient clipping (the official order, and what the fast path
+        computes), or at the latest just before ``optimizer.step()``. Idempotent per step."""
         if self._paused or self._masked:
             return
         recorder = self._live()

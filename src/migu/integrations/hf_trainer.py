@@ -3,6 +3,10 @@
 The Trainer calls ``on_pre_optimizer_step`` once per gradient-accumulation boundary, after
 gradient clipping and just before ``optimizer.step()``: that is where MIGU masks, with the
 statistic of every micro-batch of the step. No trainer is forked and nothing is patched.
+With one micro-batch per step the fast path masks during backward, i.e. before clipping (the
+official order); with gradient accumulation and ``max_grad_norm`` set, the Trainer clips the
+dense gradient first and the mask follows (the Trainer has no event between the last backward
+and clipping).
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ class Method:
         return None
 
     def before_optimizer_step(self, model: nn.Module, ctx: TaskContext) -> None:
-        """After backward and clipping, once per optimizer step, just before it."""
+        """Once per optimizer step, when the gradients are complete: before clipping and the step."""
 
     def after_optimizer_step(self, model: nn.Module, ctx: TaskContext) -> None:
         """Just after each optimizer step."""

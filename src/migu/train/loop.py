@@ -80,10 +80,13 @@ def train_task(
                 accelerator.backward(loss)
                 losses.append(loss.detach())
                 if accelerator.sync_gradients:
-                    if config.max_grad_norm:
-                        accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                    # the methods' masks first, then clipping on the gradient that will be applied:
+                    # the official MIGU order, and the one MIGU's fast path (rows masked during
+                    # backward) computes, so that the fast and reference paths agree under clipping
                     for method in methods:
                         method.before_optimizer_step(model, ctx)
+                    if config.max_grad_norm:
+                        accelerator.clip_grad_norm_(params, config.max_grad_norm)
                 optimizer.step()
                 if accelerator.sync_gradients:
                     for method in methods:
