@@ -10,7 +10,7 @@ import migu
 from tiny import batch, build
 
 
-def _train(model, steps, autocast, **config):
+def _train(model, steps, autocast, penalty=0.0, **config):
     # SGD with momentum and weight decay: masked rows move in grad mode, stay in update mode.
     # (Adam would turn the rounding noise of gradients that are zero in exact arithmetic, such
     # as attention key biases, into full-size steps, hiding real differences behind noise.)
@@ -20,6 +20,8 @@ def _train(model, steps, autocast, **config):
     for step in range(steps):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             loss = model(**batch(arch, seed=step)).loss
+        if penalty:  # a loss on the weights themselves (as EWC's): its gradient reaches masked rows too
+            loss = loss + penalty * sum(p.pow(2).sum() for n, p in model.named_parameters() if n.endswith("weight"))
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -39,6 +41,14 @@ def test_fast_equals_reference(arch, mode, autocast):
     tol = {"rtol": 2e-2, "atol": 2e-4} if autocast else {"rtol": 1e-5, "atol": 1e-6}
     for (name, p), q in zip(fast.named_parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(p, q, msg=name, **tol)
+
+
+def test_fast_equals_reference_with_a_penalty_on_the_weights():
+    fast, reference = build("bert"), build("bert")
+    assert _train(fast, 3, False, penalty=0.05, micro_batches_per_step=1)
+    _train(reference, 3, False, penalty=0.05, micro_batches_per_step=1, fast_path=False)
+    for (name, p), q in zip(fast.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p, q, msg=name, rtol=1e-5, atol=1e-6)
 
 
 def test_small_chunks_give_the_same_result(monkeypatch):
