@@ -283,7 +283,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.no_time:
             row = dict(results.get(name, {}))  # type: ignore[call-overload]
         else:
-            row = measure_time(name, args.repeats, args.warmup, args.threshold)
+            # keep the memory columns of an earlier run (with their own memory_date)
+            row = {**results.get(name, {}), **measure_time(name, args.repeats, args.warmup, args.threshold)}  # type: ignore[dict-item]
         if not args.no_memory:
             row.update(measure_memory(name, args.threshold))
         row["memory_date" if args.no_time else "date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
