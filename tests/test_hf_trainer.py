@@ -1,5 +1,7 @@
 """MIGU in the Hugging Face Trainer, with gradient accumulation."""
 
+import warnings
+
 import pytest
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -70,7 +72,11 @@ def test_trainer_with_gradient_accumulation(tmp_path, accumulation):
         max_grad_norm=1.0,
     )
     trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[callback, checker])
-    trainer.train()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+    # the reference path masks after the Trainer's clipping: said, not silent
+    assert any("after the Trainer's gradient clipping" in str(w.message) for w in caught) == (accumulation > 1)
     assert checker.steps == 4
     assert checker.micro_batches == 4 * accumulation  # the statistic of each step covered them all
     # one micro-batch per step: kept rows' gradients only (fast path); else dense, then masked

@@ -74,8 +74,8 @@ class MiguConfig:
 
     fast_path: bool = True
     """Use the fast path where it gives the reference path's result (see
-    ``micro_batches_per_step``): Linear and Conv1D layers, magnitude selection, one process
-    or ``sync_distributed=False``. Rows tied exactly at the cut are the one difference: the
+    ``micro_batches_per_step``): plain Linear and Conv1D layers (not subclasses with their own
+    forward), magnitude selection, one process. Rows tied exactly at the cut are the one difference: the
     fast path keeps exactly ``rows - ceil(T * (rows - 1))`` of them."""
 
     measure_update_leak: bool = False

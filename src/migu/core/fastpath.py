@@ -39,7 +39,9 @@ class RowSparseLinear(torch.autograd.Function):
         ctx.kept_rows = kept_rows
         ctx.has_bias = bias is not None
         ctx.compute_dtype = y.dtype
-        return y.view_as(y)
+        # a fresh tensor on y's storage, not a view of an input: the model may modify it in
+        # place (an inplace ReLU), which autograd forbids on views returned by a Function
+        return y.detach()
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]

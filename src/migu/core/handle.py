@@ -78,7 +78,9 @@ class MiguHandle:
             c.fast_path
             and c.micro_batches_per_step == 1
             and c.selection == "magnitude"
-            and not (c.sync_distributed and distributed_world() > 1)
+            # across ranks the reference masks DDP's averaged dense gradient; the fast path would
+            # average gradients already masked by each rank's own rows (or before the all-reduce)
+            and distributed_world() <= 1
         )
         self._live().fast_sources = set(self._fast_eligible) if on else set()
 

@@ -28,6 +28,12 @@ def distributed_world() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def _in_backward() -> bool:
+    """True while autograd runs a backward pass (e.g. a checkpointed block recomputing its forward)."""
+    current = getattr(torch._C, "_current_graph_task_id", None)
+    return current is not None and current() != -1
+
+
 class Recorder:
     """Owns the statistic buffers and the forward hooks that fill them."""
 
@@ -97,7 +103,7 @@ class Recorder:
         return record
 
     def _fast_output(self, index: int, module: nn.Module, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-        if self.backward_seen:
+        if self.backward_seen and not _in_backward():  # a recompute (gradient checkpointing) is fine
             raise RuntimeError(
                 "MIGU's fast path saw a training forward after a backward in the same optimizer step "
                 "(gradient accumulation?): the rows kept by the first backward would ignore it. "
@@ -112,6 +118,10 @@ class Recorder:
         """The kept rows of a fast-path source, chosen at its first backward of the step."""
         self.backward_seen = True
         rows = self.fast_rows.get(index)
+        if rows is None and (not self.enabled or self.forwards[index] == 0):
+            # paused, or the statistic was reset, between this forward and its backward: the
+            # reference path would leave this gradient dense, so keep every row
+            return torch.arange(self.buffers[index].numel() - 1, device=self.buffers[index].device)
         if rows is None:
             stat = self.buffers[index][:-1]
             keep = stat.numel() - cut_index(stat.numel(), self.threshold)

@@ -161,9 +161,18 @@ def sources_for(name: str, module: Any) -> list[Source]:
 
 
 def fast_path_layer(source: Source) -> bool:
-    """A plain Linear or Conv1D layer masked by its own output (LoRA layers are not)."""
+    """A plain Linear or Conv1D layer masked by its own output (LoRA layers are not).
+
+    The fast path recomputes the weight gradient as if the output were ``x W^T + b``: a subclass
+    with its own forward (fake quantization, a transformed weight) is left to the reference path."""
     lora_linear = _lora_linear_class()
     if lora_linear is not None and isinstance(source.module, lora_linear):
+        return False
+    plain_forwards = [nn.Linear.forward]
+    conv1d = _conv1d_class()
+    if conv1d is not None:
+        plain_forwards.append(conv1d.forward)
+    if type(source.module).forward not in plain_forwards:
         return False
     return len(source.targets) == 1 and source.targets[0].weight is getattr(source.module, "weight", None)
 

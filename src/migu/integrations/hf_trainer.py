@@ -11,6 +11,7 @@ and clipping).
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from transformers import TrainerCallback
@@ -41,6 +42,13 @@ class MiguCallback(TrainerCallback):
             if self.handle.config.micro_batches_per_step is None:
                 # one forward/backward per optimizer step lets MIGU skip the masked rows' gradient work
                 self.handle.set_micro_batches_per_step(args.gradient_accumulation_steps)
+        if getattr(args, "max_grad_norm", 0) and not self.handle.fast_path_layers:
+            warnings.warn(
+                "MIGU on the reference path in the Trainer masks after the Trainer's gradient clipping "
+                f"(max_grad_norm={args.max_grad_norm}): the clip sees the dense gradient, unlike the official "
+                "order and the fast path (mask, then clip). Set max_grad_norm=0 to avoid the difference",
+                stacklevel=2,
+            )
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.handle is not None:
