@@ -118,9 +118,11 @@ class Recorder:
         """The kept rows of a fast-path source, chosen at its first backward of the step."""
         self.backward_seen = True
         rows = self.fast_rows.get(index)
-        if rows is None and (not self.enabled or self.forwards[index] == 0):
-            # paused, or the statistic was reset, between this forward and its backward: the
-            # reference path would leave this gradient dense, so keep every row
+        if rows is None and (not self.enabled or self.forwards[index] == 0 or distributed_world() > 1):
+            # paused, or the statistic was reset, between this forward and its backward (the
+            # reference path leaves this gradient dense), or a process group appeared after
+            # attaching (the rows must come from the reduced statistic): the dense gradient, which
+            # the mask before the step then treats exactly as the reference path does
             return torch.arange(self.buffers[index].numel() - 1, device=self.buffers[index].device)
         if rows is None:
             stat = self.buffers[index][:-1]

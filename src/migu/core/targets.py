@@ -172,8 +172,8 @@ def fast_path_layer(source: Source) -> bool:
     conv1d = _conv1d_class()
     if conv1d is not None:
         plain_forwards.append(conv1d.forward)
-    if type(source.module).forward not in plain_forwards:
-        return False
+    if type(source.module).forward not in plain_forwards or hasattr(source.module, "_hf_hook"):
+        return False  # (Accelerate's dispatch hook moves the input after MIGU's hook sees it)
     return len(source.targets) == 1 and source.targets[0].weight is getattr(source.module, "weight", None)
 
 
