@@ -62,9 +62,13 @@ def config_value(run: dict[str, Any], key: str) -> str:
 
 def label_of(run: dict[str, Any], by: tuple[str, ...] = ()) -> str:
     """The method, followed by the values of the ``by`` config keys that tell variants apart."""
-    if not by:
-        return run["method"]
-    return run["method"] + " [" + ", ".join(f"{k}={config_value(run, k)}" for k in by) + "]"
+    values = [f"{k}={v}" for k in by if (v := config_value(run, k)) != "-"]
+    return run["method"] + (" [" + ", ".join(values) + "]" if values else "")
+
+
+def varying_keys(runs: list[dict[str, Any]], by: tuple[str, ...]) -> tuple[str, ...]:
+    """The ``by`` keys that take more than one value over ``runs`` (unset values not counted)."""
+    return tuple(k for k in by if len({config_value(r, k) for r in runs} - {"-"}) > 1)
 
 
 def format_matrix(run: dict[str, Any]) -> str:
@@ -174,7 +178,9 @@ def report_markdown(
     """Summary table, paired differences against ``baseline`` and, optionally, every matrix.
 
     ``by``: dotted config keys (``train.lr``, ``methods.migu.threshold``) whose values split a
-    method into variants, for sweeps and ablations."""
+    method into variants, for sweeps and ablations. Labels show only the keys that vary over
+    ``runs``, and only where a run sets them."""
+    by = varying_keys(runs, by)
     parts = ["## Summary (mean ± std over seeds)\n", summary_table(runs, by)]
     if baseline:
         paired = paired_table(runs, baseline, by)
