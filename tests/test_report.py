@@ -49,7 +49,10 @@ def test_variants_and_pairing(tmp_path, capsys):
     assert "finetune+migu [train.lr=0.0003, methods.migu.threshold=0.5]" in out
     # unset keys are left out of a label, and keys with one value over all runs out of the table
     assert "| finetune [train.lr=0.0003] |" in out and "threshold=-" not in out
-    assert main(["report", str(tmp_path / "2"), str(tmp_path / "3"), "--by", "train.lr", "--by", "methods.migu.threshold"]) == 0
+    assert (
+        main(["report", str(tmp_path / "2"), str(tmp_path / "3"), "--by", "train.lr", "--by", "methods.migu.threshold"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "finetune+migu [train.lr=0.0001]" in out and "threshold" not in out
 
