@@ -3,7 +3,7 @@
 import json
 
 from migu.cli import main
-from migu.report.tables import config_value, label_of, paired_table, summary_table
+from migu.report.tables import config_value, label_of, paired_table, summary_table, varying_keys
 
 
 def _run(method: str, seed: int, final: list[float], **config) -> dict:
@@ -55,6 +55,11 @@ def test_variants_and_pairing(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert "finetune+migu [train.lr=0.0001]" in out and "threshold" not in out
+    # a run that sets a key is not merged with one that leaves it unset
+    other = _run("finetune+migu", 0, [70.0, 90.0], train={"lr": 1e-4}, methods={"migu": {"skip_first_task": False}})
+    plain = _run("finetune+migu", 0, [80.0, 90.0], train={"lr": 1e-4})
+    table = summary_table([other, plain], varying_keys([other, plain], ("methods.migu.skip_first_task",)))
+    assert "| finetune+migu [methods.migu.skip_first_task=False] |" in table and "| finetune+migu |" in table
 
 
 def test_timing_table(tmp_path, capsys):

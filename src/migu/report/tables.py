@@ -67,8 +67,9 @@ def label_of(run: dict[str, Any], by: tuple[str, ...] = ()) -> str:
 
 
 def varying_keys(runs: list[dict[str, Any]], by: tuple[str, ...]) -> tuple[str, ...]:
-    """The ``by`` keys that take more than one value over ``runs`` (unset values not counted)."""
-    return tuple(k for k in by if len({config_value(r, k) for r in runs} - {"-"}) > 1)
+    """The ``by`` keys that take more than one value over ``runs`` (unset counts as a value, so
+    that a run setting a key is never merged with one leaving it at its default)."""
+    return tuple(k for k in by if len({config_value(r, k) for r in runs}) > 1)
 
 
 def format_matrix(run: dict[str, Any]) -> str:
