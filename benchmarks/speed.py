@@ -84,13 +84,15 @@ def minilm_cl_case(task: str = "amazon", batch: int = 64, batches: int = 8) -> C
     each step."""
     from itertools import cycle
 
+    from migu.bench.config import DataConfig
     from migu.data.cl_benchmark import load_task
     from migu.models import load_model
     from migu.train.formats import make_format
 
     bundle = load_model("minilm")
     fmt = make_format(bundle.arch, bundle.tokenizer, 128)
-    train = load_task(DATA_ROOT, task, n_train=batch * batches, n_test=1).train
+    root = os.environ.get("MIGU_CL_BENCHMARK", DataConfig.root)  # the tests' variable and the configs' default
+    train = load_task(root, task, n_train=batch * batches, n_test=1).train
     queue = cycle([fmt.batch(train[i : i + batch]) for i in range(0, len(train), batch)])
     return bundle.model, lambda: next(queue), fmt.loss
 
@@ -106,7 +108,6 @@ def smollm2_lora_case(batch: int = 8, seq: int = 128) -> Case:
     return model, lambda: {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, None
 
 
-DATA_ROOT = os.environ.get("MIGU_CL_DATA", "../shared/data/cl_benchmark")
 CASES: dict[str, Callable[[], Case]] = {
     "block_d1024": lambda: block_case(1024),
     "minilm_full": minilm_case,
