@@ -50,6 +50,17 @@ def _run(raw: dict, method: str, overrides: list[str]) -> dict:
     return result
 
 
+def _save_choice(path: Path, method: str, lr: str) -> dict:
+    """Add one method's rate to the choice file as it is now (another sweep may have added its own
+    since this one started), atomically."""
+    chosen = json.loads(path.read_text()) if path.exists() else {}
+    chosen[method] = lr
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(chosen, indent=1))
+    partial.replace(path)
+    return chosen
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="benchmarks/results/minilm_standard")
@@ -88,7 +99,7 @@ def main() -> None:
             scores[lr] = sum(aas) / len(aas)
         chosen[method] = max(scores, key=lambda lr: scores[lr])
         print(f"-> {method}: validation AA {scores}; lr {chosen[method]}", flush=True)
-        choice_file.write_text(json.dumps(chosen, indent=1))
+        chosen = _save_choice(choice_file, method, chosen[method])
     if args.skip_test:
         return
     missing = [m for m in methods if m not in chosen]

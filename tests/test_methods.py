@@ -152,3 +152,23 @@ def test_ewc_penalty_zero_at_anchor_positive_away():
         for p in bundle.model.parameters():
             p.add_(0.01)
     assert float(ewc.extra_loss(bundle.model, ctx).detach()) > 0.0
+
+
+@pytest.mark.parametrize("method", ["lora", "inc_lora"])
+def test_adapter_init_does_not_depend_on_what_ran_before(bench_dir, tmp_path, method):
+    """A pretrained folder is loaded unseeded; the run seeds the adapters' draws itself, so lora and
+    lora+migu (one after the other in a sweep) start from the same adapter."""
+    from migu.models import load_model
+
+    bundle = load_model("tiny-bert")
+    folder = tmp_path / "pretrained"
+    bundle.model.save_pretrained(folder)
+    bundle.tokenizer.save_pretrained(folder)
+    losses = []
+    for prior in (1, 2):
+        torch.manual_seed(prior)
+        torch.rand(prior)  # whatever an earlier run in this process left behind
+        config = _config(bench_dir, tmp_path / f"after{prior}", method)
+        result = run(run_config({**config.to_dict(), "model": str(folder)}))
+        losses.append([t["mean_loss"] for t in result["timings"][1:]])
+    assert losses[0] == losses[1]

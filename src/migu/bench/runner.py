@@ -36,6 +36,10 @@ from .config import RunConfig
 RESULTS = "results.json"
 
 
+# seeds the draws of methods' before_task, apart from the loop's per-task seed (1000 * seed + index)
+STRUCTURE_SEED = 7_000_000
+
+
 def load_tasks(config: RunConfig) -> TaskSequence:
     data = config.data
     seed = config.seed if data.seed is None else data.seed
@@ -110,6 +114,7 @@ def run(config: RunConfig, on_task_end: TaskHook | None = None) -> dict[str, Any
         if done.get("fingerprint") == fingerprint:
             return done
         raise ValueError(f"{run_dir} holds results of a different config; choose another output_dir or name")
+    torch.manual_seed(config.seed)  # pretrained loads are not seeded, and methods' setup draws (adapters)
     bundle = load_model(config.model, seed=config.seed)
     fmt_options = {"evaluation": config.evaluation} if bundle.arch == "decoder" else {}
     fmt = make_format(bundle.arch, bundle.tokenizer, config.train.max_length, config.data.with_task_name, **fmt_options)
@@ -192,6 +197,9 @@ def _context(config: RunConfig, sequence: TaskSequence, index: int, fmt: Any = N
 
 
 def _before_task(methods: list, model: Any, ctx: TaskContext) -> Any:
+    # adapters a method adds here (IncLoRA, O-LoRA) start from the same draw whatever ran before
+    # in this process (other runs of a sweep, other methods' draws), resumed or not
+    torch.manual_seed(STRUCTURE_SEED + 1000 * ctx.seed + ctx.index)
     for method in methods:
         model = method.before_task(model, ctx)
     return model
