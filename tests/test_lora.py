@@ -127,3 +127,61 @@ def test_refresh_picks_up_new_adapter():
     assert len(handle.layer_names) == before
     assert all("task2" in n for n in handle.layer_names)
     handle.remove()
+
+
+class _Composite(torch.nn.Module):
+    """base(x) + up(down(x)): a layer that declares its parts to MIGU."""
+
+    def __init__(self, d_in=6, d_out=10, r=3, up_rows=None):
+        super().__init__()
+        self.base, self.down = torch.nn.Linear(d_in, d_out), torch.nn.Linear(d_in, r, bias=False)
+        self.up = torch.nn.Linear(r, up_rows or d_out, bias=False)
+        self.base.weight.requires_grad_(False)
+
+    def forward(self, x):
+        return self.base(x) + self.up(self.down(x))[..., : self.base.out_features]
+
+    def migu_parts(self):
+        return [("base", self.base), ("up", self.up)], [("down", self.down)]
+
+
+def test_composite_layer_parts_masked_by_combined_and_own_outputs():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(_Composite())
+    x = torch.randn(4, 5, 6)
+    handle = migu.attach(model, threshold=0.7)
+    model(x).pow(2).sum().backward()
+    stats, layer = handle.statistics(), model[0]
+    handle.before_optimizer_step()
+    report = handle.report()
+    assert report["0"].targets == ["0.up"]  # the frozen base weight is not a target
+    assert report["0.down"].targets == ["0.down"]
+    with torch.no_grad():
+        outs = {"0": layer(x), "0.down": layer.down(x)}
+    for source, module in (("0", layer.up), ("0.down", layer.down)):
+        stat = outs[source].abs().reshape(-1, outs[source].shape[-1]).sum(0)
+        torch.testing.assert_close(stats[source], stat, rtol=1e-5, atol=1e-5)
+        keep = stat >= torch.quantile(stat, 0.7)
+        assert (module.weight.grad[~keep] == 0).all() and (module.weight.grad[keep] != 0).any()
+    handle.remove()
+
+
+def test_composite_layer_with_mismatched_rows_is_refused():
+    with pytest.raises(ValueError, match=r"composite layer 0: .*differ in rows"):
+        migu.attach(torch.nn.Sequential(_Composite(up_rows=12)), threshold=0.7)
+
+
+def test_moelora_experts_b_masked_by_the_layer_output():
+    from migu.methods import TaskContext, build_methods
+    from migu.models import load_model
+
+    model = load_model("tiny-bert").model
+    methods = build_methods("moelora+migu", {})
+    ctx = TaskContext(1, None, 3, 0, 1, None, 4)
+    for method in methods:
+        model = method.before_task(method.setup(model), ctx)
+    report = methods[-1].handle.report()
+    name = "encoder.layer.0.attention.self.query"
+    assert report[name].targets == [f"{name}.lora_B.{e}" for e in range(3)]
+    assert {f"{name}.router", f"{name}.lora_A.0"} <= set(report)
+    assert not any(".lora_B." in source for source in report)  # no B is ranked by its own (zero) output

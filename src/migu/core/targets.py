@@ -6,8 +6,12 @@ is masked by its own r-dim output, and B (plus the base weight, if trainable) by
 layer output ``xW + scale * xAB`` (paper, section 3.3).
 
 Supported layers: ``torch.nn.Linear``, transformers ``Conv1D`` (GPT-2; weight stored as
-[in, out]) and PEFT ``lora.Linear``. transformers and peft are looked up in ``sys.modules``
-only: a model cannot hold their layers unless they are imported, so the core imports neither.
+[in, out]), PEFT ``lora.Linear``, and any *composite* layer: a module with a ``migu_parts()``
+method returning ``(combined, own)``, two lists of ``(suffix, linear)`` pairs; ``combined`` are
+masked by the composite's output (their rows must be its output channels), ``own`` by their own
+outputs (migu's MoELoRA layer declares its experts' B as combined, their A and the router as own).
+transformers and peft are looked up in ``sys.modules`` only: a model cannot hold their layers
+unless they are imported, so the core imports neither.
 """
 
 from __future__ import annotations
@@ -120,7 +124,9 @@ def supported_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     for name, module in model.named_modules():
         if id(module) in hidden:
             continue
-        if lora_linear is not None and isinstance(module, lora_linear):
+        if callable(getattr(module, "migu_parts", None)) or (
+            lora_linear is not None and isinstance(module, lora_linear)
+        ):
             hidden.update(id(m) for m in module.modules() if m is not module)
             layers.append((name, module))
         elif isinstance(module, kinds):
@@ -141,6 +147,8 @@ def sources_for(name: str, module: Any) -> list[Source]:
     """The statistic sources of one layer (one for a plain layer, 1 + adapters for LoRA)."""
     lora_linear = _lora_linear_class()
     side = side_of(name)
+    if callable(getattr(module, "migu_parts", None)):
+        return _composite_sources(name, module, side)
     if lora_linear is None or not isinstance(module, lora_linear):
         if not module.weight.requires_grad:
             return []
@@ -157,6 +165,22 @@ def sources_for(name: str, module: Any) -> list[Source]:
             sources.append(Source(a_name, lora_a, side, [_plain_target(a_name, lora_a)]))
         if lora_b.weight.requires_grad:
             combined.targets.append(_plain_target(f"{name}.lora_B.{adapter}", lora_b))
+    return [s for s in sources if s.targets]
+
+
+def _composite_sources(name: str, module: Any, side: Side) -> list[Source]:
+    combined_parts, own_parts = module.migu_parts()
+    rows = {suffix: _plain_target(suffix, part).rows() for suffix, part in combined_parts}
+    if len(set(rows.values())) > 1:  # all of them are rows of the composite's output channels
+        raise ValueError(f"composite layer {name}: the parts masked by its output differ in rows: {rows}")
+    combined = Source(name, module, side)
+    sources = [combined]
+    for suffix, part in combined_parts:
+        if part.weight.requires_grad:
+            combined.targets.append(_plain_target(f"{name}.{suffix}", part))
+    for suffix, part in own_parts:
+        if part.weight.requires_grad:
+            sources.append(Source(f"{name}.{suffix}", part, side, [_plain_target(f"{name}.{suffix}", part)]))
     return [s for s in sources if s.targets]
 
 

@@ -37,6 +37,13 @@ class MoeLoraLinear(nn.Module):
         )
         return self.base(x) + self.scale * mixed
 
+    def migu_parts(self) -> tuple[list[tuple[str, nn.Module]], list[tuple[str, nn.Module]]]:
+        """For MIGU, as PEFT LoRA: every expert's B (and the base weight, if trainable) is masked by
+        this layer's combined output; every expert's A and the router by their own outputs."""
+        combined = [("base", self.base)] + [(f"lora_B.{e}", b) for e, b in enumerate(self.lora_B)]
+        own = [("router", self.router)] + [(f"lora_A.{e}", a) for e, a in enumerate(self.lora_A)]
+        return combined, own
+
 
 @dataclass
 class MoeLoraConfig(LoraMethodConfig):
