@@ -172,3 +172,21 @@ def test_adapter_init_does_not_depend_on_what_ran_before(bench_dir, tmp_path, me
         result = run(run_config({**config.to_dict(), "model": str(folder)}))
         losses.append([t["mean_loss"] for t in result["timings"][1:]])
     assert losses[0] == losses[1]
+
+
+def test_lora_checkpoint_holds_adapters_not_the_frozen_base(bench_dir, tmp_path):
+    config = _config(bench_dir, tmp_path, "inc_lora")
+    sizes = {}
+
+    def look(index, state):
+        saved = torch.load(tmp_path / config.run_name() / "state" / state["checkpoint"], weights_only=False)
+        params = [k for k in saved["model"] if "position_ids" not in k and "token_type_ids" not in k]
+        sizes[index] = {k.split(".lora_")[1].split(".")[1] for k in params if ".lora_" in k}
+        assert all(".lora_" in k for k in params), [k for k in params if ".lora_" not in k][:3]
+        raise Stop
+
+    with pytest.raises(Stop):
+        run(config, on_task_end=look)
+    with pytest.raises(Stop):
+        run(config, on_task_end=look)  # resumed from the adapter-only checkpoint, trains task 2
+    assert sizes == {0: {"task0"}, 1: {"task0", "task1"}}  # the frozen earlier adapter is kept too

@@ -141,7 +141,7 @@ def run(config: RunConfig, on_task_end: TaskHook | None = None) -> dict[str, Any
         for index in range(state["completed"]):  # rebuild structure (e.g. adapters), then load
             model = _before_task(methods, model, _context(config, sequence, index))
         checkpoint = torch.load(state_dir / state["checkpoint"], weights_only=False)
-        model.load_state_dict(checkpoint["model"])
+        _load_checkpoint(model, checkpoint["model"], state, state_dir / state["checkpoint"])
         for method, method_state in zip(methods, checkpoint["methods"], strict=True):
             method.load_state_dict(method_state)
     tasks_bar = tqdm(total=len(sequence), initial=state["completed"], desc="tasks", unit="task",
@@ -153,6 +153,8 @@ def run(config: RunConfig, on_task_end: TaskHook | None = None) -> dict[str, Any
         examples = task.train
         for method in methods:
             examples = method.train_examples(examples, ctx)
+        state["trained_parameters"] = sorted(set(state.get("trained_parameters", [])) | {
+            n for n, p in model.named_parameters(remove_duplicate=False) if p.requires_grad})  # fmt: skip
         trained = train_task(model, fmt, examples, methods, ctx, config.train, accelerator, config.progress)
         state["diagnostics"].append({m.name: m.after_task(model, ctx) for m in methods})
         start = time.perf_counter()
@@ -238,9 +240,28 @@ def _save_progress(state_dir: Path, state: dict[str, Any], model: Any, methods: 
     """Checkpoint first, under a name of its own, then the progress that points to it."""
     state_dir.mkdir(parents=True, exist_ok=True)
     name = f"after_task{state['completed']}.pt"
-    _save_torch(state_dir / name, {"model": model.state_dict(), "methods": [m.state_dict() for m in methods]})
+    _save_torch(state_dir / name, {"model": _changed_state(model, state), "methods": [m.state_dict() for m in methods]})
     previous = state.get("checkpoint")
     state["checkpoint"] = name
     write_json(state_dir / "progress.json", state)
     if previous and previous != name:
         (state_dir / previous).unlink(missing_ok=True)
+
+
+def _changed_state(model: Any, state: dict[str, Any]) -> dict[str, Any]:
+    """The model's state without the parameters no task has trained (a frozen base under LoRA is
+    loaded again from its source on resume): an adapter checkpoint, not a copy of the model."""
+    trained = set(state.get("trained_parameters", []))
+    params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+    return {k: v for k, v in model.state_dict().items() if k not in params or k in trained}
+
+
+def _load_checkpoint(model: Any, saved: dict[str, Any], state: dict[str, Any], path: Path) -> None:
+    """Load a checkpoint of ``_changed_state``; only never-trained parameters may be missing."""
+    params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+    untrained = params - set(state.get("trained_parameters", params))
+    result = model.load_state_dict(saved, strict=False)
+    trained_missing = [k for k in result.missing_keys if k not in untrained]
+    if result.unexpected_keys or trained_missing:
+        raise ValueError(f"{path} does not fit the model rebuilt for resuming: unexpected "
+                         f"{result.unexpected_keys[:5]}, missing {trained_missing[:5]}")  # fmt: skip
