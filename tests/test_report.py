@@ -75,3 +75,29 @@ def test_timing_table(tmp_path, capsys):
     row = next(line for line in out.splitlines() if line.startswith("| m | o1 | finetune+migu | 0 |"))
     # first task 30 s; later tasks 24 s at a median step of 2 s; 30 s of evaluation; 84 s in all
     assert row.split(" | ")[4:9] == ["30.0", "24.0", "2.00", "30.0", "1.4 |"]
+
+
+def test_effect_of_migu_pairs_each_method_with_itself_without_migu(tmp_path, capsys):
+    from migu.report.tables import effect_table, without
+
+    assert without("lora+replay+migu", "migu") == "lora+replay"
+    assert without("migu", "migu") is None and without("lora", "migu") is None
+    runs = [
+        _run("lora", 0, [60.0, 80.0], train={"lr": 1e-3}),
+        _run("lora", 1, [62.0, 80.0], train={"lr": 1e-3}),
+        _run("lora+migu", 0, [66.0, 78.0], train={"lr": 3e-3}),  # its own rate: paired all the same
+        _run("lora+migu", 1, [64.0, 80.0], train={"lr": 3e-3}),
+        _run("lora+replay", 0, [70.0, 80.0]),
+        _run("lora+replay+migu", 0, [69.0, 80.0]),
+        _run("olora+migu", 0, [50.0, 50.0]),  # no olora run: no row
+    ]
+    rows = {line.split(" | ")[1]: line.split(" | ")[2:-1] for line in effect_table(runs, "migu").splitlines()[2:]}
+    assert set(rows) == {"lora", "lora+replay"}
+    assert rows["lora"][0] == "70.50 ± 0.71" and rows["lora"][1] == "72.00 ± 0.00"
+    assert rows["lora"][2] == "1.50 ± 0.71"  # (66+78)/2 - (60+80)/2 = 2, (64+80)/2 - (62+80)/2 = 1
+    assert rows["lora+replay"][2] == "-0.50"
+    for i, run in enumerate(runs):
+        (tmp_path / f"r{i}").mkdir()
+        (tmp_path / f"r{i}" / "results.json").write_text(json.dumps(run))
+    assert main(["report", str(tmp_path), "--baseline", "", "--effect-of", "migu"]) == 0
+    assert "With and without migu" in capsys.readouterr().out

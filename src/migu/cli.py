@@ -58,7 +58,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     runs = load_results(args.paths)
     baseline = args.baseline or None
-    print(report_markdown(runs, baseline, matrices=args.matrices, by=tuple(args.by), timings=args.timings))
+    print(report_markdown(runs, baseline, matrices=args.matrices, by=tuple(args.by), timings=args.timings,
+                          effect_of=tuple(args.effect_of)))  # fmt: skip
     return 0
 
 
@@ -74,6 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_rep.add_argument("--baseline", default="finetune", help="method for paired differences ('' for none)")
     p_rep.add_argument("--matrices", action="store_true", help="also print every accuracy matrix")
     p_rep.add_argument("--timings", action="store_true", help="also print training and evaluation time per run")
+    p_rep.add_argument(
+        "--effect-of", action="append", default=[], metavar="METHOD",
+        help="pair every run using METHOD with the same run without it (e.g. --effect-of migu: the "
+        "paper's Table 2, each CL method with and without MIGU)",
+    )  # fmt: skip
     p_rep.add_argument(
         "--by", action="append", default=[], metavar="KEY",
         help="config key that splits methods into variants, e.g. --by train.lr --by methods.migu.threshold",

@@ -1,5 +1,6 @@
 """Markdown tables from results files: matrices, AA/BWT per method (mean and std over seeds),
-paired differences against a baseline method, per-task forgetting."""
+paired differences against a baseline method, the effect of adding one method to every other
+(Table 2 of the paper: each CL method with and without MIGU), per-task forgetting."""
 
 from __future__ import annotations
 
@@ -148,6 +149,47 @@ def paired_table(runs: list[dict[str, Any]], baseline: str, by: tuple[str, ...] 
     return "\n".join(lines) + "\n"
 
 
+def without(method: str, component: str) -> str | None:
+    """The method spec with ``component`` removed (``lora+replay+migu`` -> ``lora+replay``), or None
+    if the spec lacks it or is nothing else."""
+    parts = method.split("+")
+    if component not in parts or len(parts) == 1:
+        return None
+    return "+".join(p for p in parts if p != component)
+
+
+def effect_table(runs: list[dict[str, Any]], component: str, by: tuple[str, ...] = ()) -> str:
+    """Every run whose method includes ``component`` next to the run of the same model, order and
+    seed without it (each with its own chosen rate): AA and BWT of both and their paired difference,
+    over all orders and seeds."""
+    index: dict[tuple[str, str, str, Any], list[dict[str, Any]]] = defaultdict(list)
+    for r in runs:
+        index[(r["model"], r["method"], order_of(r), r["seed"])].append(r)
+    pairs: dict[tuple[str, str, str], list[tuple[dict[str, Any], dict[str, Any]]]] = defaultdict(list)
+    for run in runs:
+        base_method = without(run["method"], component)
+        if base_method is None:
+            continue
+        base = _baseline_for(run, index.get((run["model"], base_method, order_of(run), run["seed"]), []), by)
+        if base is not None:
+            pairs[(run["model"], base_method, label_of(run, by))].append((base, run))
+    if not pairs:
+        return ""
+    lines = [f"| model | method | AA | AA +{component} | ΔAA | BWT | BWT +{component} | ΔBWT | pairs |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for (model, base_method, label), members in sorted(pairs.items()):
+        b = [metrics.summary(x["accuracy_matrix"]) for x, _ in members]
+        w = [metrics.summary(y["accuracy_matrix"]) for _, y in members]
+        aa = [y["aa"] - x["aa"] for x, y in zip(b, w, strict=True)]
+        bwt = [y["bwt"] - x["bwt"] for x, y in zip(b, w, strict=True)]
+        name = label if " [" in label else base_method  # a variant of the with-run, when --by splits them
+        lines.append(
+            f"| {model} | {name} | {_pm([x['aa'] for x in b])} | {_pm([y['aa'] for y in w])} | {_pm(aa)} | "
+            f"{_pm([x['bwt'] for x in b])} | {_pm([y['bwt'] for y in w])} | {_pm(bwt)} | {len(members)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def timing_table(runs: list[dict[str, Any]], by: tuple[str, ...] = ()) -> str:
     """One row per run: training seconds of the first task (unmasked by MIGU's default) and of the
     later tasks, the median seconds per optimizer step over the later tasks, evaluation seconds."""
@@ -175,6 +217,7 @@ def report_markdown(
     matrices: bool = False,
     by: tuple[str, ...] = (),
     timings: bool = False,
+    effect_of: tuple[str, ...] = (),
 ) -> str:
     """Summary table, paired differences against ``baseline`` and, optionally, every matrix.
 
@@ -187,6 +230,10 @@ def report_markdown(
         paired = paired_table(runs, baseline, by)
         if paired:
             parts += [f"\n## Paired differences against {baseline} (same order and seed; mean ± std)\n", paired]
+    for component in effect_of:
+        effect = effect_table(runs, component, by)
+        if effect:
+            parts += [f"\n## With and without {component} (paired: same order and seed; mean ± std)\n", effect]
     if timings:
         parts += ["\n## Wall time per run\n", timing_table(runs, by)]
     if matrices:
