@@ -23,6 +23,19 @@ def test_ties_at_the_cut_are_all_kept():
     assert magnitude_keep(stats, 0.5).tolist() == [[False, True, True, True, True]]
 
 
+def test_nan_rows_rank_last_on_both_paths():
+    from migu.core.selection import rankable
+
+    # NaN (an overflowed forward) is never kept over a number; without the rule, sort-based
+    # ranking (the fast path's topk) would take NaN as the largest value and keep it
+    stats = torch.tensor([[float("nan"), 1.0, 5.0, 2.0, 4.0, 3.0, 0.5, 6.0, 7.0, 8.0, 9.0]])
+    keep = magnitude_keep(stats, 0.7)
+    assert not keep[0, 0] and keep.sum() == 11 - cut_index(11, 0.7)
+    fast = torch.zeros(11, dtype=torch.bool)
+    fast[rankable(stats[0]).topk(int(keep.sum())).indices] = True
+    assert torch.equal(fast, keep[0])
+
+
 def test_cut_index_edges():
     assert cut_index(10, 0.0) == 0
     assert cut_index(11, 0.7) == 7  # 0.7 * 10 is 7.000000000000001 in binary

@@ -21,11 +21,18 @@ def cut_index(rows: int, threshold: float) -> int:
     return min(rows - 1, max(0, math.ceil(threshold * (rows - 1) - 1e-9)))
 
 
+def rankable(stats: torch.Tensor) -> torch.Tensor:
+    """The statistic with NaN (an overflowed forward) as -inf: such a row ranks last, never first."""
+    return torch.where(stats.isnan(), float("-inf"), stats)
+
+
 def magnitude_keep(stats: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Boolean [layers, rows]: rows whose statistic is at or above the T-quantile of its layer."""
+    """Boolean [layers, rows]: rows whose statistic is at or above the T-quantile of its layer
+    (NaN ranks below every number)."""
     cut = cut_index(stats.shape[-1], threshold)
     if cut == 0:
         return torch.ones_like(stats, dtype=torch.bool)
+    stats = rankable(stats)
     floor = stats.kthvalue(cut + 1, dim=-1, keepdim=True).values
     return stats >= floor
 

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from .fastpath import RowSparseLinear
-from .selection import cut_index
+from .selection import cut_index, rankable
 from .targets import Side, Source
 
 CHUNK_VALUES = 1 << 20
@@ -127,7 +127,7 @@ class Recorder:
         if rows is None:
             stat = self.buffers[index][:-1]
             keep = stat.numel() - cut_index(stat.numel(), self.threshold)
-            rows = stat.topk(keep, sorted=False).indices
+            rows = rankable(stat).topk(keep, sorted=False).indices
             self.fast_rows[index] = rows
         return rows
 
