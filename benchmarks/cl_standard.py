@@ -14,14 +14,17 @@ example rates chosen over ``--lr-orders order1,order3``) keeps its own ``--choic
 ``--test-dir``; the validation runs are shared.
 
 The CPU-scale Table 2 (every CL method with and without MIGU) adds the other methods to the same
-folders, so that all of them share one protocol, one lr choice file and the same test examples:
-    python benchmarks/cl_standard.py --lrs 3e-4,1e-3,3e-3 --seeds 0,1 \
-        --methods lora,lora+migu,lora+random_update
+folders, so that all of them share one protocol, one lr choice file and the same test examples
+(rates are chosen on seed 0; ``--use-choice --seeds 1`` adds a seed without choosing again):
+    python benchmarks/cl_standard.py --lrs 3e-4,1e-3,3e-3 --seeds 0 --methods lora,lora+migu
+    python benchmarks/cl_standard.py --use-choice --seeds 1 --methods lora,lora+migu
     python benchmarks/cl_standard.py --lrs 3e-4,1e-3,3e-3 --seeds 0 \
-        --methods inc_lora,inc_lora+migu,olora,olora+migu,lora+replay,lora+replay+migu,moelora,moelora+migu
+        --methods inc_lora,inc_lora+migu,olora,olora+migu,lora+replay,lora+replay+migu
     python benchmarks/cl_standard.py --lrs 3e-5,1e-4,3e-4 --seeds 0 --methods ewc,ewc+migu
+    python benchmarks/cl_standard.py --lrs 3e-4,1e-3,3e-3 --seeds 0 --methods moelora,moelora+migu
 MIGU's T is the paper's for each combination (0.1 with O-LoRA, 0.4 with replay, else 0.7). Tables:
     migu report benchmarks/results/minilm_standard/test --matrices
+    migu report benchmarks/results/minilm_standard/test --baseline '' --effect-of migu --effect-of random_update
 """
 
 from __future__ import annotations
