@@ -30,7 +30,9 @@ MIGU's T is the paper's for each combination (0.1 with O-LoRA, 0.4 with replay, 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
+import os
 from pathlib import Path
 
 from migu import metrics
@@ -55,12 +57,14 @@ def _run(raw: dict, method: str, overrides: list[str]) -> dict:
 
 def _save_choice(path: Path, method: str, lr: str) -> dict:
     """Add one method's rate to the choice file as it is now (another sweep may have added its own
-    since this one started), atomically."""
-    chosen = json.loads(path.read_text()) if path.exists() else {}
-    chosen[method] = lr
-    partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps(chosen, indent=1))
-    partial.replace(path)
+    since this one started), under a lock, atomically."""
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        chosen = json.loads(path.read_text()) if path.exists() else {}
+        chosen[method] = lr
+        partial = path.with_suffix(f".{os.getpid()}.partial")
+        partial.write_text(json.dumps(chosen, indent=1))
+        partial.replace(path)
     return chosen
 
 

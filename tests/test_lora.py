@@ -185,3 +185,12 @@ def test_moelora_experts_b_masked_by_the_layer_output():
     assert report[name].targets == [f"{name}.lora_B.{e}" for e in range(3)]
     assert {f"{name}.router", f"{name}.lora_A.0"} <= set(report)
     assert not any(".lora_B." in source for source in report)  # no B is ranked by its own (zero) output
+
+
+def test_composite_layer_listing_a_part_twice_is_refused():
+    class Twice(_Composite):
+        def migu_parts(self):
+            return [("up", self.up)], [("down", self.down), ("again", self.down)]
+
+    with pytest.raises(ValueError, match="lists a module twice"):
+        migu.attach(torch.nn.Sequential(Twice()), threshold=0.7)

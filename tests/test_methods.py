@@ -190,3 +190,31 @@ def test_lora_checkpoint_holds_adapters_not_the_frozen_base(bench_dir, tmp_path)
     with pytest.raises(Stop):
         run(config, on_task_end=look)  # resumed from the adapter-only checkpoint, trains task 2
     assert sizes == {0: {"task0"}, 1: {"task0", "task1"}}  # the frozen earlier adapter is kept too
+
+
+def test_resume_from_a_whole_model_checkpoint_keeps_earlier_adapters(bench_dir, tmp_path, monkeypatch):
+    import migu.bench.runner as runner
+
+    config = _config(bench_dir, tmp_path, "inc_lora")
+
+    def old_format(model, state):  # what migu wrote before adapter-only checkpoints
+        state.pop("trained_parameters", None)
+        return model.state_dict()
+
+    def stop(index, state):
+        raise Stop
+
+    with monkeypatch.context() as patch:
+        patch.setattr(runner, "_changed_state", old_format)
+        with pytest.raises(Stop):
+            run(config, on_task_end=stop)
+    kept = {}
+
+    def look(index, state):
+        saved = torch.load(tmp_path / config.run_name() / "state" / state["checkpoint"], weights_only=False)
+        kept[index] = {k for k in saved["model"] if ".lora_A.task0." in k}
+
+    result = run(config, on_task_end=look)
+    assert kept[1], "the first task's adapter must stay in later checkpoints"
+    full = run(_config(bench_dir, tmp_path / "uninterrupted", "inc_lora"))
+    assert full["accuracy_matrix"] == result["accuracy_matrix"]

@@ -91,8 +91,10 @@ def test_effect_of_migu_pairs_each_method_with_itself_without_migu(tmp_path, cap
         _run("lora+replay+migu", 0, [69.0, 80.0]),
         _run("olora+migu", 0, [50.0, 50.0]),  # no olora run: no row
     ]
-    rows = {line.split(" | ")[1]: line.split(" | ")[2:-1] for line in effect_table(runs, "migu").splitlines()[2:]}
+    table = effect_table(runs, "migu")
+    rows = {line.split(" | ")[1]: line.split(" | ")[3:-1] for line in table.splitlines()[2:] if line.startswith("|")}
     assert set(rows) == {"lora", "lora+replay"}
+    assert table.rstrip().endswith("olora+migu (1)")
     assert rows["lora"][0] == "70.50 ± 0.71" and rows["lora"][1] == "72.00 ± 0.00"
     assert rows["lora"][2] == "1.50 ± 0.71"  # (66+78)/2 - (60+80)/2 = 2, (64+80)/2 - (62+80)/2 = 1
     assert rows["lora+replay"][2] == "-0.50"

@@ -34,6 +34,14 @@ def test_nan_rows_rank_last_on_both_paths():
     fast = torch.zeros(11, dtype=torch.bool)
     fast[rankable(stats[0]).topk(int(keep.sum())).indices] = True
     assert torch.equal(fast, keep[0])
+    # more NaN rows than the cut: every number is kept, no NaN; the fast path's top-k, masked
+    # again by this rule before the step, ends with the same rows
+    stats = torch.tensor([[float("nan")] * 8 + [1.0, 2.0, 3.0]])
+    keep = magnitude_keep(stats, 0.7)
+    assert keep[0].tolist() == [False] * 8 + [True] * 3
+    fast = torch.zeros(11, dtype=torch.bool)
+    fast[rankable(stats[0]).topk(11 - cut_index(11, 0.7)).indices] = True
+    assert torch.equal(fast & keep[0], keep[0])
 
 
 def test_cut_index_edges():

@@ -114,11 +114,13 @@ def run(config: RunConfig, on_task_end: TaskHook | None = None) -> dict[str, Any
         if done.get("fingerprint") == fingerprint:
             return done
         raise ValueError(f"{run_dir} holds results of a different config; choose another output_dir or name")
-    torch.manual_seed(config.seed)  # pretrained loads are not seeded, and methods' setup draws (adapters)
+    torch.manual_seed(config.seed)  # pretrained loads are not seeded (weights missing from the files)
     bundle = load_model(config.model, seed=config.seed)
     fmt_options = {"evaluation": config.evaluation} if bundle.arch == "decoder" else {}
     fmt = make_format(bundle.arch, bundle.tokenizer, config.train.max_length, config.data.with_task_name, **fmt_options)
     model = bundle.model
+    # methods' setup draws (adapters) whatever loading drew (a first-time conversion, a cache hit)
+    torch.manual_seed(config.seed)
     for method in methods:
         model = method.setup(model)
     accelerator = make_accelerator(config.train)
@@ -141,6 +143,8 @@ def run(config: RunConfig, on_task_end: TaskHook | None = None) -> dict[str, Any
         for index in range(state["completed"]):  # rebuild structure (e.g. adapters), then load
             model = _before_task(methods, model, _context(config, sequence, index))
         checkpoint = torch.load(state_dir / state["checkpoint"], weights_only=False)
+        if "trained_parameters" not in state:  # a checkpoint of the whole model (older migu)
+            state["trained_parameters"] = sorted(checkpoint["model"])
         _load_checkpoint(model, checkpoint["model"], state, state_dir / state["checkpoint"])
         for method, method_state in zip(methods, checkpoint["methods"], strict=True):
             method.load_state_dict(method_state)
@@ -153,7 +157,7 @@ def run(config: RunConfig, on_task_end: TaskHook | None = None) -> dict[str, Any
         examples = task.train
         for method in methods:
             examples = method.train_examples(examples, ctx)
-        state["trained_parameters"] = sorted(set(state.get("trained_parameters", [])) | {
+        state["trained_parameters"] = sorted(set(state.get("trained_parameters", ())) | {
             n for n, p in model.named_parameters(remove_duplicate=False) if p.requires_grad})  # fmt: skip
         trained = train_task(model, fmt, examples, methods, ctx, config.train, accelerator, config.progress)
         state["diagnostics"].append({m.name: m.after_task(model, ctx) for m in methods})
@@ -250,7 +254,8 @@ def _save_progress(state_dir: Path, state: dict[str, Any], model: Any, methods: 
 
 def _changed_state(model: Any, state: dict[str, Any]) -> dict[str, Any]:
     """The model's state without the parameters no task has trained (a frozen base under LoRA is
-    loaded again from its source on resume): an adapter checkpoint, not a copy of the model."""
+    loaded again from its source on resume): an adapter checkpoint, not a copy of the model. The
+    source must not change between the interruption and the resume (pin a hub revision)."""
     trained = set(state.get("trained_parameters", []))
     params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
     return {k: v for k, v in model.state_dict().items() if k not in params or k in trained}
@@ -259,7 +264,7 @@ def _changed_state(model: Any, state: dict[str, Any]) -> dict[str, Any]:
 def _load_checkpoint(model: Any, saved: dict[str, Any], state: dict[str, Any], path: Path) -> None:
     """Load a checkpoint of ``_changed_state``; only never-trained parameters may be missing."""
     params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
-    untrained = params - set(state.get("trained_parameters", params))
+    untrained = params - set(state["trained_parameters"])
     result = model.load_state_dict(saved, strict=False)
     trained_missing = [k for k in result.missing_keys if k not in untrained]
     if result.unexpected_keys or trained_missing:

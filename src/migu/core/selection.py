@@ -28,12 +28,13 @@ def rankable(stats: torch.Tensor) -> torch.Tensor:
 
 def magnitude_keep(stats: torch.Tensor, threshold: float) -> torch.Tensor:
     """Boolean [layers, rows]: rows whose statistic is at or above the T-quantile of its layer
-    (NaN ranks below every number)."""
+    (NaN ranks below every number and is never kept)."""
     cut = cut_index(stats.shape[-1], threshold)
     if cut == 0:
         return torch.ones_like(stats, dtype=torch.bool)
-    stats = rankable(stats)
-    floor = stats.kthvalue(cut + 1, dim=-1, keepdim=True).values
+    floor = rankable(stats).kthvalue(cut + 1, dim=-1, keepdim=True).values
+    # NaN >= anything is False: NaN rows are never kept, even when they fill the cut (floor -inf;
+    # the fast path's top-k then holds NaN rows, but this mask is applied again before the step)
     return stats >= floor
 
 

@@ -170,6 +170,9 @@ def sources_for(name: str, module: Any) -> list[Source]:
 
 def _composite_sources(name: str, module: Any, side: Side) -> list[Source]:
     combined_parts, own_parts = module.migu_parts()
+    modules = [part for _, part in [*combined_parts, *own_parts]]
+    if len({id(m) for m in modules}) != len(modules):
+        raise ValueError(f"composite layer {name}: migu_parts() lists a module twice (it would be masked twice)")
     rows = {suffix: _plain_target(suffix, part).rows() for suffix, part in combined_parts}
     if len(set(rows.values())) > 1:  # all of them are rows of the composite's output channels
         raise ValueError(f"composite layer {name}: the parts masked by its output differ in rows: {rows}")

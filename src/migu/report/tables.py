@@ -161,32 +161,38 @@ def without(method: str, component: str) -> str | None:
 def effect_table(runs: list[dict[str, Any]], component: str, by: tuple[str, ...] = ()) -> str:
     """Every run whose method includes ``component`` next to the run of the same model, order and
     seed without it (each with its own chosen rate): AA and BWT of both and their paired difference,
-    over all orders and seeds."""
+    over all orders and seeds. Runs without a partner (or with several that ``by`` cannot tell
+    apart) are counted under the table."""
     index: dict[tuple[str, str, str, Any], list[dict[str, Any]]] = defaultdict(list)
     for r in runs:
         index[(r["model"], r["method"], order_of(r), r["seed"])].append(r)
     pairs: dict[tuple[str, str, str], list[tuple[dict[str, Any], dict[str, Any]]]] = defaultdict(list)
+    unpaired: dict[str, int] = defaultdict(int)
     for run in runs:
         base_method = without(run["method"], component)
         if base_method is None:
             continue
         base = _baseline_for(run, index.get((run["model"], base_method, order_of(run), run["seed"]), []), by)
-        if base is not None:
-            pairs[(run["model"], base_method, label_of(run, by))].append((base, run))
-    if not pairs:
+        if base is None:
+            unpaired[label_of(run, by)] += 1
+        else:
+            pairs[(run["model"], label_of(base, by), label_of(run, by))].append((base, run))
+    if not pairs and not unpaired:
         return ""
-    lines = [f"| model | method | AA | AA +{component} | ΔAA | BWT | BWT +{component} | ΔBWT | pairs |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for (model, base_method, label), members in sorted(pairs.items()):
+    lines = [f"| model | without {component} | with | AA | AA with | ΔAA | BWT | BWT with | ΔBWT | pairs |",
+             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for (model, base_label, label), members in sorted(pairs.items()):
         b = [metrics.summary(x["accuracy_matrix"]) for x, _ in members]
         w = [metrics.summary(y["accuracy_matrix"]) for _, y in members]
         aa = [y["aa"] - x["aa"] for x, y in zip(b, w, strict=True)]
         bwt = [y["bwt"] - x["bwt"] for x, y in zip(b, w, strict=True)]
-        name = label if " [" in label else base_method  # a variant of the with-run, when --by splits them
         lines.append(
-            f"| {model} | {name} | {_pm([x['aa'] for x in b])} | {_pm([y['aa'] for y in w])} | {_pm(aa)} | "
-            f"{_pm([x['bwt'] for x in b])} | {_pm([y['bwt'] for y in w])} | {_pm(bwt)} | {len(members)} |"
+            f"| {model} | {base_label} | {label} | {_pm([x['aa'] for x in b])} | {_pm([y['aa'] for y in w])} | "
+            f"{_pm(aa)} | {_pm([x['bwt'] for x in b])} | {_pm([y['bwt'] for y in w])} | {_pm(bwt)} | {len(members)} |"
         )
+    if unpaired:
+        lines.append("\nWithout a partner run (none, or several that --by does not tell apart): "
+                     + ", ".join(f"{k} ({v})" for k, v in sorted(unpaired.items())))  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
