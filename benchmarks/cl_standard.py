@@ -4,9 +4,10 @@
 
 1. Learning rate per method, chosen on validation data held out of the training files
    (seed 0, AA over the validation splits of order 1, or the mean over ``--lr-orders``);
-   never on test examples. When a method's
-   best rate is at the edge of the grid, extend the grid for it and rerun with ``--methods``;
-   ``lr_choice.json`` keeps the other methods' choices. ``--use-choice`` skips this phase.
+   never on test examples. When a method's best rate is at the edge of the grid, the grid is
+   extended one step (1-3-10) at a time, up to ``--extend-edges`` times (or rerun with a wider
+   ``--lrs`` and ``--methods``); ``lr_choice.json`` keeps the other methods' choices.
+   ``--use-choice`` skips this phase.
 2. Test runs with the chosen rates: for each seed, each order, each method (interleaved, so
    that a partial table is still made of paired comparisons).
 Every run is resumable: rerun the same command after an interruption. A second protocol (for
@@ -16,12 +17,12 @@ example rates chosen over ``--lr-orders order1,order3``) keeps its own ``--choic
 The CPU-scale Table 2 (every CL method with and without MIGU) adds the other methods to the same
 folders, so that all of them share one protocol, one lr choice file and the same test examples
 (rates are chosen on seed 0; ``--use-choice --seeds 1`` adds a seed without choosing again):
-    python benchmarks/cl_standard.py --lrs 3e-4,1e-3,3e-3 --seeds 0 --methods lora,lora+migu
+    python benchmarks/cl_standard.py --lrs 3e-4,1e-3,3e-3,1e-2 --seeds 0 --methods lora,lora+migu
     python benchmarks/cl_standard.py --use-choice --seeds 1 --methods lora,lora+migu
-    python benchmarks/cl_standard.py --lrs 3e-4,1e-3,3e-3 --seeds 0 \
+    python benchmarks/cl_standard.py --lrs 3e-4,1e-3,3e-3 --extend-edges 2 --seeds 0 \
         --methods inc_lora,inc_lora+migu,olora,olora+migu,lora+replay,lora+replay+migu
-    python benchmarks/cl_standard.py --lrs 3e-5,1e-4,3e-4 --seeds 0 --methods ewc,ewc+migu
-    python benchmarks/cl_standard.py --lrs 3e-4,1e-3,3e-3 --seeds 0 --methods moelora,moelora+migu
+    python benchmarks/cl_standard.py --lrs 3e-5,1e-4,3e-4 --extend-edges 2 --seeds 0 --methods ewc,ewc+migu
+    python benchmarks/cl_standard.py --lrs 3e-4,1e-3,3e-3 --extend-edges 2 --seeds 0 --methods moelora,moelora+migu
 MIGU's T is the paper's for each combination (0.1 with O-LoRA, 0.4 with replay, else 0.7). Tables:
     migu report benchmarks/results/minilm_standard/test --matrices
     migu report benchmarks/results/minilm_standard/test --baseline '' --effect-of migu --effect-of random_update
@@ -55,6 +56,17 @@ def _run(raw: dict, method: str, overrides: list[str]) -> dict:
     return result
 
 
+def neighbour(lr: str, up: bool) -> str:
+    """The next rate on the 1-3-10 grid: 3e-3 -> 1e-2 (up), 3e-4 -> 1e-4 (down)."""
+    mantissa, exponent = f"{float(lr):.0e}".split("e")
+    e = int(exponent)
+    if mantissa == "1":
+        return f"3e{e if up else e - 1}"
+    if mantissa == "3":
+        return f"1e{e + 1 if up else e}"
+    return f"{float(lr) * (10**0.5 if up else 10**-0.5):.0e}"
+
+
 def _save_choice(path: Path, method: str, lr: str) -> dict:
     """Add one method's rate to the choice file as it is now (another sweep may have added its own
     since this one started), under a lock, atomically."""
@@ -66,6 +78,18 @@ def _save_choice(path: Path, method: str, lr: str) -> dict:
         partial.write_text(json.dumps(chosen, indent=1))
         partial.replace(path)
     return chosen
+
+
+def _validation_aa(raw: dict, method: str, lr: str, orders: list[str], n_validation: int, out: Path) -> float:
+    """Mean AA over the validation splits of ``orders`` (seed 0) at one learning rate."""
+    aas = []
+    for order in orders:
+        name = f"{method}_lr{lr}" + ("" if order == "order1" else f"_{order}")
+        result = _run(raw, method, [f"train.lr={lr}", "seed=0", f"data.order={order}",
+                            "data.evaluate_on=validation", f"data.n_validation={n_validation}",
+                            f"output_dir={out / 'lr_select'}", f"name={name}"])  # fmt: skip
+        aas.append(metrics.average_accuracy(result["accuracy_matrix"]))
+    return sum(aas) / len(aas)
 
 
 def main() -> None:
@@ -82,6 +106,13 @@ def main() -> None:
     parser.add_argument("--skip-test", action="store_true", help="only choose the learning rates")
     parser.add_argument("--use-choice", action="store_true", help="skip the selection: use the chosen rates")
     parser.add_argument("--choice-file", default="lr_choice.json", help="the chosen rates, under --out")
+    parser.add_argument(
+        "--extend-edges",
+        type=int,
+        default=0,
+        metavar="N",
+        help="when the best rate is at an edge of the grid, try the next one out, up to N times",
+    )
     parser.add_argument("--test-dir", default="test", help="folder of the test runs, under --out")
     args = parser.parse_args()
     raw = load_yaml(args.config)
@@ -94,16 +125,15 @@ def main() -> None:
     choice_file = out / args.choice_file
     chosen = json.loads(choice_file.read_text()) if choice_file.exists() else {}  # other methods' choices stay
     for method in [] if args.use_choice else methods:
-        scores = {}
-        for lr in args.lrs.split(","):
-            aas = []
-            for order in args.lr_orders.split(","):
-                name = f"{method}_lr{lr}" + ("" if order == "order1" else f"_{order}")
-                result = _run(raw, method, [f"train.lr={lr}", "seed=0", f"data.order={order}",
-                                    "data.evaluate_on=validation", f"data.n_validation={args.n_validation}",
-                                    f"output_dir={out / 'lr_select'}", f"name={name}"])  # fmt: skip
-                aas.append(metrics.average_accuracy(result["accuracy_matrix"]))
-            scores[lr] = sum(aas) / len(aas)
+        orders = args.lr_orders.split(",")
+        scores = {lr: _validation_aa(raw, method, lr, orders, args.n_validation, out) for lr in args.lrs.split(",")}
+        for _ in range(args.extend_edges):  # the best rate at an edge of the grid: one step further
+            grid = sorted(scores, key=float)
+            best = max(scores, key=lambda lr: scores[lr])
+            if len(grid) < 2 or best not in (grid[0], grid[-1]):
+                break
+            lr = neighbour(best, up=best == grid[-1])
+            scores[lr] = _validation_aa(raw, method, lr, orders, args.n_validation, out)
         chosen[method] = max(scores, key=lambda lr: scores[lr])
         print(f"-> {method}: validation AA {scores}; lr {chosen[method]}", flush=True)
         chosen = _save_choice(choice_file, method, chosen[method])
