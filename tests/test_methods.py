@@ -199,6 +199,7 @@ def test_resume_from_a_whole_model_checkpoint_keeps_earlier_adapters(bench_dir, 
 
     def old_format(model, state):  # what migu wrote before adapter-only checkpoints
         state.pop("trained_parameters", None)
+        state.pop("frozen_digest", None)
         return model.state_dict()
 
     def stop(index, state):
@@ -218,3 +219,24 @@ def test_resume_from_a_whole_model_checkpoint_keeps_earlier_adapters(bench_dir, 
     assert kept[1], "the first task's adapter must stay in later checkpoints"
     full = run(_config(bench_dir, tmp_path / "uninterrupted", "inc_lora"))
     assert full["accuracy_matrix"] == result["accuracy_matrix"]
+
+
+def test_resume_refuses_a_changed_frozen_base(bench_dir, tmp_path):
+    from migu.models import load_model
+
+    bundle = load_model("tiny-bert")
+    folder = tmp_path / "pretrained"
+    bundle.model.save_pretrained(folder)
+    bundle.tokenizer.save_pretrained(folder)
+    config = run_config({**_config(bench_dir, tmp_path / "out", "lora").to_dict(), "model": str(folder)})
+
+    def stop(index, state):
+        raise Stop
+
+    with pytest.raises(Stop):
+        run(config, on_task_end=stop)
+    with torch.no_grad():
+        bundle.model.embeddings.word_embeddings.weight.mul_(1.01)
+    bundle.model.save_pretrained(folder)
+    with pytest.raises(ValueError, match="model source changed"):
+        run(config)

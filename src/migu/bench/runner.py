@@ -145,6 +145,11 @@ def run(config: RunConfig, on_task_end: TaskHook | None = None) -> dict[str, Any
         checkpoint = torch.load(state_dir / state["checkpoint"], weights_only=False)
         if "trained_parameters" not in state:  # a checkpoint of the whole model (older migu)
             state["trained_parameters"] = sorted(checkpoint["model"])
+        if state.get("frozen_digest", _frozen_digest(model, state)) != _frozen_digest(model, state):
+            raise ValueError(
+                f"{state_dir.parent}: the weights no task trained (loaded again from {config.model!r}) differ "
+                "from those of the interrupted run: the model source changed; restore it or delete that folder"
+            )
         _load_checkpoint(model, checkpoint["model"], state, state_dir / state["checkpoint"])
         for method, method_state in zip(methods, checkpoint["methods"], strict=True):
             method.load_state_dict(method_state)
@@ -244,6 +249,7 @@ def _save_progress(state_dir: Path, state: dict[str, Any], model: Any, methods: 
     """Checkpoint first, under a name of its own, then the progress that points to it."""
     state_dir.mkdir(parents=True, exist_ok=True)
     name = f"after_task{state['completed']}.pt"
+    state["frozen_digest"] = _frozen_digest(model, state)
     _save_torch(state_dir / name, {"model": _changed_state(model, state), "methods": [m.state_dict() for m in methods]})
     previous = state.get("checkpoint")
     state["checkpoint"] = name
@@ -255,10 +261,20 @@ def _save_progress(state_dir: Path, state: dict[str, Any], model: Any, methods: 
 def _changed_state(model: Any, state: dict[str, Any]) -> dict[str, Any]:
     """The model's state without the parameters no task has trained (a frozen base under LoRA is
     loaded again from its source on resume): an adapter checkpoint, not a copy of the model. The
-    source must not change between the interruption and the resume (pin a hub revision)."""
+    resume checks that source against ``_frozen_digest``."""
     trained = set(state.get("trained_parameters", []))
     params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
     return {k: v for k, v in model.state_dict().items() if k not in params or k in trained}
+
+
+def _frozen_digest(model: Any, state: dict[str, Any]) -> str:
+    """A hash of the parameters left out of checkpoints, to tell on resume that they are the same."""
+    trained, digest = set(state.get("trained_parameters", ())), hashlib.sha256()
+    for name, param in model.named_parameters():
+        if name not in trained:
+            digest.update(name.encode())
+            digest.update(param.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _load_checkpoint(model: Any, saved: dict[str, Any], state: dict[str, Any], path: Path) -> None:
