@@ -145,7 +145,7 @@ def run(config: RunConfig, on_task_end: TaskHook | None = None) -> dict[str, Any
         checkpoint = torch.load(state_dir / state["checkpoint"], weights_only=False)
         if "trained_parameters" not in state:  # a checkpoint of the whole model (older migu)
             state["trained_parameters"] = sorted(checkpoint["model"])
-        if state.get("frozen_digest", _frozen_digest(model, state)) != _frozen_digest(model, state):
+        if state.get("frozen_digest") not in (None, _frozen_digest(model, state)):
             raise ValueError(
                 f"{state_dir.parent}: the weights no task trained (loaded again from {config.model!r}) differ "
                 "from those of the interrupted run: the model source changed; restore it or delete that folder"

@@ -124,9 +124,7 @@ def supported_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     for name, module in model.named_modules():
         if id(module) in hidden:
             continue
-        if callable(getattr(module, "migu_parts", None)) or (
-            lora_linear is not None and isinstance(module, lora_linear)
-        ):
+        if _is_composite(module) or (lora_linear is not None and isinstance(module, lora_linear)):
             hidden.update(id(m) for m in module.modules() if m is not module)
             layers.append((name, module))
         elif isinstance(module, kinds):
@@ -147,7 +145,7 @@ def sources_for(name: str, module: Any) -> list[Source]:
     """The statistic sources of one layer (one for a plain layer, 1 + adapters for LoRA)."""
     lora_linear = _lora_linear_class()
     side = side_of(name)
-    if callable(getattr(module, "migu_parts", None)):
+    if _is_composite(module):
         return _composite_sources(name, module, side)
     if lora_linear is None or not isinstance(module, lora_linear):
         if not module.weight.requires_grad:
@@ -166,6 +164,10 @@ def sources_for(name: str, module: Any) -> list[Source]:
         if lora_b.weight.requires_grad:
             combined.targets.append(_plain_target(f"{name}.lora_B.{adapter}", lora_b))
     return [s for s in sources if s.targets]
+
+
+def _is_composite(module: nn.Module) -> bool:
+    return callable(getattr(module, "migu_parts", None))
 
 
 def _composite_sources(name: str, module: Any, side: Side) -> list[Source]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -121,20 +121,28 @@ def _baseline_for(run: dict[str, Any], bases: list[dict[str, Any]], by: tuple[st
     return bases[0] if len(bases) == 1 else None
 
 
+def _partners(
+    runs: list[dict[str, Any]], partner_of: Callable[[str], str | None], by: tuple[str, ...]
+) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
+    """(run, its partner run or None) for every run whose method ``partner_of`` maps to a partner
+    method: the partner's run on the same model, order and seed (and ``by`` values, if it must)."""
+    index: dict[tuple[str, str, str, Any], list[dict[str, Any]]] = defaultdict(list)
+    for r in runs:
+        index[(r["model"], r["method"], order_of(r), r["seed"])].append(r)
+    for run in runs:
+        method = partner_of(run["method"])
+        if method is not None:
+            yield run, _baseline_for(run, index.get((run["model"], method, order_of(run), run["seed"]), []), by)
+
+
 def paired_table(runs: list[dict[str, Any]], baseline: str, by: tuple[str, ...] = ()) -> str:
     """Per method variant: AA and BWT minus the baseline's on the same (model, order, seed)."""
-    bases: dict[tuple[str, str, Any], list[dict[str, Any]]] = defaultdict(list)
-    for r in runs:
-        if r["method"] == baseline:
-            bases[(r["model"], order_of(r), r["seed"])].append(r)
     diffs: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for run in runs:
-        model, method = run["model"], label_of(run, by)
-        base = _baseline_for(run, bases.get((model, order_of(run), run["seed"]), []), by)
-        if base is None or run["method"] == baseline:
+    for run, base in _partners(runs, lambda method: None if method == baseline else baseline, by):
+        if base is None:
             continue
         a, b = metrics.summary(run["accuracy_matrix"]), metrics.summary(base["accuracy_matrix"])
-        d = diffs[(model, method)]
+        d = diffs[(run["model"], label_of(run, by))]
         d["aa"].append(a["aa"] - b["aa"])
         d["bwt"].append(a["bwt"] - b["bwt"])
         d["first"].append(a["final_accuracy"][0] - b["final_accuracy"][0])
@@ -163,16 +171,9 @@ def effect_table(runs: list[dict[str, Any]], component: str, by: tuple[str, ...]
     seed without it (each with its own chosen rate): AA and BWT of both and their paired difference,
     over all orders and seeds. Runs without a partner (or with several that ``by`` cannot tell
     apart) are counted under the table."""
-    index: dict[tuple[str, str, str, Any], list[dict[str, Any]]] = defaultdict(list)
-    for r in runs:
-        index[(r["model"], r["method"], order_of(r), r["seed"])].append(r)
     pairs: dict[tuple[str, str, str], list[tuple[dict[str, Any], dict[str, Any]]]] = defaultdict(list)
     unpaired: dict[str, int] = defaultdict(int)
-    for run in runs:
-        base_method = without(run["method"], component)
-        if base_method is None:
-            continue
-        base = _baseline_for(run, index.get((run["model"], base_method, order_of(run), run["seed"]), []), by)
+    for run, base in _partners(runs, lambda method: without(method, component), by):
         if base is None:
             unpaired[label_of(run, by)] += 1
         else:
