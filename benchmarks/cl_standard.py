@@ -19,8 +19,9 @@ folders, so that all of them share one protocol, one lr choice file and the same
 (rates are chosen on seed 0; ``--use-choice --seeds 1`` adds a seed without choosing again):
     python benchmarks/cl_standard.py --lrs 3e-4,1e-3,3e-3,1e-2 --seeds 0 --methods lora,lora+migu
     python benchmarks/cl_standard.py --use-choice --seeds 1 --methods lora,lora+migu
-    python benchmarks/cl_standard.py --lrs 3e-4,1e-3,3e-3 --extend-edges 2 --seeds 0 \
-        --methods inc_lora,inc_lora+migu,olora,olora+migu,lora+replay,lora+replay+migu
+    python benchmarks/cl_standard.py --lrs 3e-4,1e-3,3e-3 --extend-edges 2 --seeds 0 --methods inc_lora,inc_lora+migu
+    (likewise olora,olora+migu and lora+replay,lora+replay+migu: one family per command, so
+    that its test pairs are done before the next family's selection starts)
     python benchmarks/cl_standard.py --lrs 3e-5,1e-4,3e-4 --extend-edges 2 --seeds 0 --methods ewc,ewc+migu
     python benchmarks/cl_standard.py --lrs 3e-4,1e-3,3e-3 --extend-edges 2 --seeds 0 --methods moelora,moelora+migu
 MIGU's T is the paper's for each combination (0.1 with O-LoRA, 0.4 with replay, else 0.7). Tables:
