@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from peft import LoraConfig, get_peft_model
 
 import migu
 
@@ -112,3 +113,60 @@ def test_explicit_token_mask():
     model(**b).loss.backward()
     for name, value in handle.statistics().items():
         torch.testing.assert_close(value, explicit[name])
+
+
+def _model(arch):
+    if arch != "llama+lora":
+        return build(arch)
+    config = LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    return get_peft_model(build("llama"), config)
+
+
+def _dense_then_masked(arch, micro_batches, arm_before):
+    """Gradients after the step's backwards and after ``before_optimizer_step``, arming the
+    in-backward mask before backward number ``arm_before`` (None: never)."""
+    model = _model(arch)
+    handle = migu.attach(model, threshold=0.7, fast_path=False)
+    weights = {t.name: t.weight for s in handle.sources for t in s.targets}
+    for k, b in enumerate(micro_batches):
+        loss = model(**b).loss
+        if k == arm_before:
+            assert handle.mask_in_next_backward()
+        loss.backward()
+    after_backward = {n: p.grad.clone() for n, p in weights.items()}
+    handle.before_optimizer_step()
+    return after_backward, {n: p.grad.clone() for n, p in weights.items()}
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2", "llama+lora"])
+def test_mask_in_last_backward_equals_mask_before_step(arch):
+    """Armed before the last backward, the gradients are masked when backward returns (so before
+    any clipping) and equal to the usual mask at the step; nothing changes at the step."""
+    micro = _split(batch(arch.removesuffix("+lora"), size=8), 2)
+    dense, usual = _dense_then_masked(arch, micro, None)
+    early, final = _dense_then_masked(arch, micro, 1)
+    assert any(not torch.equal(dense[n], usual[n]) for n in dense)  # the mask did something
+    for name in usual:
+        torch.testing.assert_close(early[name], usual[name], rtol=0, atol=0)
+        torch.testing.assert_close(final[name], usual[name], rtol=0, atol=0)
+
+
+def test_mask_in_backward_armed_too_early_still_masks_every_row_at_the_step():
+    """Armed before the first of two backwards, the second adds to masked rows: the step masks
+    those rows again (with the selection made at the first backward)."""
+    micro = _split(batch("bert", size=8), 2)
+    _, final = _dense_then_masked("bert", micro, 0)
+    for name, grad in final.items():
+        zero_rows = (grad.flatten(1) == 0).all(1)
+        assert zero_rows.float().mean() >= 0.6, name  # T = 0.7 of the rows, whole
+
+
+def test_mask_in_backward_not_armed_while_paused():
+    model = build("bert")
+    handle = migu.attach(model, threshold=0.7)
+    handle.pause()
+    assert handle.mask_in_next_backward() is False
+    handle.resume()
+    assert handle.mask_in_next_backward() is True
+    handle.remove()
+    assert not any(p._post_accumulate_grad_hooks for p in model.parameters())

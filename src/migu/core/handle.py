@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -12,27 +12,10 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from .config import MiguConfig
+from .report import KeptRowsLog, LayerReport
 from .selection import magnitude_keep, random_keep
 from .statistics import Recorder, distributed_world
 from .targets import Source, Target, fast_path_layer, find_sources
-
-
-@dataclass
-class LayerReport:
-    """What MIGU kept in one layer (one statistic source) over the steps it masked."""
-
-    name: str
-    targets: list[str]
-    rows: int
-    steps: int
-    kept_fraction: float | None
-    """Fraction of rows kept at the last masked step."""
-    kept_rows: torch.Tensor | None
-    """Indices of the rows kept at the last masked step (CPU, int64)."""
-    ever_kept_fraction: float | None
-    """Fraction of rows kept at least once since the handle was made or ``reset_report``."""
-    mean_jaccard: float | None
-    """Mean Jaccard similarity of the kept rows of consecutive masked steps."""
 
 
 class MiguHandle:
@@ -56,8 +39,13 @@ class MiguHandle:
         self._leak_pending: list[tuple[Target, torch.Tensor, torch.Tensor]] = []
         self._leak: list[torch.Tensor] = []  # running [masked, total] squared update, on the device
         self._optimizer_hooks: list[RemovableHandle] = []
+        self._grad_hooks: list[RemovableHandle] = []  # see mask_in_next_backward
+        self._armed = False
+        self._keeps: list[torch.Tensor | None] | None = None  # this step's selection, made once
+        self._done: set[int] = set()  # id() of the targets masked so far this step
+        self._stale: set[int] = set()  # ... whose gradient grew again after that
         self._generator = torch.Generator().manual_seed(config.seed)
-        self._diagnostics: dict[str, dict[str, Any]] = {}
+        self._log = KeptRowsLog()
         self._recorder: Recorder | None = None
         self._attach()
         if optimizer is not None:
@@ -130,6 +118,7 @@ class MiguHandle:
     def refresh(self) -> None:
         """Find the target layers again (e.g. after adding a LoRA adapter); resets the statistic."""
         self._live().remove()
+        self._remove_grad_hooks()
         self._attach()
 
     def set_token_mask(self, input: torch.Tensor | None = None, decoder: torch.Tensor | None = None) -> None:
@@ -196,11 +185,56 @@ class MiguHandle:
                     "(was it run in eval mode or under torch.no_grad?)"
                 )
         self._masked = True
-        keeps = self._select(recorder.gather(self.config.sync_distributed), recorder.forwards)
+        keeps = self._step_keeps()
         for i, target in with_grad:
             keep = keeps[i]
             assert keep is not None  # every source with a gradient was recorded (checked above)
-            self._mask(target, keep)
+            if id(target) not in self._done:
+                self._mask(target, keep)
+            elif id(target) in self._stale:  # masked in a backward, then another one added to it
+                target.weight.grad.mul_(self._shaped(target, keep).to(target.weight.grad.dtype))
+
+    def mask_in_next_backward(self) -> bool:
+        """Mask each weight's gradient as soon as the next backward has accumulated it.
+
+        For gradient accumulation where the optimizer step, and gradient clipping before it,
+        follow the last backward without a call in between (the Hugging Face Trainer): call this
+        before the step's last backward, after which the statistic is complete. The mask then
+        precedes clipping, as when ``before_optimizer_step`` is called before clipping. One
+        process only, since the statistic would have to be reduced across ranks inside backward:
+        returns False (and changes nothing) under torch.distributed or while paused.
+        """
+        if self._paused or self._masked or distributed_world() > 1:
+            return False
+        if not self._grad_hooks:
+            by_weight: dict[int, list[tuple[int, Target]]] = {}
+            for i, source in enumerate(self.sources):
+                for target in source.targets:
+                    if target.weight.requires_grad:
+                        by_weight.setdefault(id(target.weight), []).append((i, target))
+            for pairs in by_weight.values():
+                hook = pairs[0][1].weight.register_post_accumulate_grad_hook(
+                    lambda _, pairs=pairs: self._mask_in_backward(pairs)
+                )
+                self._grad_hooks.append(hook)
+        self._armed = True
+        return True
+
+    def _mask_in_backward(self, pairs: list[tuple[int, Target]]) -> None:
+        if not self._armed or self._paused:
+            return
+        keeps = self._step_keeps()
+        for i, target in pairs:
+            if id(target) in self._done:  # a second backward since arming: mask again at the step
+                self._stale.add(id(target))
+            elif keeps[i] is not None:
+                self._mask(target, keeps[i])
+
+    def _step_keeps(self) -> list[torch.Tensor | None]:
+        if self._keeps is None:
+            recorder = self._live()
+            self._keeps = self._select(recorder.gather(self.config.sync_distributed), recorder.forwards)
+        return self._keeps
 
     def after_optimizer_step(self) -> None:
         """Restore masked rows (``update`` mode) and reset the statistic for the next step."""
@@ -216,7 +250,10 @@ class MiguHandle:
             step = torch.stack([(delta * ~shaped).sum(), delta.sum()])
             self._leak = [self._leak[0] + step] if self._leak else [step]
         self._leak_pending.clear()
-        self._masked = False
+        self._masked = self._armed = False
+        self._keeps = None
+        self._done.clear()
+        self._stale.clear()
         self._live().reset()
         self._update_fast_path()
 
@@ -232,7 +269,7 @@ class MiguHandle:
                 keep = random_keep(stats, self.config.threshold, self._generator)
             else:
                 keep = magnitude_keep(stats, self.config.threshold)
-            self._track(indices, keep)
+            self._log.add([self.sources[i].name for i in indices], keep)
             for row, i in enumerate(indices):
                 keeps[i] = keep[row]
         return keeps
@@ -240,7 +277,8 @@ class MiguHandle:
     def _mask(self, target: Target, keep: torch.Tensor) -> None:
         grad = target.weight.grad
         assert grad is not None
-        shaped = keep.view(1, -1) if target.rows_last else keep.view(-1, *([1] * (grad.dim() - 1)))
+        self._done.add(id(target))
+        shaped = self._shaped(target, keep)
         if self.config.mask_mode == "update":
             bias = target.bias.detach().clone() if self.config.mask_bias and target.bias is not None else None
             self._pending.append((target, shaped, target.weight.detach().clone(), bias))
@@ -254,38 +292,16 @@ class MiguHandle:
         if self.config.mask_bias and target.bias is not None and target.bias.grad is not None:
             target.bias.grad.mul_(keep.to(target.bias.grad.dtype))
 
-    # -- reporting -----------------------------------------------------------------------------
-    def _track(self, indices: list[int], keep: torch.Tensor) -> None:
-        for row, i in enumerate(indices):
-            d = self._diagnostics.setdefault(self.sources[i].name, {"steps": 0, "jaccard_sum": 0.0, "ever": None})
-            current = keep[row]
-            if d["ever"] is not None:  # running sums on the device: no host synchronisation
-                previous = d["last"]
-                union = (current | previous).sum().clamp(min=1)
-                d["jaccard_sum"] = d["jaccard_sum"] + (current & previous).sum() / union
-                d["ever"] = d["ever"] | current
-            else:
-                d["ever"] = current.clone()
-            d["last"] = current
-            d["steps"] += 1
+    @staticmethod
+    def _shaped(target: Target, keep: torch.Tensor) -> torch.Tensor:
+        """``keep`` (one flag per row) shaped to broadcast over the weight."""
+        dims = target.weight.dim()
+        return keep.view(1, -1) if target.rows_last else keep.view(-1, *([1] * (dims - 1)))
 
+    # -- reporting -----------------------------------------------------------------------------
     def report(self) -> dict[str, LayerReport]:
         """Per layer: rows kept at the last masked step, rows ever kept, consecutive-step overlap."""
-        out = {}
-        for source in self.sources:
-            d = self._diagnostics.get(source.name)
-            last = d["last"] if d else None
-            out[source.name] = LayerReport(
-                name=source.name,
-                targets=[t.name for t in source.targets],
-                rows=source.rows(),
-                steps=d["steps"] if d else 0,
-                kept_fraction=float(last.float().mean()) if last is not None else None,
-                kept_rows=last.nonzero().flatten().cpu() if last is not None else None,
-                ever_kept_fraction=float(d["ever"].float().mean()) if d else None,
-                mean_jaccard=float(d["jaccard_sum"]) / (d["steps"] - 1) if d and d["steps"] > 1 else None,
-            )
-        return out
+        return self._log.report(self.sources)
 
     def update_leak(self) -> float | None:
         """Share of the squared weight update that landed on masked rows, over the steps since
@@ -301,7 +317,7 @@ class MiguHandle:
 
     def reset_report(self) -> None:
         """Forget the masking history (e.g. at the start of a new task)."""
-        self._diagnostics.clear()
+        self._log.clear()
         self._leak.clear()
 
     # -- lifetime ------------------------------------------------------------------------------
@@ -318,8 +334,15 @@ class MiguHandle:
         for hook in self._optimizer_hooks:
             hook.remove()
         self._optimizer_hooks.clear()
+        self._remove_grad_hooks()
         self._pending.clear()
         self._leak_pending.clear()
+
+    def _remove_grad_hooks(self) -> None:
+        for hook in self._grad_hooks:
+            hook.remove()
+        self._grad_hooks.clear()
+        self._armed = False
 
     def __enter__(self) -> MiguHandle:
         return self

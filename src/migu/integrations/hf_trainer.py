@@ -1,12 +1,15 @@
 """MIGU in the Hugging Face ``Trainer``: ``Trainer(..., callbacks=[MiguCallback(threshold=0.7)])``.
 
-The Trainer calls ``on_pre_optimizer_step`` once per gradient-accumulation boundary, after
-gradient clipping and just before ``optimizer.step()``: that is where MIGU masks, with the
-statistic of every micro-batch of the step. No trainer is forked and nothing is patched.
-With one micro-batch per step the fast path masks during backward, i.e. before clipping (the
-official order); with gradient accumulation and ``max_grad_norm`` set, the Trainer clips the
-dense gradient first and the mask follows (the Trainer has no event between the last backward
-and clipping).
+MIGU masks once per optimizer step, with the statistic of every micro-batch of the step, and
+before the Trainer's gradient clipping (the official order: the clip sees the gradient that is
+applied). With one micro-batch per step the fast path masks during backward. With gradient
+accumulation the Trainer has no event between the last backward and clipping, so after the
+step's second-to-last micro-batch (``on_substep_end``) the callback asks the handle to mask
+each weight's gradient during the last backward, as soon as it is complete. Two cases still mask
+at ``on_pre_optimizer_step``, after clipping: several processes (the statistic would have to be
+reduced across ranks inside backward; a warning says so) and an epoch's last step when it has
+fewer micro-batches than ``gradient_accumulation_steps``. No trainer is forked and nothing is
+patched.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from ..core import MiguConfig, MiguHandle, attach
+from ..core.statistics import distributed_world
 
 
 class MiguCallback(TrainerCallback):
@@ -33,6 +37,7 @@ class MiguCallback(TrainerCallback):
         self._overrides = overrides if config is not None else {}
         self._owned = handle is None
         self.handle: MiguHandle | None = handle
+        self._micro_batches = 0  # of the current optimizer step, finished
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         if self.handle is None:
@@ -42,13 +47,22 @@ class MiguCallback(TrainerCallback):
             if self.handle.config.micro_batches_per_step is None:
                 # one forward/backward per optimizer step lets MIGU skip the masked rows' gradient work
                 self.handle.set_micro_batches_per_step(args.gradient_accumulation_steps)
-        if getattr(args, "max_grad_norm", 0) and not self.handle.fast_path_layers:
+        if getattr(args, "max_grad_norm", 0) and args.gradient_accumulation_steps > 1 and distributed_world() > 1:
             warnings.warn(
-                "MIGU on the reference path in the Trainer masks after the Trainer's gradient clipping "
-                f"(max_grad_norm={args.max_grad_norm}): the clip sees the dense gradient, unlike the official "
-                "order and the fast path (mask, then clip). Set max_grad_norm=0 to avoid the difference",
+                "MIGU with gradient accumulation on several processes masks after the Trainer's gradient "
+                f"clipping (max_grad_norm={args.max_grad_norm}): the clip sees the dense gradient, unlike the "
+                "official order (mask, then clip). Set max_grad_norm=0 to avoid the difference",
                 stacklevel=2,
             )
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._micro_batches = 0
+
+    def on_substep_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # called after each micro-batch but a step's last: arm before that last one
+        self._micro_batches += 1
+        if self.handle is not None and self._micro_batches == args.gradient_accumulation_steps - 1:
+            self.handle.mask_in_next_backward()
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.handle is not None:
