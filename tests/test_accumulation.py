@@ -151,14 +151,52 @@ def test_mask_in_last_backward_equals_mask_before_step(arch):
         torch.testing.assert_close(final[name], usual[name], rtol=0, atol=0)
 
 
-def test_mask_in_backward_armed_too_early_still_masks_every_row_at_the_step():
-    """Armed before the first of two backwards, the second adds to masked rows: the step masks
-    those rows again (with the selection made at the first backward)."""
-    micro = _split(batch("bert", size=8), 2)
-    _, final = _dense_then_masked("bert", micro, 0)
-    for name, grad in final.items():
-        zero_rows = (grad.flatten(1) == 0).all(1)
-        assert zero_rows.float().mean() >= 0.6, name  # T = 0.7 of the rows, whole
+def test_mask_in_backward_armed_too_early_is_an_error():
+    """Armed before the first of two backwards, the rows would be chosen on half the statistic:
+    the second backward says so instead of masking with that choice."""
+    model = build("bert")
+    handle = migu.attach(model, threshold=0.7, fast_path=False)
+    first, second = _split(batch("bert", size=8), 2)
+    assert handle.mask_in_next_backward()
+    model(**first).loss.backward()
+    with pytest.raises(RuntimeError, match="training forward ran after that"):
+        model(**second).loss.backward()
+
+
+def test_mask_in_backward_when_last_of_three_with_bias_masked():
+    """``mask_in_backward(when)`` masks only in the backward ``when`` names, bias included."""
+    micro = _split(batch("gpt2", size=9), 3)
+
+    def step(in_backward):
+        model = build("gpt2")
+        handle = migu.attach(model, threshold=0.7, fast_path=False, mask_bias=True)
+        params = {f"{t.name}.{k}": getattr(t, k) for s in handle.sources for t in s.targets for k in ("weight", "bias")}
+        last = [False]
+        assert handle.mask_in_backward(lambda: last[0])
+        for k, b in enumerate(micro):
+            last[0] = in_backward and k == len(micro) - 1
+            model(**b).loss.backward()
+        after_backward = {n: p.grad.clone() for n, p in params.items()}
+        handle.before_optimizer_step()
+        return after_backward, {n: p.grad.clone() for n, p in params.items()}
+
+    grads = [step(False), step(True)]
+    (dense, usual), (early, final) = grads
+    for name in usual:
+        assert torch.equal(early[name], usual[name]), name  # masked by the end of the last backward
+        assert torch.equal(final[name], usual[name]), name
+        if name.endswith("bias"):
+            assert not torch.equal(dense[name], usual[name]), name  # and the bias was masked
+
+
+def test_mask_in_backward_refuses_gradient_checkpointing():
+    """Checkpointing runs forwards inside backward, after the rows were chosen: an error."""
+    model = build("bert")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    handle = migu.attach(model, threshold=0.7, fast_path=False)
+    assert handle.mask_in_next_backward()
+    with pytest.raises(RuntimeError, match="gradient checkpointing"):
+        model(**batch("bert", size=4)).loss.backward()
 
 
 def test_mask_in_backward_not_armed_while_paused():

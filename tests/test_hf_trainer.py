@@ -4,6 +4,7 @@ import warnings
 
 import pytest
 import torch
+from peft import LoraConfig, get_peft_model
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 import migu
@@ -93,3 +94,61 @@ def test_trainer_with_gradient_accumulation(tmp_path, accumulation):
     assert bool(checker.fast_layers) == (accumulation == 1)
     assert callback.handle is None  # removed at the end of training
     assert not any(m._forward_hooks for n, m in model.named_modules() if n not in checker.names)
+
+
+class Norms(TrainerCallback):
+    """The gradient norm as the optimizer will see it (after the Trainer's clip and MIGU)."""
+
+    def __init__(self, model):
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.norms = []
+
+    def on_pre_optimizer_step(self, args, state, control, **kw):
+        grads = [p.grad.norm() for p in self.params if p.grad is not None]
+        self.norms.append(torch.linalg.vector_norm(torch.stack(grads)).item())
+
+
+def _lora_llama():
+    config = LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    return get_peft_model(build("llama"), config)
+
+
+@pytest.mark.parametrize(
+    "arch, accumulation, examples, checkpointing",
+    [
+        ("llama+lora", 1, 8, False),  # LoRA layers are off the fast path: masked in backward
+        ("bert", 3, 14, False),  # 7 micro-batches: steps of 3, 3 and a last one of 1
+        ("bert", 2, 8, True),  # checkpointing: masked at the step, after the clip, with a warning
+    ],
+)
+def test_trainer_masks_before_the_clip(tmp_path, arch, accumulation, examples, checkpointing):
+    model = _lora_llama() if arch == "llama+lora" else build(arch)
+    data = batch(arch.removesuffix("+lora"), size=examples, length=8)
+    dataset = [{k: v[i] for k, v in data.items()} for i in range(examples)]
+    callback = migu.MiguCallback(threshold=0.7)
+    norms = Norms(model)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=accumulation,
+        num_train_epochs=1,
+        learning_rate=1e-3,
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        use_cpu=True,
+        remove_unused_columns=False,
+        max_grad_norm=MAX_NORM,
+        gradient_checkpointing=checkpointing,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[callback, norms])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+    warned = any("after the Trainer's gradient clipping" in str(w.message) for w in caught)
+    assert warned == checkpointing
+    assert len(norms.norms) == -(-examples // (2 * accumulation))
+    if checkpointing:  # the clip saw the dense gradient, the mask removed part of it
+        assert all(n < 0.99 * MAX_NORM for n in norms.norms)
+    else:
+        assert norms.norms == pytest.approx([MAX_NORM] * len(norms.norms), rel=1e-4)

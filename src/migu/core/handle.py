@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
@@ -39,11 +40,15 @@ class MiguHandle:
         self._leak_pending: list[tuple[Target, torch.Tensor, torch.Tensor]] = []
         self._leak: list[torch.Tensor] = []  # running [masked, total] squared update, on the device
         self._optimizer_hooks: list[RemovableHandle] = []
-        self._grad_hooks: list[RemovableHandle] = []  # see mask_in_next_backward
-        self._armed = False
-        self._keeps: list[torch.Tensor | None] | None = None  # this step's selection, made once
-        self._done: set[int] = set()  # id() of the targets masked so far this step
-        self._stale: set[int] = set()  # ... whose gradient grew again after that
+        # masking during backward (mask_in_backward): hooks, when to mask, the step's selection
+        self._grad_hooks: list[RemovableHandle] = []
+        self._when: Callable[[], bool] | None = None
+        self._armed = False  # for the next backward only
+        self._lock = threading.Lock()  # autograd runs the hooks of each device on its own thread
+        self._keeps: list[torch.Tensor | None] | None = None
+        self._keeps_forwards: list[int] = []
+        self._done: set[tuple[int, bool]] = set()  # (id(target), bias?) masked this step
+        self._stale: set[int] = set()  # id() of gradients that grew again after being masked
         self._generator = torch.Generator().manual_seed(config.seed)
         self._log = KeptRowsLog()
         self._recorder: Recorder | None = None
@@ -97,12 +102,14 @@ class MiguHandle:
         self._paused = True
         self._live().enabled = False
         self._live().reset()
+        self._reset_step()
 
     def resume(self) -> None:
         """Record and mask again, from a fresh statistic."""
         self._paused = False
         self._live().reset()
         self._live().enabled = True
+        self._reset_step()
 
     @contextmanager
     def paused(self) -> Iterator[MiguHandle]:
@@ -118,7 +125,10 @@ class MiguHandle:
     def refresh(self) -> None:
         """Find the target layers again (e.g. after adding a LoRA adapter); resets the statistic."""
         self._live().remove()
-        self._remove_grad_hooks()
+        for hook in self._grad_hooks:  # the new layers get their own (see mask_in_backward)
+            hook.remove()
+        self._grad_hooks.clear()
+        self._reset_step()
         self._attach()
 
     def set_token_mask(self, input: torch.Tensor | None = None, decoder: torch.Tensor | None = None) -> None:
@@ -189,52 +199,106 @@ class MiguHandle:
         for i, target in with_grad:
             keep = keeps[i]
             assert keep is not None  # every source with a gradient was recorded (checked above)
-            if id(target) not in self._done:
-                self._mask(target, keep)
-            elif id(target) in self._stale:  # masked in a backward, then another one added to it
-                target.weight.grad.mul_(self._shaped(target, keep).to(target.weight.grad.dtype))
+            shaped = self._shaped(target, keep)
+            if self.config.mask_mode == "update":
+                bias = target.bias.detach().clone() if self.config.mask_bias and target.bias is not None else None
+                self._pending.append((target, shaped, target.weight.detach().clone(), bias))
+            if self.config.measure_update_leak:
+                self._leak_pending.append((target, shaped, target.weight.detach().clone()))
+            # multiply by 1 or 0, as the official code. On the fast path the layer's own gradient
+            # has zero masked rows already, but a loss term on the weights themselves (an EWC or
+            # L2 penalty, O-LoRA's orthogonality) adds to every row: masking again keeps the paths
+            # equal at the price of one pass over the gradient (a few percent of the saved work)
+            self._mask(target, False, shaped)
+            if self.config.mask_bias and target.bias is not None:
+                self._mask(target, True, keep)
+
+    def _mask(self, target: Target, bias: bool, shaped: torch.Tensor, in_backward: bool = False) -> None:
+        """Multiply the weight's (or bias's) gradient by the 0/1 mask, unless this step did."""
+        param = target.bias if bias else target.weight
+        grad = None if param is None else param.grad
+        if grad is None or (not in_backward and (id(target), bias) in self._done and id(param) not in self._stale):
+            return
+        grad.mul_(shaped.to(grad.dtype))
+        self._done.add((id(target), bias))
 
     def mask_in_next_backward(self) -> bool:
-        """Mask each weight's gradient as soon as the next backward has accumulated it.
+        """Mask each gradient during the next backward, as soon as it is accumulated.
 
-        For gradient accumulation where the optimizer step, and gradient clipping before it,
-        follow the last backward without a call in between (the Hugging Face Trainer): call this
-        before the step's last backward, after which the statistic is complete. The mask then
-        precedes clipping, as when ``before_optimizer_step`` is called before clipping. One
-        process only, since the statistic would have to be reduced across ranks inside backward:
-        returns False (and changes nothing) under torch.distributed or while paused.
+        For a loop whose gradient clipping follows the last backward of a step with no room for
+        ``before_optimizer_step`` in between: call this before the step's last backward (its
+        forward completes the statistic). ``before_optimizer_step`` must still run: it masks what
+        that backward did not reach, and again what a later backward added to. One process only,
+        since the statistic would have to be reduced across ranks inside backward: returns False
+        (changing nothing) under torch.distributed, while paused or once the step is masked.
         """
-        if self._paused or self._masked or distributed_world() > 1:
+        if self._paused or self._masked or not self._hook_gradients():
             return False
-        if not self._grad_hooks:
-            by_weight: dict[int, list[tuple[int, Target]]] = {}
-            for i, source in enumerate(self.sources):
-                for target in source.targets:
-                    if target.weight.requires_grad:
-                        by_weight.setdefault(id(target.weight), []).append((i, target))
-            for pairs in by_weight.values():
-                hook = pairs[0][1].weight.register_post_accumulate_grad_hook(
-                    lambda _, pairs=pairs: self._mask_in_backward(pairs)
-                )
-                self._grad_hooks.append(hook)
         self._armed = True
         return True
 
-    def _mask_in_backward(self, pairs: list[tuple[int, Target]]) -> None:
-        if not self._armed or self._paused:
+    def mask_in_backward(self, when: Callable[[], bool] | None) -> bool:
+        """Mask during every backward for which ``when()`` is true, as ``mask_in_next_backward``
+        (``when`` is asked as each gradient is accumulated; it should say whether this is the last
+        backward of the step). ``None`` stops. Returns False under torch.distributed."""
+        self._when = None
+        if when is None or not self._hook_gradients():
+            return False
+        self._when = when
+        return True
+
+    def _hook_gradients(self) -> bool:
+        if distributed_world() > 1:
+            return False
+        if not self._grad_hooks:
+            entries: dict[int, tuple[torch.Tensor, list[tuple[int, Target, bool]]]] = {}
+            for i, source in enumerate(self.sources):
+                for target in source.targets:
+                    params = [(target.weight, False)]
+                    if self.config.mask_bias and target.bias is not None:
+                        params.append((target.bias, True))
+                    for param, bias in params:
+                        if param.requires_grad:
+                            entries.setdefault(id(param), (param, []))[1].append((i, target, bias))
+            for param, pairs in entries.values():
+                hook = param.register_post_accumulate_grad_hook(lambda p, pairs=pairs: self._in_backward(p, pairs))
+                self._grad_hooks.append(hook)
+        return True
+
+    def _in_backward(self, param: torch.Tensor, entries: list[tuple[int, Target, bool]]) -> None:
+        if self._paused or self._masked:
             return
-        keeps = self._step_keeps()
-        for i, target in pairs:
-            if id(target) in self._done:  # a second backward since arming: mask again at the step
-                self._stale.add(id(target))
-            elif keeps[i] is not None:
-                self._mask(target, keeps[i])
+        if not (self._armed or (self._when is not None and self._when())):
+            if any((id(t), b) in self._done for _, t, b in entries):
+                self._stale.add(id(param))  # masked in an earlier backward: mask again at the step
+            return
+        with self._lock:
+            keeps = self._step_keeps()
+            for i, target, bias in entries:
+                keep = keeps[i]
+                if keep is not None:
+                    self._mask(target, bias, keep if bias else self._shaped(target, keep), in_backward=True)
+            self._stale.discard(id(param))
 
     def _step_keeps(self) -> list[torch.Tensor | None]:
+        """The step's selection, made once; a forward after it means it saw part of the statistic."""
+        recorder = self._live()
         if self._keeps is None:
-            recorder = self._live()
             self._keeps = self._select(recorder.gather(self.config.sync_distributed), recorder.forwards)
+            self._keeps_forwards = list(recorder.forwards)
+        elif recorder.forwards != self._keeps_forwards:
+            raise RuntimeError(
+                "MIGU chose this step's rows during a backward, and a training forward ran after that, so "
+                "the choice missed part of the statistic: mask in backward only in the step's last backward, "
+                "and not under gradient checkpointing (it runs forwards inside backward)"
+            )
         return self._keeps
+
+    def _reset_step(self) -> None:
+        self._masked = self._armed = False
+        self._keeps, self._keeps_forwards = None, []
+        self._done.clear()
+        self._stale.clear()
 
     def after_optimizer_step(self) -> None:
         """Restore masked rows (``update`` mode) and reset the statistic for the next step."""
@@ -250,10 +314,7 @@ class MiguHandle:
             step = torch.stack([(delta * ~shaped).sum(), delta.sum()])
             self._leak = [self._leak[0] + step] if self._leak else [step]
         self._leak_pending.clear()
-        self._masked = self._armed = False
-        self._keeps = None
-        self._done.clear()
-        self._stale.clear()
+        self._reset_step()
         self._live().reset()
         self._update_fast_path()
 
@@ -273,24 +334,6 @@ class MiguHandle:
             for row, i in enumerate(indices):
                 keeps[i] = keep[row]
         return keeps
-
-    def _mask(self, target: Target, keep: torch.Tensor) -> None:
-        grad = target.weight.grad
-        assert grad is not None
-        self._done.add(id(target))
-        shaped = self._shaped(target, keep)
-        if self.config.mask_mode == "update":
-            bias = target.bias.detach().clone() if self.config.mask_bias and target.bias is not None else None
-            self._pending.append((target, shaped, target.weight.detach().clone(), bias))
-        if self.config.measure_update_leak:
-            self._leak_pending.append((target, shaped, target.weight.detach().clone()))
-        # multiply by 1 or 0, as the official code. On the fast path the layer's own gradient has
-        # zero masked rows already, but a loss term on the weights themselves (an EWC or L2
-        # penalty, O-LoRA's orthogonality) adds to every row: masking again keeps the paths equal
-        # at the price of one pass over the gradient (a few percent of the saved work)
-        grad.mul_(shaped.to(grad.dtype))
-        if self.config.mask_bias and target.bias is not None and target.bias.grad is not None:
-            target.bias.grad.mul_(keep.to(target.bias.grad.dtype))
 
     @staticmethod
     def _shaped(target: Target, keep: torch.Tensor) -> torch.Tensor:
@@ -334,15 +377,12 @@ class MiguHandle:
         for hook in self._optimizer_hooks:
             hook.remove()
         self._optimizer_hooks.clear()
-        self._remove_grad_hooks()
-        self._pending.clear()
-        self._leak_pending.clear()
-
-    def _remove_grad_hooks(self) -> None:
         for hook in self._grad_hooks:
             hook.remove()
         self._grad_hooks.clear()
-        self._armed = False
+        self._when = None
+        self._pending.clear()
+        self._leak_pending.clear()
 
     def __enter__(self) -> MiguHandle:
         return self

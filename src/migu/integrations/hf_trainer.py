@@ -2,14 +2,14 @@
 
 MIGU masks once per optimizer step, with the statistic of every micro-batch of the step, and
 before the Trainer's gradient clipping (the official order: the clip sees the gradient that is
-applied). With one micro-batch per step the fast path masks during backward. With gradient
-accumulation the Trainer has no event between the last backward and clipping, so after the
-step's second-to-last micro-batch (``on_substep_end``) the callback asks the handle to mask
-each weight's gradient during the last backward, as soon as it is complete. Two cases still mask
-at ``on_pre_optimizer_step``, after clipping: several processes (the statistic would have to be
-reduced across ranks inside backward; a warning says so) and an epoch's last step when it has
-fewer micro-batches than ``gradient_accumulation_steps``. No trainer is forked and nothing is
-patched.
+applied). The Trainer has no event between a step's last backward and its clip, so the callback
+has the handle mask each gradient during that backward, as soon as it is accumulated (the
+Trainer marks the last micro-batch of a step in Accelerate's ``GradientState``). What that
+backward does not reach (a layer unused by the last micro-batch) is masked at
+``on_pre_optimizer_step``, after the clip, as is everything with several processes (the
+statistic would have to be reduced across ranks inside backward) or under gradient
+checkpointing (it runs forwards inside backward); those two cases warn when clipping is on.
+No trainer is forked and nothing is patched.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+from accelerate.state import GradientState
 from transformers import TrainerCallback
 
 from ..core import MiguConfig, MiguHandle, attach
@@ -37,7 +38,7 @@ class MiguCallback(TrainerCallback):
         self._overrides = overrides if config is not None else {}
         self._owned = handle is None
         self.handle: MiguHandle | None = handle
-        self._micro_batches = 0  # of the current optimizer step, finished
+        self._in_backward = False  # this callback asked the handle to mask during backward
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         if self.handle is None:
@@ -47,22 +48,20 @@ class MiguCallback(TrainerCallback):
             if self.handle.config.micro_batches_per_step is None:
                 # one forward/backward per optimizer step lets MIGU skip the masked rows' gradient work
                 self.handle.set_micro_batches_per_step(args.gradient_accumulation_steps)
-        if getattr(args, "max_grad_norm", 0) and args.gradient_accumulation_steps > 1 and distributed_world() > 1:
+        if distributed_world() > 1:
+            reason = "on several processes"
+        elif model is not None and any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules()):
+            reason = "under gradient checkpointing"
+        else:
+            self._in_backward = self.handle.mask_in_backward(_last_micro_batch)
+            return
+        if getattr(args, "max_grad_norm", 0):
             warnings.warn(
-                "MIGU with gradient accumulation on several processes masks after the Trainer's gradient "
-                f"clipping (max_grad_norm={args.max_grad_norm}): the clip sees the dense gradient, unlike the "
-                "official order (mask, then clip). Set max_grad_norm=0 to avoid the difference",
+                f"MIGU {reason} masks after the Trainer's gradient clipping (max_grad_norm={args.max_grad_norm}): "
+                "the clip sees the dense gradient, unlike the official order (mask, then clip). "
+                "Set max_grad_norm=0 to avoid the difference",
                 stacklevel=2,
             )
-
-    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._micro_batches = 0
-
-    def on_substep_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        # called after each micro-batch but a step's last: arm before that last one
-        self._micro_batches += 1
-        if self.handle is not None and self._micro_batches == args.gradient_accumulation_steps - 1:
-            self.handle.mask_in_next_backward()
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.handle is not None:
@@ -73,6 +72,14 @@ class MiguCallback(TrainerCallback):
             self.handle.after_optimizer_step()
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._in_backward and self.handle is not None:
+            self.handle.mask_in_backward(None)
+            self._in_backward = False
         if self._owned and self.handle is not None:
             self.handle.remove()
             self.handle = None
+
+
+def _last_micro_batch() -> bool:
+    """Whether the Trainer's current micro-batch is the last of its optimizer step."""
+    return bool(GradientState().sync_gradients)
