@@ -254,14 +254,14 @@ class MiguHandle:
             entries: dict[int, tuple[torch.Tensor, list[tuple[int, Target, bool]]]] = {}
             for i, source in enumerate(self.sources):
                 for target in source.targets:
-                    params = [(target.weight, False)]
+                    params: list[tuple[torch.Tensor, bool]] = [(target.weight, False)]
                     if self.config.mask_bias and target.bias is not None:
                         params.append((target.bias, True))
-                    for param, bias in params:
-                        if param.requires_grad:
-                            entries.setdefault(id(param), (param, []))[1].append((i, target, bias))
-            for param, pairs in entries.values():
-                hook = param.register_post_accumulate_grad_hook(lambda p, pairs=pairs: self._in_backward(p, pairs))
+                    for tensor, bias in params:
+                        if tensor.requires_grad:
+                            entries.setdefault(id(tensor), (tensor, []))[1].append((i, target, bias))
+            for tensor, pairs in entries.values():
+                hook = tensor.register_post_accumulate_grad_hook(lambda p, pairs=pairs: self._in_backward(p, pairs))
                 self._grad_hooks.append(hook)
         return True
 
