@@ -2,11 +2,10 @@
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
 
 import migu
 
-from tiny import ReferenceStatistic, batch, build, expected_layers
+from tiny import ReferenceStatistic, batch, build, expected_layers, lora_llama
 
 
 def _step_statistics(model, handle, batches):
@@ -115,17 +114,10 @@ def test_explicit_token_mask():
         torch.testing.assert_close(value, explicit[name])
 
 
-def _model(arch):
-    if arch != "llama+lora":
-        return build(arch)
-    config = LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    return get_peft_model(build("llama"), config)
-
-
 def _dense_then_masked(arch, micro_batches, arm_before):
     """Gradients after the step's backwards and after ``before_optimizer_step``, arming the
     in-backward mask before backward number ``arm_before`` (None: never)."""
-    model = _model(arch)
+    model = lora_llama() if arch == "llama+lora" else build(arch)
     handle = migu.attach(model, threshold=0.7, fast_path=False)
     weights = {t.name: t.weight for s in handle.sources for t in s.targets}
     for k, b in enumerate(micro_batches):

@@ -4,12 +4,39 @@ import warnings
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 import migu
 
-from tiny import ReferenceStatistic, batch, build, expected_layers, weight_rows_changed
+from tiny import ReferenceStatistic, batch, build, expected_layers, lora_llama, weight_rows_changed
+
+MAX_NORM = 1e-3  # below every step's gradient norm: the clip always acts
+
+
+def grad_norm(params):
+    """The norm of all gradients together, as the Trainer's clip computes it."""
+    return torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])).item()
+
+
+def train(tmp_path, model, examples, callbacks, arch, **overrides):
+    """Train ``model`` with the Trainer on ``examples`` tiny examples; the warnings it gave."""
+    data = batch(arch, size=examples, length=8)
+    dataset = [{k: v[i] for k, v in data.items()} for i in range(examples)]
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        use_cpu=True,
+        remove_unused_columns=False,
+        max_grad_norm=MAX_NORM,
+        **overrides,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=callbacks)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+    return caught
 
 
 class Checker(TrainerCallback):
@@ -34,10 +61,7 @@ class Checker(TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, **kw):
         self.fast_layers = self.migu.handle.fast_path_layers
         # the Trainer has clipped by now: had MIGU masked after the clip, the norm would be less
-        norm = torch.linalg.vector_norm(
-            torch.stack([p.grad.norm() for p in self.params.values() if p.grad is not None])
-        )
-        self.norms.append(norm.item())
+        self.norms.append(grad_norm(self.params.values()))
         report = self.migu.handle.report()
         self.keep = {}
         for name in self.names:
@@ -57,34 +81,23 @@ class Checker(TrainerCallback):
         self.steps += 1
 
 
-MAX_NORM = 1e-3  # below every step's gradient norm: the clip always acts
-
-
 @pytest.mark.parametrize("accumulation", [1, 2, 3])
 def test_trainer_with_gradient_accumulation(tmp_path, accumulation):
     model = build("bert")
-    data = batch("bert", size=16, length=8)
-    dataset = [{k: v[i] for k, v in data.items()} for i in range(16)]
     callback = migu.MiguCallback(threshold=0.7, mask_mode="update")
     checker = Checker(callback, model, expected_layers("bert", "all_linear"))
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
+    caught = train(
+        tmp_path,
+        model,
+        16,
+        [callback, checker],
+        "bert",
         per_device_train_batch_size=4 // accumulation,
         gradient_accumulation_steps=accumulation,
         max_steps=4,
         learning_rate=1e-2,
         weight_decay=0.1,
-        report_to=[],
-        save_strategy="no",
-        logging_strategy="no",
-        use_cpu=True,
-        remove_unused_columns=False,
-        max_grad_norm=MAX_NORM,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[callback, checker])
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        trainer.train()
     # masked, then clipped (the official order), with or without accumulation: nothing to warn of
     assert not any("clipping" in str(w.message) for w in caught)
     assert checker.norms == pytest.approx([MAX_NORM] * 4, rel=1e-4)
@@ -104,13 +117,7 @@ class Norms(TrainerCallback):
         self.norms = []
 
     def on_pre_optimizer_step(self, args, state, control, **kw):
-        grads = [p.grad.norm() for p in self.params if p.grad is not None]
-        self.norms.append(torch.linalg.vector_norm(torch.stack(grads)).item())
-
-
-def _lora_llama():
-    config = LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    return get_peft_model(build("llama"), config)
+        self.norms.append(grad_norm(self.params))
 
 
 @pytest.mark.parametrize(
@@ -122,29 +129,20 @@ def _lora_llama():
     ],
 )
 def test_trainer_masks_before_the_clip(tmp_path, arch, accumulation, examples, checkpointing):
-    model = _lora_llama() if arch == "llama+lora" else build(arch)
-    data = batch(arch.removesuffix("+lora"), size=examples, length=8)
-    dataset = [{k: v[i] for k, v in data.items()} for i in range(examples)]
-    callback = migu.MiguCallback(threshold=0.7)
+    model = lora_llama() if arch == "llama+lora" else build(arch)
     norms = Norms(model)
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
+    caught = train(
+        tmp_path,
+        model,
+        examples,
+        [migu.MiguCallback(threshold=0.7), norms],
+        arch.removesuffix("+lora"),
         per_device_train_batch_size=2,
         gradient_accumulation_steps=accumulation,
         num_train_epochs=1,
         learning_rate=1e-3,
-        report_to=[],
-        save_strategy="no",
-        logging_strategy="no",
-        use_cpu=True,
-        remove_unused_columns=False,
-        max_grad_norm=MAX_NORM,
         gradient_checkpointing=checkpointing,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[callback, norms])
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        trainer.train()
     warned = any("after the Trainer's gradient clipping" in str(w.message) for w in caught)
     assert warned == checkpointing
     assert len(norms.norms) == -(-examples // (2 * accumulation))

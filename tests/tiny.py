@@ -74,6 +74,14 @@ def build(arch: str, seed: int = 0) -> torch.nn.Module:
     return model
 
 
+def lora_llama() -> torch.nn.Module:
+    """The tiny Llama with a PEFT LoRA adapter (r 8, alpha 32) on q and v, B not zero."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    return get_peft_model(build("llama"), config)
+
+
 def batch(arch: str, seed: int = 0, size: int = 4, length: int = 10, pad: int = 0) -> dict[str, torch.Tensor]:
     """Random token ids; the last ``pad`` positions of every row are padding (mask 0, label -100)."""
     g = torch.Generator().manual_seed(seed)
