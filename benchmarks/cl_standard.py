@@ -7,7 +7,8 @@
    never on test examples. When a method's best rate is at the edge of the grid, the grid is
    extended one step (1-3-10) at a time, up to ``--extend-edges`` times (or rerun with a wider
    ``--lrs`` and ``--methods``); ``lr_choice.json`` keeps the other methods' choices.
-   ``--use-choice`` skips this phase.
+   ``--use-choice`` skips this phase; ``--choice-file`` may name a file outside ``--out`` (an
+absolute path) to use rates chosen under another protocol.
 2. Test runs with the chosen rates: for each seed, each order, each method (interleaved, so
    that a partial table is still made of paired comparisons).
 Every run is resumable: rerun the same command after an interruption. A second protocol (for
@@ -115,8 +116,15 @@ def main() -> None:
         help="when the best rate is at an edge of the grid, try the next one out, up to N times",
     )
     parser.add_argument("--test-dir", default="test", help="folder of the test runs, under --out")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key for every run (repeatable), e.g. train.mixed_precision=no",
+    )
     args = parser.parse_args()
-    raw = load_yaml(args.config)
+    raw = apply_overrides(load_yaml(args.config), args.set)
     raw.pop("method", None)
     if args.data_root:
         raw["data"]["root"] = args.data_root

@@ -165,3 +165,15 @@ def test_shipped_configs_are_valid(path):
     for method in methods if isinstance(methods, list) else [methods]:
         config = run_config(apply_overrides(raw, [f"method={method}"]))
         assert build_methods(config.method, config.methods)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch, recwarn, native):
+    # emulated bf16 costs ~20x an fp32 step (BENCHMARKS.md): say so instead of running slowly in silence
+    from migu.train import TrainConfig, loop
+
+    monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: native)
+    loop.make_accelerator(TrainConfig(mixed_precision="bf16"))
+    loop.make_accelerator(TrainConfig(mixed_precision="no"))
+    slow = [w for w in recwarn if "without native bf16" in str(w.message)]
+    assert len(slow) == (0 if native else 1)
