@@ -169,7 +169,7 @@ def test_shipped_configs_are_valid(path):
 
 @pytest.mark.parametrize("native", [False, True])
 def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch, recwarn, native):
-    # emulated bf16 costs ~20x an fp32 step (BENCHMARKS.md): say so instead of running slowly in silence
+    # emulated bf16 costs 14-20x an fp32 step (BENCHMARKS.md): say so instead of running slowly in silence
     from migu.train import TrainConfig, loop
 
     monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: native)

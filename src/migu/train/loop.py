@@ -26,7 +26,7 @@ from .formats import Format
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 matrix products natively (AVX512-BF16 or AMX). Without
     them, oneDNN emulates bf16 and a bf16-autocast step is many times slower than fp32 (measured
-    about 20x for MiniLM on an AVX2-only AMD EPYC, BENCHMARKS.md)."""
+    14-20x for MiniLM on an AVX2-only AMD EPYC, BENCHMARKS.md)."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # the probe is private: assume the best if it is gone
