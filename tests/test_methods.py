@@ -154,6 +154,42 @@ def test_ewc_penalty_zero_at_anchor_positive_away():
     assert float(ewc.extra_loss(bundle.model, ctx).detach()) > 0.0
 
 
+def test_ewc_fisher_is_the_mean_of_per_example_squared_gradients():
+    from migu.data.tasks import Task
+    from migu.methods.ewc import Ewc, EwcConfig
+    from migu.models import load_model
+    from migu.train import make_format
+
+    bundle = load_model("tiny-bert")
+    model = bundle.model
+    fmt = make_format("encoder", bundle.tokenizer, 16)
+    examples = [Example(f"text number {i}", "a" if i % 2 else "b", ("a", "b"), "Which?", "t") for i in range(6)]
+    task = Task("t", "Which?", ("a", "b"), examples, examples)
+    loss = lambda m, ex: fmt.loss(m, fmt.batch(ex))  # noqa: E731
+    model.eval()
+    expected: dict[str, torch.Tensor] = {}
+    for example in examples:
+        model.zero_grad(set_to_none=True)
+        loss(model, [example]).backward()
+        for n, p in model.named_parameters():
+            if p.grad is not None:
+                expected[n] = expected.get(n, torch.zeros_like(p)) + p.grad.pow(2) / len(examples)
+    model.zero_grad(set_to_none=True)
+    model.train()
+
+    exact, batched = Ewc(EwcConfig(fisher_examples=6)), Ewc(EwcConfig(fisher_examples=6, fisher_batch_size=6))
+    for ewc in (exact, batched):
+        ewc.after_task(model, TaskContext(0, task, 2, 0, 1, loss, 4))
+    assert model.training and all(p.grad is None for p in model.parameters())
+    for n, f in expected.items():
+        torch.testing.assert_close(exact.fisher[n], f, rtol=1e-4, atol=1e-10)
+    total = lambda e: sum(float(f.sum()) for f in e.fisher.values())  # noqa: E731
+    assert total(batched) < total(exact)  # the squared mean gradient: per-example gradients cancel
+
+    last = Ewc(EwcConfig(fisher_examples=6))
+    assert last.after_task(model, TaskContext(1, task, 2, 0, 1, loss, 4)) == {} and not last.fisher
+
+
 @pytest.mark.parametrize("method", ["lora", "inc_lora"])
 def test_adapter_init_does_not_depend_on_what_ran_before(bench_dir, tmp_path, method):
     """A pretrained folder is loaded unseeded; the run seeds the adapters' draws itself, so lora and

@@ -1,6 +1,13 @@
 """EWC (Kirkpatrick et al., 2017): a quadratic penalty holding each parameter near its value
-after earlier tasks, weighted by a diagonal Fisher estimate (squared gradients of the task
-loss on a sample of the task's training data, accumulated over tasks)."""
+after earlier tasks, weighted by a diagonal Fisher estimate: the mean over a sample of the
+task's training examples of each example's squared loss gradient (the empirical Fisher),
+summed over finished tasks.
+
+Squaring the gradient of a batch's *mean* loss instead (as some implementations do, because it
+is cheaper) estimates a different, smaller quantity: the per-example gradients partly cancel
+before squaring. On MiniLM and dbpedia that estimate was 12x smaller with batches of 64, so the
+same ``weight`` would regularise 12x less and would change with the batch size.
+``fisher_batch_size`` > 1 selects it anyway, for speed."""
 
 from __future__ import annotations
 
@@ -18,12 +25,16 @@ from .base import Method, TaskContext
 class EwcConfig:
     weight: float = 5000.0
     """lambda: strength of the penalty lambda/2 * sum F (theta - theta*)^2."""
-    fisher_examples: int = 256
+    fisher_examples: int = 128
     """Training examples of each finished task used to estimate the Fisher diagonal."""
+    fisher_batch_size: int = 1
+    """Examples per squared gradient: 1 is the empirical Fisher (one backward per example);
+    larger batches are faster but square the gradient of the batch's mean loss, a smaller
+    estimate that depends on the batch size."""
 
     def __post_init__(self) -> None:
-        if self.weight < 0 or self.fisher_examples < 1:
-            raise ValueError(f"EWC needs weight >= 0 and fisher_examples >= 1; got {self}")
+        if self.weight < 0 or self.fisher_examples < 1 or self.fisher_batch_size < 1:
+            raise ValueError(f"EWC needs weight >= 0, fisher_examples >= 1 and fisher_batch_size >= 1; got {self}")
 
 
 class Ewc(Method):
@@ -48,12 +59,15 @@ class Ewc(Method):
     def after_task(self, model: nn.Module, ctx: TaskContext) -> dict[str, Any]:
         if ctx.batch_loss is None:
             raise ValueError("EWC needs the task format's loss (TaskContext.batch_loss)")
+        if ctx.index == ctx.num_tasks - 1:
+            return {}  # no later task to protect this one from
         sample = random.Random(f"ewc:{ctx.seed}:{ctx.index}").sample(
             ctx.task.train, min(self.config.fisher_examples, len(ctx.task.train))
         )
         params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         fisher = {n: torch.zeros_like(p) for n, p in params.items()}
-        chunks = [sample[i : i + ctx.micro_batch_size] for i in range(0, len(sample), ctx.micro_batch_size)]
+        size = self.config.fisher_batch_size
+        chunks = [sample[i : i + size] for i in range(0, len(sample), size)]
         was_training = model.training
         model.eval()  # no dropout in the estimate
         for chunk in chunks:
