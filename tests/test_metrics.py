@@ -57,3 +57,17 @@ def test_mean_std():
 def test_bad_shapes(bad):
     with pytest.raises(ValueError, match="T \\+ 1 rows"):
         metrics.average_accuracy(bad)
+
+
+def test_entries_not_evaluated():
+    # evaluate_tasks=seen: row 0 and the entries above the diagonal are missing
+    R = [[None, None, None], [80.0, None, None], [70.0, 90.0, None], [60.0, 85.0, 95.0]]
+    full = [[10.0, 20.0, 30.0], [80.0, 25.0, 35.0], [70.0, 90.0, 40.0], [60.0, 85.0, 95.0]]
+    for key in ("aa", "bwt", "learning_accuracy", "final_accuracy"):
+        assert metrics.summary(R)[key] == metrics.summary(full)[key]
+    assert metrics.forward_transfer(R) is None
+    assert metrics.forgetting_per_task(R) == [20.0, 5.0]
+    with pytest.raises(ValueError, match="AA needs the accuracy on task 2 after row 2, which was not evaluated"):
+        metrics.average_accuracy([[None, None], [80.0, None], [70.0, None]])
+    with pytest.raises(ValueError, match="BWT needs the accuracy on task 1 after row 1"):
+        metrics.backward_transfer([[None, None], [None, None], [70.0, 60.0]])

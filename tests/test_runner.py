@@ -1,5 +1,6 @@
 """The runner: results file, resume after a kill, no partial results on bad input; the CLI."""
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -10,8 +11,13 @@ from migu.bench import RunConfig, apply_overrides, load_yaml, run, run_config
 from migu.cli import main
 from migu.methods import build_methods
 from migu.report import load_results
+from migu.report.tables import format_matrix
 
 REQUIRED = {"model", "method", "seed", "sequence", "accuracy_matrix"}
+
+
+def _config_data(bench_dir):
+    return {"root": str(bench_dir), "order": "tiny", "n_train": 16, "n_test": 8}
 
 
 def _config(bench_dir, out, **extra):
@@ -19,7 +25,7 @@ def _config(bench_dir, out, **extra):
         "model": "tiny-bert",
         "method": "finetune+migu",
         "seed": 0,
-        "data": {"root": str(bench_dir), "order": "tiny", "n_train": 16, "n_test": 8},
+        "data": _config_data(bench_dir),
         "train": {"lr": 1e-3, "batch_size": 8, "micro_batch_size": 4, "max_length": 32, "eval_batch_size": 8},
         "output_dir": str(out),
         "progress": False,
@@ -81,6 +87,35 @@ def test_resume_refuses_other_config(bench_dir, tmp_path):
     other.train.lr = 5e-4
     with pytest.raises(ValueError, match="unfinished run of a different config"):
         run(other)
+
+
+def test_evaluating_seen_tasks_only_keeps_every_metric_but_fwt(bench_dir, tmp_path):
+    full = run(_config(bench_dir, tmp_path / "all"))
+    seen = run(_config(bench_dir, tmp_path / "seen", data={**_config_data(bench_dir), "evaluate_tasks": "seen"}))
+    matrix = seen["accuracy_matrix"]
+    assert matrix[0] == [None, None, None] and matrix[1][1:] == [None, None] and matrix[2][2] is None
+    for i, row in enumerate(matrix):  # evaluation draws nothing: the trained entries are the same
+        assert row[:i] == full["accuracy_matrix"][i][:i]
+    assert seen["metrics"]["fwt"] is None and full["metrics"]["fwt"] is not None
+    for key in ("aa", "bwt", "learning_accuracy", "final_accuracy"):
+        assert seen["metrics"][key] == full["metrics"][key]
+    assert seen["timings"][0]["eval_seconds"] < 0.1  # nothing evaluated before training
+    assert "–" in format_matrix(seen)
+
+
+def test_a_setting_added_later_at_its_default_keeps_old_fingerprints(bench_dir, tmp_path):
+    from migu.bench.runner import _fingerprint
+
+    config = _config(bench_dir, tmp_path)
+    assert config.data.evaluate_tasks == "all"
+    old = {k: v for k, v in config.to_dict().items() if k not in ("progress", "output_dir")}
+    del old["data"]["evaluate_tasks"]  # what an earlier version hashed
+    expected = hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert _fingerprint(config) == expected
+    config.data.evaluate_tasks = "seen"
+    assert _fingerprint(config) != expected
+    with pytest.raises(ValueError, match="evaluate_tasks must be all or seen"):
+        _config(bench_dir, tmp_path, data={**_config_data(bench_dir), "evaluate_tasks": "unseen"})
 
 
 @pytest.mark.parametrize(

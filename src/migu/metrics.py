@@ -2,14 +2,18 @@
 
 ``R`` has T + 1 rows and T columns, in training order: row 0 is measured before any training,
 row i (1-based) after training on task i; ``R[i][j]`` is the accuracy on task j (percent).
+An entry may be ``None`` (not evaluated): a run with ``data.evaluate_tasks=seen`` evaluates only
+the tasks trained so far, which leaves row 0 and the entries above the diagonal empty. AA, BWT
+and learning accuracy need none of those; FWT does and is ``None`` without them.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from typing import Any
 
-Matrix = Sequence[Sequence[float]]
+Matrix = Sequence[Sequence[float | None]]
 
 
 def _check(matrix: Matrix) -> int:
@@ -20,10 +24,17 @@ def _check(matrix: Matrix) -> int:
     return tasks
 
 
+def _at(matrix: Matrix, i: int, j: int, metric: str) -> float:
+    value = matrix[i][j]
+    if value is None:
+        raise ValueError(f"{metric} needs the accuracy on task {j + 1} after row {i}, which was not evaluated")
+    return value
+
+
 def average_accuracy(matrix: Matrix) -> float:
     """AA: mean accuracy over all tasks after the last task."""
     tasks = _check(matrix)
-    return sum(matrix[tasks]) / tasks
+    return sum(_at(matrix, tasks, j, "AA") for j in range(tasks)) / tasks
 
 
 def backward_transfer(matrix: Matrix) -> float:
@@ -32,22 +43,32 @@ def backward_transfer(matrix: Matrix) -> float:
     tasks = _check(matrix)
     if tasks < 2:
         return 0.0
-    return sum(matrix[tasks][j] - matrix[j + 1][j] for j in range(tasks - 1)) / (tasks - 1)
+    return sum(_at(matrix, tasks, j, "BWT") - _at(matrix, j + 1, j, "BWT") for j in range(tasks - 1)) / (tasks - 1)
 
 
-def forward_transfer(matrix: Matrix) -> float:
+def forward_transfer(matrix: Matrix) -> float | None:
     """FWT: mean over tasks 2..T of (accuracy before learning the task - accuracy of the
-    untrained model, row 0). 0 for a single task."""
+    untrained model, row 0). 0 for a single task; ``None`` when those tasks were not evaluated
+    before being learned."""
     tasks = _check(matrix)
     if tasks < 2:
         return 0.0
-    return sum(matrix[j][j] - matrix[0][j] for j in range(1, tasks)) / (tasks - 1)
+    pairs = [(matrix[j][j], matrix[0][j]) for j in range(1, tasks)]
+    if any(a is None or b is None for a, b in pairs):
+        return None
+    return sum(a - b for a, b in pairs if a is not None and b is not None) / (tasks - 1)
 
 
 def forgetting_per_task(matrix: Matrix) -> list[float]:
-    """For each task but the last: best accuracy after any earlier training row minus final."""
+    """For each task but the last: best accuracy in any training row before the last (after
+    training began; entries not evaluated are skipped) minus final."""
     tasks = _check(matrix)
-    return [max(matrix[i][j] for i in range(1, tasks)) - matrix[tasks][j] for j in range(tasks - 1)]
+    out = []
+    for j in range(tasks - 1):
+        _at(matrix, j + 1, j, "forgetting")  # right after learning the task: always needed
+        best = max(v for i in range(1, tasks) if (v := matrix[i][j]) is not None)
+        out.append(best - _at(matrix, tasks, j, "forgetting"))
+    return out
 
 
 def forgetting(matrix: Matrix) -> float:
@@ -59,10 +80,10 @@ def forgetting(matrix: Matrix) -> float:
 def learning_accuracy(matrix: Matrix) -> float:
     """Mean accuracy on each task right after learning it (how well new tasks are learned)."""
     tasks = _check(matrix)
-    return sum(matrix[j + 1][j] for j in range(tasks)) / tasks
+    return sum(_at(matrix, j + 1, j, "learning accuracy") for j in range(tasks)) / tasks
 
 
-def summary(matrix: Matrix) -> dict[str, float | list[float]]:
+def summary(matrix: Matrix) -> dict[str, Any]:
     """All metrics of one run."""
     tasks = _check(matrix)
     return {
@@ -71,7 +92,7 @@ def summary(matrix: Matrix) -> dict[str, float | list[float]]:
         "fwt": forward_transfer(matrix),
         "forgetting": forgetting(matrix),
         "learning_accuracy": learning_accuracy(matrix),
-        "final_accuracy": list(matrix[tasks]),
+        "final_accuracy": [_at(matrix, tasks, j, "final accuracy") for j in range(tasks)],
         "forgetting_per_task": forgetting_per_task(matrix),
     }
 

@@ -28,6 +28,11 @@ class DataConfig:
     n_validation: int = 0
     evaluate_on: str = "test"
     """``test``, or ``validation`` (held out of the training data) to choose hyperparameters."""
+    evaluate_tasks: str = "all"
+    """``all``: every task of the sequence before training and after each task (the full accuracy
+    matrix, FWT included); ``seen``: after each task only the tasks trained so far, which is all
+    AA, BWT, forgetting and learning accuracy need, at about half the evaluation cost (row 0 and
+    the entries above the diagonal are left empty, FWT is not computed)."""
     seed: int | None = None
     """Seed of the example sampling; by default the run's seed."""
     with_task_name: bool = False
@@ -38,6 +43,8 @@ class DataConfig:
             raise ValueError(f"data.source must be cl_benchmark, bbc or hub; got {self.source!r}")
         if self.evaluate_on not in ("test", "validation"):
             raise ValueError(f"data.evaluate_on must be test or validation; got {self.evaluate_on!r}")
+        if self.evaluate_tasks not in ("all", "seen"):
+            raise ValueError(f"data.evaluate_tasks must be all or seen; got {self.evaluate_tasks!r}")
         if self.evaluate_on == "validation" and self.n_validation < 1:
             raise ValueError("data.evaluate_on=validation needs data.n_validation >= 1")
 

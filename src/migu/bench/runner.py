@@ -87,8 +87,16 @@ def versions() -> dict[str, str]:
     }
 
 
+# Settings added after results existed: at these values they leave a run's fingerprint as it was,
+# so that finished and interrupted runs of earlier versions are still recognised.
+_ADDED_LATER = {("data", "evaluate_tasks"): "all"}
+
+
 def _fingerprint(config: RunConfig) -> str:
     settings = {k: v for k, v in config.to_dict().items() if k not in ("progress", "output_dir")}
+    for (section, key), value in _ADDED_LATER.items():
+        if settings[section].get(key) == value:
+            settings[section] = {k: v for k, v in settings[section].items() if k != key}
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -136,7 +144,7 @@ def run(config: RunConfig, on_task_end: TaskHook | None = None) -> dict[str, Any
             "resumed_at": [],
         }
         start = time.perf_counter()
-        state["rows"].append(_evaluate_all(model, fmt, sequence, config, "before training"))
+        state["rows"].append(_evaluate_all(model, fmt, sequence, config, "before training", trained=0))
         state["timings"].append({"task": None, "eval_seconds": time.perf_counter() - start})
     else:
         state["resumed_at"].append(state["completed"])
@@ -167,7 +175,7 @@ def run(config: RunConfig, on_task_end: TaskHook | None = None) -> dict[str, Any
         trained = train_task(model, fmt, examples, methods, ctx, config.train, accelerator, config.progress)
         state["diagnostics"].append({m.name: m.after_task(model, ctx) for m in methods})
         start = time.perf_counter()
-        state["rows"].append(_evaluate_all(model, fmt, sequence, config, f"after {task.name}"))
+        state["rows"].append(_evaluate_all(model, fmt, sequence, config, f"after {task.name}", trained=index + 1))
         trained.update(task=task.name, eval_seconds=time.perf_counter() - start)
         state["timings"].append(trained)
         state["completed"] = index + 1
@@ -216,8 +224,13 @@ def _before_task(methods: list, model: Any, ctx: TaskContext) -> Any:
     return model
 
 
-def _evaluate_all(model: Any, fmt: Any, sequence: TaskSequence, config: RunConfig, when: str) -> list[float]:
+def _evaluate_all(
+    model: Any, fmt: Any, sequence: TaskSequence, config: RunConfig, when: str, trained: int
+) -> list[float | None]:
+    """One row of the accuracy matrix; with ``data.evaluate_tasks=seen`` the tasks not trained yet
+    (from index ``trained`` on) are not evaluated and left ``None``."""
     on = config.data.evaluate_on
+    upto = trained if config.data.evaluate_tasks == "seen" else len(sequence)
     return [
         accuracy(
             model,
@@ -228,7 +241,9 @@ def _evaluate_all(model: Any, fmt: Any, sequence: TaskSequence, config: RunConfi
             config.progress,
             config.train.mixed_precision,
         )
-        for t in sequence
+        if j < upto
+        else None
+        for j, t in enumerate(sequence)
     ]
 
 

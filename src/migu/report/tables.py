@@ -79,7 +79,7 @@ def format_matrix(run: dict[str, Any]) -> str:
     rows = []
     for i, row in enumerate(run["accuracy_matrix"]):
         label = "(start)" if i == 0 else names[i - 1]
-        rows.append(f"| {label} | " + " | ".join(f"{v:.1f}" for v in row) + " |")
+        rows.append(f"| {label} | " + " | ".join("–" if v is None else f"{v:.1f}" for v in row) + " |")
     m = metrics.summary(run["accuracy_matrix"])
     return head + "\n".join(rows) + f"\n\nAA {m['aa']:.2f}, BWT {m['bwt']:.2f}, forgetting {m['forgetting']:.2f}\n"
 
