@@ -53,10 +53,8 @@ def forward_transfer(matrix: Matrix) -> float | None:
     tasks = _check(matrix)
     if tasks < 2:
         return 0.0
-    pairs = [(matrix[j][j], matrix[0][j]) for j in range(1, tasks)]
-    if any(a is None or b is None for a, b in pairs):
-        return None
-    return sum(a - b for a, b in pairs if a is not None and b is not None) / (tasks - 1)
+    diffs = [a - b for j in range(1, tasks) if (a := matrix[j][j]) is not None and (b := matrix[0][j]) is not None]
+    return sum(diffs) / (tasks - 1) if len(diffs) == tasks - 1 else None
 
 
 def forgetting_per_task(matrix: Matrix) -> list[float]:
