@@ -28,9 +28,17 @@ def test_forward_transfer():
 
 
 def test_forgetting():
-    # task 1: max(80, 70) - 60 = 20; task 2: max(25, 90) - 85 = 5
+    # task 1: max(80, 70) - 60 = 20; task 2: max(90) - 85 = 5 (row 1, before task 2 was learned, is not a candidate)
     assert metrics.forgetting_per_task(R) == [20.0, 5.0]
     assert metrics.forgetting(R) == pytest.approx(12.5)
+
+
+def test_forgetting_ignores_rows_before_the_task_was_learned():
+    # task 2 scores 50 zero-shot after task 1 but only 40 once trained: the drop from 50 is no forgetting
+    m = [[10.0, 20.0, 30.0], [80.0, 50.0, 35.0], [70.0, 40.0, 40.0], [60.0, 40.0, 95.0]]
+    assert metrics.forgetting_per_task(m) == [20.0, 0.0]
+    seen = [[None, None, None], [80.0, None, None], [70.0, 40.0, None], [60.0, 40.0, 95.0]]
+    assert metrics.forgetting_per_task(seen) == metrics.forgetting_per_task(m)
 
 
 def test_learning_accuracy_and_summary():

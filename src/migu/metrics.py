@@ -58,15 +58,15 @@ def forward_transfer(matrix: Matrix) -> float | None:
 
 
 def forgetting_per_task(matrix: Matrix) -> list[float]:
-    """For each task but the last: best accuracy in any training row before the last (after
-    training began; entries not evaluated are skipped) minus final."""
+    """For each task but the last: best accuracy from the row that learned it up to the row
+    before the last, minus final. Rows before the task was learned do not count (a task can
+    score higher zero-shot than after training and that is not forgetting), so the value is the
+    same whether or not unseen tasks were evaluated."""
     tasks = _check(matrix)
-    out = []
-    for j in range(tasks - 1):
-        _at(matrix, j + 1, j, "forgetting")  # right after learning the task: always needed
-        best = max(v for i in range(1, tasks) if (v := matrix[i][j]) is not None)
-        out.append(best - _at(matrix, tasks, j, "forgetting"))
-    return out
+    return [
+        max(_at(matrix, i, j, "forgetting") for i in range(j + 1, tasks)) - _at(matrix, tasks, j, "forgetting")
+        for j in range(tasks - 1)
+    ]
 
 
 def forgetting(matrix: Matrix) -> float:
