@@ -11,7 +11,9 @@
 absolute path) to use rates chosen under another protocol.
 2. Test runs with the chosen rates: for each seed, each order, each method (interleaved, so
    that a partial table is still made of paired comparisons).
-Every run is resumable: rerun the same command after an interruption. A second protocol (for
+Every run is resumable: rerun the same command after an interruption. Several processes may
+run the same command side by side (e.g. one torch thread each): a test run another process is
+running is skipped, a validation run it needs is waited for. A second protocol (for
 example rates chosen over ``--lr-orders order1,order3``) keeps its own ``--choice-file`` and
 ``--test-dir``; the validation runs are shared.
 
@@ -36,23 +38,33 @@ import argparse
 import fcntl
 import json
 import os
+import time
 from pathlib import Path
 
 from migu import metrics
-from migu.bench import apply_overrides, load_yaml, run, run_config
+from migu.bench import RunInProgress, apply_overrides, load_yaml, run, run_config
 from migu.methods.registry import default_threshold, parse_spec
 
 CONFIG = Path(__file__).parents[1] / "configs" / "cpu" / "minilm_standard.yaml"
 
 
-def _run(raw: dict, method: str, overrides: list[str]) -> dict:
+def _run(raw: dict, method: str, overrides: list[str], wait: bool = True) -> dict | None:
+    """One run; if another process is running it, wait for its result (``wait``) or skip it."""
     # the paper's T for the combination (0.1 with O-LoRA, 0.4 with replay, else 0.7), stated
     # explicitly because the config file sets 0.7
     t = default_threshold(parse_spec(method))
     thresholds = [f"methods.migu.threshold={t}", f"methods.random_update.threshold={t}"]
     config = run_config(apply_overrides(raw, [f"method={method}", *thresholds, *overrides]))
     print(f"== {config.output_dir}/{config.run_name()}", flush=True)
-    result = run(config)
+    while True:
+        try:
+            result = run(config)
+            break
+        except RunInProgress as err:
+            if not wait:
+                print(f"   skipped: {err}", flush=True)
+                return None
+            time.sleep(30)
     m = metrics.summary(result["accuracy_matrix"])
     print(f"   AA {m['aa']:.2f}  BWT {m['bwt']:.2f}  (evaluated on {result['evaluated_on']})", flush=True)
     return result
@@ -90,6 +102,7 @@ def _validation_aa(raw: dict, method: str, lr: str, orders: list[str], n_validat
         result = _run(raw, method, [f"train.lr={lr}", "seed=0", f"data.order={order}",
                             "data.evaluate_on=validation", f"data.n_validation={n_validation}",
                             f"output_dir={out / 'lr_select'}", f"name={name}"])  # fmt: skip
+        assert result is not None  # waited for
         aas.append(metrics.average_accuracy(result["accuracy_matrix"]))
     return sum(aas) / len(aas)
 
@@ -154,8 +167,9 @@ def main() -> None:
     for seed in args.seeds.split(","):
         for order in args.orders.split(","):
             for method in methods:
-                _run(raw, method, [f"train.lr={chosen[method]}", f"seed={seed}", f"data.order={order}",
-                           f"data.n_validation={args.n_validation}", f"output_dir={out / args.test_dir}"])  # fmt: skip
+                overrides = [f"train.lr={chosen[method]}", f"seed={seed}", f"data.order={order}",
+                             f"data.n_validation={args.n_validation}", f"output_dir={out / args.test_dir}"]  # fmt: skip
+                _run(raw, method, overrides, wait=False)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from migu.bench import RunConfig, apply_overrides, load_yaml, run, run_config
+from migu.bench import RunConfig, RunInProgress, apply_overrides, load_yaml, run, run_config
 from migu.cli import main
 from migu.methods import build_methods
 from migu.report import load_results
@@ -77,6 +77,27 @@ def test_resume_after_kill_gives_same_numbers(bench_dir, tmp_path):
     assert finished == [2]  # only the third task was trained again
     assert resumed["resumed_at"] == [2]
     assert resumed["accuracy_matrix"] == full["accuracy_matrix"]
+
+
+def test_a_run_held_by_another_process_is_refused_and_then_resumed(bench_dir, tmp_path, capsys):
+    fcntl = pytest.importorskip("fcntl")
+    config = _config(bench_dir, tmp_path)
+    run_dir = tmp_path / config.run_name()
+    run_dir.mkdir()
+    with open(run_dir / "run.lock", "w") as other:  # an open file description of its own, like another process
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(RunInProgress, match="is being run by another process"):
+            run(config)
+        assert not (run_dir / "state").exists()
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(yaml.safe_dump(config.to_dict()))
+        assert main(["run", str(cfg)]) == 3
+        assert "1 run(s) skipped, another process is running them" in capsys.readouterr().err
+    with pytest.raises(Killed):  # the lock is released when the holder stops, even by an exception
+        run(config, on_task_end=lambda i, s: (_ for _ in ()).throw(Killed()))
+    assert (run_dir / "run.lock").exists() and (run_dir / "state").exists()
+    assert run(config)["resumed_at"] == [1]
+    assert not (run_dir / "run.lock").exists()  # finished runs keep only their results
 
 
 def test_resume_refuses_other_config(bench_dir, tmp_path):

@@ -33,23 +33,32 @@ def _grid(raw: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .bench import apply_overrides, load_yaml, run, run_config
+    from .bench import RunInProgress, apply_overrides, load_yaml, run, run_config
     from .report.tables import format_matrix, report_markdown
 
     raw = apply_overrides(load_yaml(args.config), args.overrides)
     configs = [run_config(one) for one in _grid(raw)]  # check every run's config before the first starts
-    done = []
+    done, busy = [], []
     for config in configs:
         print(f"== {config.run_name()}", flush=True)
-        result = run(config)
+        try:
+            result = run(config)
+        except RunInProgress as err:  # a grid started twice: each process takes the runs the other has not
+            print(f"   skipped: {err}", flush=True)
+            busy.append(config.run_name())
+            continue
         print(format_matrix(result), flush=True)
-        done.append(result)
+        done.append((config, result))
     if len(done) > 1:
-        print(report_markdown(done, baseline=done[0]["method"]))
-    for config, result in zip(configs, done, strict=True):
+        print(report_markdown([r for _, r in done], baseline=done[0][1]["method"]))
+    for config, result in done:
         m = metrics.summary(result["accuracy_matrix"])
         where = Path(config.output_dir) / config.run_name() / "results.json"
         print(f"{result['method']:>24}  AA {m['aa']:6.2f}  BWT {m['bwt']:6.2f}  -> {where}")
+    if busy:
+        print(f"migu: error: {len(busy)} run(s) skipped, another process is running them: {', '.join(busy)}",
+              file=sys.stderr)  # fmt: skip
+        return 3
     return 0
 
 

@@ -1,6 +1,15 @@
 """The benchmark runner: task orders, runs, result files, resume."""
 
 from .config import DataConfig, RunConfig, apply_overrides, load_yaml, run_config
-from .runner import load_tasks, run
+from .runner import RunInProgress, load_tasks, run
 
-__all__ = ["DataConfig", "RunConfig", "apply_overrides", "load_tasks", "load_yaml", "run", "run_config"]
+__all__ = [
+    "DataConfig",
+    "RunConfig",
+    "RunInProgress",
+    "apply_overrides",
+    "load_tasks",
+    "load_yaml",
+    "run",
+    "run_config",
+]

@@ -15,7 +15,8 @@ import platform
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,6 +35,11 @@ from ..train import accuracy, make_accelerator, make_format, train_task
 from .config import RunConfig
 
 RESULTS = "results.json"
+LOCK = "run.lock"
+
+
+class RunInProgress(RuntimeError):
+    """Another process is running the same run (same output folder and name)."""
 
 
 # seeds the draws of methods' before_task, apart from the loop's per-task seed (1000 * seed + index)
@@ -113,8 +119,39 @@ def run(config: RunConfig, on_task_end: TaskHook | None = None) -> dict[str, Any
         config = replace(config, progress=sys.stderr.isatty())
     sequence = load_tasks(config)  # bad data fails here, before anything is written
     methods = build_methods(config.method, config.methods)
-    method_name = "+".join(m.name for m in methods)
     run_dir = Path(config.output_dir) / config.run_name()
+    with _exclusive(run_dir):
+        return _run(config, on_task_end, sequence, methods, run_dir)
+
+
+@contextmanager
+def _exclusive(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir/run.lock`` for the whole run, so that two processes never train or write the
+    same run (a second one raises ``RunInProgress``). The file is removed once the results are
+    written; a killed run leaves it unlocked (the lock dies with its process)."""
+    try:
+        import fcntl
+    except ImportError:  # no POSIX locks (Windows): no protection against a concurrent twin
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOCK, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise RunInProgress(f"{run_dir} is being run by another process ({handle.read().strip()})") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {platform.node()}\n")
+        handle.flush()
+        yield
+        if (run_dir / RESULTS).is_file():
+            (run_dir / LOCK).unlink(missing_ok=True)
+
+
+def _run(config: RunConfig, on_task_end: TaskHook | None, sequence: TaskSequence, methods: list,
+         run_dir: Path) -> dict[str, Any]:  # fmt: skip
     state_dir = run_dir / "state"
     fingerprint = _fingerprint(config)
     if (run_dir / RESULTS).is_file():
@@ -186,7 +223,7 @@ def run(config: RunConfig, on_task_end: TaskHook | None = None) -> dict[str, Any
     tasks_bar.close()
     results = {
         "model": config.model,
-        "method": method_name,
+        "method": "+".join(m.name for m in methods),
         "seed": config.seed,
         "sequence": sequence.names,
         "accuracy_matrix": state["rows"],
