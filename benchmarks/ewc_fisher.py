@@ -3,40 +3,49 @@ than per example, on the packaged MiniLM and the first task of order 1 (dbpedia)
 
     python benchmarks/ewc_fisher.py [--examples 128] [--batch 64] [--out FILE.json]
 
-Both estimates are computed by ``migu.methods.ewc.Ewc.after_task`` on the same training
-examples of the pretrained model: ``fisher_batch_size=1`` (the empirical Fisher, the default) and
-``fisher_batch_size=--batch`` (the squared gradient of each batch's mean loss). Prints JSON: the
-mean Fisher value of each (over all parameters), their ratio and the seconds each took.
+Model, data and sequence length come from the standard benchmark's config
+(``configs/cpu/minilm_standard.yaml``, order 1), read by the runner's own loader; EWC samples its
+``--examples`` from the first task's training data as it does in the benchmark's runs. Both
+estimates are computed by ``migu.methods.ewc.Ewc.after_task`` on those examples of the pretrained
+model: ``fisher_batch_size=1`` (the empirical Fisher, the default) and ``fisher_batch_size=--batch``
+(the squared gradient of each batch's mean loss). Prints JSON: the mean Fisher value of each (over
+all parameters), their ratio and the seconds each took.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
-from migu.data import load_sequence
+from migu.bench import apply_overrides, load_tasks, load_yaml, run_config
 from migu.methods.base import TaskContext
 from migu.methods.ewc import Ewc, EwcConfig
 from migu.models import load_model
 from migu.train import make_format
+
+CONFIG = Path(__file__).parents[1] / "configs" / "cpu" / "minilm_standard.yaml"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=128)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--data", default=os.environ.get("MIGU_CL_BENCHMARK", "../shared/data/cl_benchmark"))
+    parser.add_argument("--config", type=Path, default=CONFIG)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
-    task = load_sequence(args.data, "order1", n_train=args.examples, n_test=1, replace={"yahoo": "yelp"})[0]
-    bundle = load_model("minilm")
-    fmt = make_format(bundle.arch, bundle.tokenizer, 128)
-    ctx = TaskContext(0, task, 2, 0, 1, lambda m, ex: fmt.loss(m, fmt.batch(ex)), args.batch)
-    result: dict = {"task": task.name, "examples": len(task.train), "batch": args.batch}
+    raw = apply_overrides(load_yaml(args.config), args.set)
+    raw["method"] = "finetune+ewc"
+    config = run_config(raw)
+    sequence = load_tasks(config)
+    task = sequence[0]
+    bundle = load_model(config.model, seed=config.seed)
+    fmt = make_format(bundle.arch, bundle.tokenizer, config.train.max_length)
+    ctx = TaskContext(0, task, len(sequence), config.seed, 1, lambda m, ex: fmt.loss(m, fmt.batch(ex)), args.batch)
+    result: dict = {"task": task.name, "examples": min(args.examples, len(task.train)), "batch": args.batch}
     for label, size in (("per_example", 1), ("per_batch", args.batch)):
         ewc = Ewc(EwcConfig(fisher_examples=args.examples, fisher_batch_size=size))
         start = time.perf_counter()

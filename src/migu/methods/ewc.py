@@ -5,9 +5,9 @@ summed over finished tasks.
 
 Squaring the gradient of a batch's *mean* loss instead (as some implementations do, because it
 is cheaper) estimates a different, smaller quantity: the per-example gradients partly cancel
-before squaring. On MiniLM and dbpedia that estimate was 14x smaller with batches of 64
-(benchmarks/ewc_fisher.py), so the same ``weight`` would regularise 14x less and would change
-with the batch size.
+before squaring. On MiniLM and dbpedia that estimate was 9x to 14x smaller with batches of 64
+(two samples of 128 examples; benchmarks/ewc_fisher.py), so the same ``weight`` would regularise
+about an order of magnitude less and would change with the batch size.
 ``fisher_batch_size`` > 1 selects it anyway, for speed."""
 
 from __future__ import annotations
