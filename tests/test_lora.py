@@ -194,3 +194,32 @@ def test_composite_layer_listing_a_part_twice_is_refused():
 
     with pytest.raises(ValueError, match="lists a module twice"):
         migu.attach(torch.nn.Sequential(Twice()), threshold=0.7)
+
+
+def test_moelora_wraps_gpt2_conv1d_and_starts_at_the_base_output():
+    from migu.methods import TaskContext, build_methods
+
+    from tiny import build
+
+    model = build("gpt2").eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, 5))
+    with torch.no_grad():
+        before = model(ids).logits
+    methods = build_methods("moelora+migu", {})
+    ctx = TaskContext(1, None, 2, 0, 1, None, 4)
+    for method in methods:
+        model = method.before_task(method.setup(model), ctx)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, before)  # every expert's B starts at zero
+    report = methods[-1].handle.report()
+    name = "transformer.h.0.attn.c_attn"
+    assert report[name].targets == [f"{name}.lora_B.{e}" for e in range(2)]
+    with torch.no_grad():  # B = 0 would leave A without a gradient to mask
+        for param_name, param in model.named_parameters():
+            if ".lora_B." in param_name:
+                param.normal_(0, 0.1)
+    model.train()
+    model(ids, labels=ids).loss.backward()
+    methods[-1].handle.before_optimizer_step()
+    rows = model.get_submodule(f"{name}.lora_A.0").weight.grad.abs().sum(1)
+    assert (rows == 0).any() and (rows != 0).any()  # A's rows masked by A's own output, some kept

@@ -276,3 +276,42 @@ def test_resume_refuses_a_changed_frozen_base(bench_dir, tmp_path):
     bundle.model.save_pretrained(folder)
     with pytest.raises(ValueError, match="model source changed"):
         run(config)
+
+
+def test_olora_l2_term_is_the_sum_of_frobenius_norms():
+    model = get_peft_model(build("llama"), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"]),
+                           adapter_name="task0")  # fmt: skip
+    layers = [m for m in model.modules() if hasattr(m, "lora_A") and "task0" in m.lora_A]
+    with torch.no_grad():
+        for layer in layers:
+            layer.lora_B["task0"].weight.fill_(0.5)
+    expected = sum(float(m.lora_A["task0"].weight.norm() + m.lora_B["task0"].weight.norm()) for m in layers)
+    assert float(olora_loss(model, "task0", 0.5, 2.0)) == pytest.approx(2.0 * expected, rel=1e-5)
+
+
+def test_ewc_penalty_sees_through_a_ddp_style_wrapper_and_refuses_a_foreign_model():
+    from migu.data.tasks import Task
+    from migu.methods.ewc import Ewc, EwcConfig
+    from migu.models import load_model
+    from migu.train import make_format
+
+    class Wrapper(torch.nn.Module):  # names its parameters "module.<name>", as DDP does
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    bundle = load_model("tiny-bert")
+    fmt = make_format("encoder", bundle.tokenizer, 16)
+    examples = [Example(f"text {i}", "a" if i % 2 else "b", ("a", "b"), "Which?", "t") for i in range(4)]
+    ctx = TaskContext(0, Task("t", "Which?", ("a", "b"), examples, examples), 2, 0, 1,
+                      lambda m, ex: fmt.loss(m, fmt.batch(ex)), 4)  # fmt: skip
+    ewc = Ewc(EwcConfig(weight=10.0, fisher_examples=4))
+    ewc.after_task(bundle.model, ctx)
+    with torch.no_grad():
+        for p in bundle.model.parameters():
+            p.add_(0.01)
+    direct = float(ewc.extra_loss(bundle.model, ctx).detach())
+    assert direct > 0.0
+    assert float(ewc.extra_loss(Wrapper(bundle.model), ctx).detach()) == pytest.approx(direct)
+    with pytest.raises(ValueError, match=r"none of the .* parameters its Fisher was computed for"):
+        ewc.extra_loss(build("llama"), ctx)

@@ -13,6 +13,7 @@ about an order of magnitude less and would change with the batch size.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,12 +51,17 @@ class Ewc(Method):
     def extra_loss(self, model: nn.Module, ctx: TaskContext) -> torch.Tensor | None:
         if not self.fisher:
             return None
-        terms = [
-            (self.fisher[n] * (p - self.anchor[n]).pow(2)).sum()
-            for n, p in model.named_parameters()
-            if n in self.fisher and p.requires_grad
-        ]
-        return 0.5 * self.config.weight * torch.stack(terms).sum() if terms else None
+        named = dict(_named_parameters(model))
+        if not named.keys() & self.fisher.keys():  # a penalty matching nothing would switch EWC off silently
+            raise ValueError(
+                f"EWC: none of the {len(self.fisher)} parameters its Fisher was computed for (e.g. "
+                f"{next(iter(self.fisher))!r}) is in the model it is asked to regularise"
+            )
+        terms = [(self.fisher[n] * (p - self.anchor[n]).pow(2)).sum()
+                 for n, p in named.items() if n in self.fisher and p.requires_grad]  # fmt: skip
+        if not terms:  # e.g. under inc_lora: the parameters it protects are frozen and cannot move
+            return None
+        return 0.5 * self.config.weight * torch.stack(terms).sum()
 
     def after_task(self, model: nn.Module, ctx: TaskContext) -> dict[str, Any]:
         if ctx.batch_loss is None:
@@ -65,7 +71,7 @@ class Ewc(Method):
         sample = random.Random(f"ewc:{ctx.seed}:{ctx.index}").sample(
             ctx.task.train, min(self.config.fisher_examples, len(ctx.task.train))
         )
-        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        params = {n: p for n, p in _named_parameters(model) if p.requires_grad}
         fisher = {n: torch.zeros_like(p) for n, p in params.items()}
         size = self.config.fisher_batch_size
         chunks = [sample[i : i + size] for i in range(0, len(sample), size)]
@@ -89,3 +95,12 @@ class Ewc(Method):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.fisher, self.anchor = dict(state.get("fisher", {})), dict(state.get("anchor", {}))
+
+
+def _named_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+    """The model's parameters under the names of the unwrapped model: the wrappers of DDP or FSDP
+    (``module.``) and torch.compile (``_orig_mod.``) prefix them."""
+    for name, param in model.named_parameters():
+        while name.startswith(("module.", "_orig_mod.")):
+            name = name.split(".", 1)[1]
+        yield name, param

@@ -84,7 +84,8 @@ class IncLora(Lora):
 @dataclass
 class OLoraConfig(LoraMethodConfig):
     """O-LoRA: lambda1 weighs the orthogonality loss sum |A_new A_old^T| over layers and earlier
-    adapters; lambda2 the squared L2 norm of the new adapter (the official defaults: 0.5, 0)."""
+    adapters; lambda2 the L2 term: the sum of the Frobenius norms (not squared, as in the O-LoRA
+    code) of the new adapter's A and B matrices (the official defaults: 0.5, 0)."""
 
     lambda1: float = 0.5
     lambda2: float = 0.0
@@ -102,7 +103,8 @@ class OLora(IncLora):
 
 
 def olora_loss(model: nn.Module, new: str, lambda1: float, lambda2: float) -> torch.Tensor | None:
-    """lambda1 * sum over layers and earlier adapters of |A_new A_old^T| (L1) + lambda2 * ||new||^2."""
+    """lambda1 * sum over layers and earlier adapters of |A_new A_old^T| (L1)
+    + lambda2 * sum over layers of (||A_new|| + ||B_new||) (Frobenius norms)."""
     orth, l2, found = None, None, False
     for module in model.modules():
         lora_a = getattr(module, "lora_A", None)
@@ -115,7 +117,7 @@ def olora_loss(model: nn.Module, new: str, lambda1: float, lambda2: float) -> to
                 term = (a_new @ old.weight.detach().t()).abs().sum()
                 orth = term if orth is None else orth + term
         if lambda2:
-            norm = a_new.pow(2).sum() + module.lora_B[new].weight.pow(2).sum()
+            norm = a_new.norm() + module.lora_B[new].weight.norm()
             l2 = norm if l2 is None else l2 + norm
     if not found:
         raise ValueError(f"O-LoRA: no LoRA adapter named {new!r} in the model")

@@ -14,17 +14,33 @@ from .base import Method, TaskContext
 from .lora import DEFAULT_TARGETS, LoraMethodConfig
 
 
-class MoeLoraLinear(nn.Module):
-    """base(x) + (alpha / r) * sum_e softmax(router(x))_e * B_e A_e dropout(x)."""
+def _is_conv1d(layer: nn.Module) -> bool:
+    from transformers.pytorch_utils import Conv1D
 
-    def __init__(self, base: nn.Linear, experts: int, r: int, alpha: float, dropout: float) -> None:
+    return isinstance(layer, Conv1D)
+
+
+def _features(layer: nn.Module) -> tuple[int, int]:
+    """(in, out) of a Linear, or of a transformers Conv1D (GPT-2), whose weight is [in, out]."""
+    if isinstance(layer, nn.Linear):
+        return layer.in_features, layer.out_features
+    fan_in, fan_out = layer.weight.shape
+    return fan_in, fan_out
+
+
+class MoeLoraLinear(nn.Module):
+    """base(x) + (alpha / r) * sum_e softmax(router(x))_e * B_e A_e dropout(x); the base is a
+    Linear or a transformers Conv1D."""
+
+    def __init__(self, base: nn.Module, experts: int, r: int, alpha: float, dropout: float) -> None:
         super().__init__()
         self.base = base
         self.scale = alpha / r
         self.dropout = nn.Dropout(dropout)
-        self.router = nn.Linear(base.in_features, experts, bias=False)
-        self.lora_A = nn.ModuleList(nn.Linear(base.in_features, r, bias=False) for _ in range(experts))
-        self.lora_B = nn.ModuleList(nn.Linear(r, base.out_features, bias=False) for _ in range(experts))
+        fan_in, fan_out = _features(base)
+        self.router = nn.Linear(fan_in, experts, bias=False)
+        self.lora_A = nn.ModuleList(nn.Linear(fan_in, r, bias=False) for _ in range(experts))
+        self.lora_B = nn.ModuleList(nn.Linear(r, fan_out, bias=False) for _ in range(experts))
         for a, b in zip(self.lora_A, self.lora_B, strict=True):
             nn.init.kaiming_uniform_(a.weight, a=5**0.5)
             nn.init.zeros_(b.weight)
@@ -77,9 +93,9 @@ class MoeLora(Method):
             p.requires_grad_(False)
         experts = self.config.experts or ctx.num_tasks
         targets = [(n, m) for n, m in model.named_modules()
-                   if isinstance(m, nn.Linear) and n.split(".")[-1] in suffixes]  # fmt: skip
+                   if (isinstance(m, nn.Linear) or _is_conv1d(m)) and n.split(".")[-1] in suffixes]  # fmt: skip
         if not targets:
-            raise ValueError(f"MoELoRA: no nn.Linear named {suffixes} in {type(model).__name__}")
+            raise ValueError(f"MoELoRA: no nn.Linear or Conv1D named {suffixes} in {type(model).__name__}")
         for name, layer in targets:
             parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
             wrapped = MoeLoraLinear(layer, experts, self.config.r, self.config.alpha, self.config.dropout)
