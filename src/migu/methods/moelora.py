@@ -24,7 +24,9 @@ def _features(layer: nn.Module) -> tuple[int, int]:
     """(in, out) of a Linear, or of a transformers Conv1D (GPT-2), whose weight is [in, out]."""
     if isinstance(layer, nn.Linear):
         return layer.in_features, layer.out_features
-    fan_in, fan_out = layer.weight.shape
+    weight = layer.weight
+    assert isinstance(weight, torch.Tensor)
+    fan_in, fan_out = weight.shape
     return fan_in, fan_out
 
 
