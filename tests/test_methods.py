@@ -133,25 +133,32 @@ def test_default_thresholds_per_combination():
         build_methods("finetune+lora")
 
 
-def test_ewc_penalty_zero_at_anchor_positive_away():
+def _first_of_two_tasks(examples: int):
+    """The tiny BERT and the context of the first of two tasks of `examples` examples, with the loss EWC needs."""
     from migu.data.tasks import Task
-    from migu.methods.ewc import Ewc, EwcConfig
     from migu.models import load_model
     from migu.train import make_format
 
     bundle = load_model("tiny-bert")
     fmt = make_format("encoder", bundle.tokenizer, 16)
-    examples = [Example(f"text {i}", "a" if i % 2 else "b", ("a", "b"), "Which?", "t") for i in range(8)]
-    ctx = TaskContext(0, Task("t", "Which?", ("a", "b"), examples, examples), 2, 0, 1,
+    data = [Example(f"text {i}", "a" if i % 2 else "b", ("a", "b"), "Which?", "t") for i in range(examples)]
+    ctx = TaskContext(0, Task("t", "Which?", ("a", "b"), data, data), 2, 0, 1,
                       lambda m, ex: fmt.loss(m, fmt.batch(ex)), 4)  # fmt: skip
+    return bundle.model, ctx
+
+
+def test_ewc_penalty_zero_at_anchor_positive_away():
+    from migu.methods.ewc import Ewc, EwcConfig
+
+    model, ctx = _first_of_two_tasks(8)
     ewc = Ewc(EwcConfig(weight=10.0, fisher_examples=8))
-    assert ewc.extra_loss(bundle.model, ctx) is None
-    ewc.after_task(bundle.model, ctx)
-    assert float(ewc.extra_loss(bundle.model, ctx).detach()) == 0.0
+    assert ewc.extra_loss(model, ctx) is None
+    ewc.after_task(model, ctx)
+    assert float(ewc.extra_loss(model, ctx).detach()) == 0.0
     with torch.no_grad():
-        for p in bundle.model.parameters():
+        for p in model.parameters():
             p.add_(0.01)
-    assert float(ewc.extra_loss(bundle.model, ctx).detach()) > 0.0
+    assert float(ewc.extra_loss(model, ctx).detach()) > 0.0
 
 
 def test_ewc_fisher_is_the_mean_of_per_example_squared_gradients():
@@ -290,28 +297,21 @@ def test_olora_l2_term_is_the_sum_of_frobenius_norms():
 
 
 def test_ewc_penalty_sees_through_a_ddp_style_wrapper_and_refuses_a_foreign_model():
-    from migu.data.tasks import Task
     from migu.methods.ewc import Ewc, EwcConfig
-    from migu.models import load_model
-    from migu.train import make_format
 
     class Wrapper(torch.nn.Module):  # names its parameters "module.<name>", as DDP does
         def __init__(self, module):
             super().__init__()
             self.module = module
 
-    bundle = load_model("tiny-bert")
-    fmt = make_format("encoder", bundle.tokenizer, 16)
-    examples = [Example(f"text {i}", "a" if i % 2 else "b", ("a", "b"), "Which?", "t") for i in range(4)]
-    ctx = TaskContext(0, Task("t", "Which?", ("a", "b"), examples, examples), 2, 0, 1,
-                      lambda m, ex: fmt.loss(m, fmt.batch(ex)), 4)  # fmt: skip
+    model, ctx = _first_of_two_tasks(4)
     ewc = Ewc(EwcConfig(weight=10.0, fisher_examples=4))
-    ewc.after_task(bundle.model, ctx)
+    ewc.after_task(model, ctx)
     with torch.no_grad():
-        for p in bundle.model.parameters():
+        for p in model.parameters():
             p.add_(0.01)
-    direct = float(ewc.extra_loss(bundle.model, ctx).detach())
+    direct = float(ewc.extra_loss(model, ctx).detach())
     assert direct > 0.0
-    assert float(ewc.extra_loss(Wrapper(bundle.model), ctx).detach()) == pytest.approx(direct)
+    assert float(ewc.extra_loss(Wrapper(model), ctx).detach()) == pytest.approx(direct)
     with pytest.raises(ValueError, match=r"none of the .* parameters its Fisher was computed for"):
         ewc.extra_loss(build("llama"), ctx)
