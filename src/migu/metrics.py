@@ -1,10 +1,16 @@
-"""Continual-learning metrics as pure functions of the accuracy matrix.
+"""Continual-learning metrics as pure functions of a score matrix and its direction.
 
 ``R`` has T + 1 rows and T columns, in training order: row 0 is measured before any training,
-row i (1-based) after training on task i; ``R[i][j]`` is the accuracy on task j (percent).
-An entry may be ``None`` (not evaluated): a run with ``data.evaluate_tasks=seen`` evaluates only
-the tasks trained so far, which leaves row 0 and the entries above the diagonal empty. AA, BWT
-and learning accuracy need none of those; FWT does and is ``None`` without them.
+row i (1-based) after training on task i; ``R[i][j]`` is the score on task j (accuracy in percent,
+macro-F1, perplexity, ...). An entry may be ``None`` (not evaluated): ``data.evaluate_tasks=seen``
+leaves row 0 and the entries above the diagonal empty, ``diagonal`` also the entries below it
+but for the last row. AA, BWT and learning accuracy need none of those; FWT and forgetting do
+and are ``None`` without them.
+
+``higher_is_better`` says the score's direction (False for a loss or perplexity). AA and learning
+accuracy are means in the score's own units; BWT, FWT and forgetting are signed so that they read
+the same way for every score: BWT < 0 and forgetting > 0 mean the model got worse on old tasks,
+FWT > 0 that earlier tasks helped a later one.
 """
 
 from __future__ import annotations
@@ -37,61 +43,74 @@ def average_accuracy(matrix: Matrix) -> float:
     return sum(_at(matrix, tasks, j, "AA") for j in range(tasks)) / tasks
 
 
-def backward_transfer(matrix: Matrix) -> float:
-    """BWT: mean over tasks 1..T-1 of (final accuracy - accuracy just after learning the task).
-    Negative values are forgetting. 0 for a single task."""
+def _sign(higher_is_better: bool) -> float:
+    return 1.0 if higher_is_better else -1.0
+
+
+def backward_transfer(matrix: Matrix, higher_is_better: bool = True) -> float:
+    """BWT: mean over tasks 1..T-1 of (final score - score just after learning the task), negated
+    for a lower-is-better score. Negative values are forgetting. 0 for a single task."""
     tasks = _check(matrix)
     if tasks < 2:
         return 0.0
-    return sum(_at(matrix, tasks, j, "BWT") - _at(matrix, j + 1, j, "BWT") for j in range(tasks - 1)) / (tasks - 1)
+    total = sum(_at(matrix, tasks, j, "BWT") - _at(matrix, j + 1, j, "BWT") for j in range(tasks - 1))
+    return _sign(higher_is_better) * total / (tasks - 1)
 
 
-def forward_transfer(matrix: Matrix) -> float | None:
-    """FWT: mean over tasks 2..T of (accuracy before learning the task - accuracy of the
-    untrained model, row 0). 0 for a single task; ``None`` when those tasks were not evaluated
-    before being learned."""
+def forward_transfer(matrix: Matrix, higher_is_better: bool = True) -> float | None:
+    """FWT: mean over tasks 2..T of (score before learning the task - score of the untrained
+    model, row 0), negated for a lower-is-better score. 0 for a single task; ``None`` when those
+    tasks were not evaluated before being learned."""
     tasks = _check(matrix)
     if tasks < 2:
         return 0.0
     diffs = [a - b for j in range(1, tasks) if (a := matrix[j][j]) is not None and (b := matrix[0][j]) is not None]
-    return sum(diffs) / (tasks - 1) if len(diffs) == tasks - 1 else None
+    return _sign(higher_is_better) * sum(diffs) / (tasks - 1) if len(diffs) == tasks - 1 else None
 
 
-def forgetting_per_task(matrix: Matrix) -> list[float]:
-    """For each task but the last: best accuracy from the row that learned it up to the row
-    before the last, minus final. Rows before the task was learned do not count (a task can
-    score higher zero-shot than after training and that is not forgetting), so the value is the
-    same whether or not unseen tasks were evaluated."""
+def forgetting_per_task(matrix: Matrix, higher_is_better: bool = True) -> list[float]:
+    """For each task but the last: best score from the row that learned it up to the row before
+    the last, minus final (for a lower-is-better score: final minus the lowest). Rows before the
+    task was learned do not count (a task can score higher zero-shot than after training and
+    that is not forgetting), so the value is the same whether or not unseen tasks were evaluated."""
     tasks = _check(matrix)
+    sign = _sign(higher_is_better)
     return [
-        max(_at(matrix, i, j, "forgetting") for i in range(j + 1, tasks)) - _at(matrix, tasks, j, "forgetting")
+        max(sign * _at(matrix, i, j, "forgetting") for i in range(j + 1, tasks))
+        - sign * _at(matrix, tasks, j, "forgetting")
         for j in range(tasks - 1)
     ]
 
 
-def forgetting(matrix: Matrix) -> float:
+def forgetting(matrix: Matrix, higher_is_better: bool = True) -> float:
     """Mean of ``forgetting_per_task`` (Chaudhry et al.); 0 for a single task."""
-    per_task = forgetting_per_task(matrix)
+    per_task = forgetting_per_task(matrix, higher_is_better)
     return sum(per_task) / len(per_task) if per_task else 0.0
 
 
 def learning_accuracy(matrix: Matrix) -> float:
-    """Mean accuracy on each task right after learning it (how well new tasks are learned)."""
+    """Mean score on each task right after learning it (how well new tasks are learned)."""
     tasks = _check(matrix)
     return sum(_at(matrix, j + 1, j, "learning accuracy") for j in range(tasks)) / tasks
 
 
-def summary(matrix: Matrix) -> dict[str, Any]:
-    """All metrics of one run."""
+def _complete_below_diagonal(matrix: Matrix, tasks: int) -> bool:
+    return all(matrix[i][j] is not None for j in range(tasks) for i in range(j + 1, tasks + 1))
+
+
+def summary(matrix: Matrix, higher_is_better: bool = True) -> dict[str, Any]:
+    """All metrics of one run's score matrix (forgetting is ``None`` when the rows between
+    learning a task and the end were not evaluated, as with ``evaluate_tasks=diagonal``)."""
     tasks = _check(matrix)
+    complete = _complete_below_diagonal(matrix, tasks)
     return {
         "aa": average_accuracy(matrix),
-        "bwt": backward_transfer(matrix),
-        "fwt": forward_transfer(matrix),
-        "forgetting": forgetting(matrix),
+        "bwt": backward_transfer(matrix, higher_is_better),
+        "fwt": forward_transfer(matrix, higher_is_better),
+        "forgetting": forgetting(matrix, higher_is_better) if complete else None,
         "learning_accuracy": learning_accuracy(matrix),
         "final_accuracy": [_at(matrix, tasks, j, "final accuracy") for j in range(tasks)],
-        "forgetting_per_task": forgetting_per_task(matrix),
+        "forgetting_per_task": forgetting_per_task(matrix, higher_is_better) if complete else None,
     }
 
 

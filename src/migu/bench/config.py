@@ -32,7 +32,10 @@ class DataConfig:
     """``all``: every task of the sequence before training and after each task (the full accuracy
     matrix, FWT included); ``seen``: after each task only the tasks trained so far, which is all
     AA, BWT, forgetting and learning accuracy need, at about half the evaluation cost (row 0 and
-    the entries above the diagonal are left empty, FWT is not computed)."""
+    the entries above the diagonal are left empty, FWT is not computed); ``diagonal``: after each
+    task only the task just trained, and every task after the last one (2T - 1 evaluations
+    instead of T(T + 1): enough for AA, BWT and learning accuracy; forgetting and FWT are not
+    computed)."""
     seed: int | None = None
     """Seed of the example sampling; by default the run's seed."""
     with_task_name: bool = False
@@ -43,8 +46,8 @@ class DataConfig:
             raise ValueError(f"data.source must be cl_benchmark, bbc or hub; got {self.source!r}")
         if self.evaluate_on not in ("test", "validation"):
             raise ValueError(f"data.evaluate_on must be test or validation; got {self.evaluate_on!r}")
-        if self.evaluate_tasks not in ("all", "seen"):
-            raise ValueError(f"data.evaluate_tasks must be all or seen; got {self.evaluate_tasks!r}")
+        if self.evaluate_tasks not in ("all", "seen", "diagonal"):
+            raise ValueError(f"data.evaluate_tasks must be all, seen or diagonal; got {self.evaluate_tasks!r}")
         if self.evaluate_on == "validation" and self.n_validation < 1:
             raise ValueError("data.evaluate_on=validation needs data.n_validation >= 1")
 

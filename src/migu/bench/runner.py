@@ -264,10 +264,10 @@ def _before_task(methods: list, model: Any, ctx: TaskContext) -> Any:
 def _evaluate_all(
     model: Any, fmt: Any, sequence: TaskSequence, config: RunConfig, when: str, trained: int
 ) -> list[float | None]:
-    """One row of the accuracy matrix; with ``data.evaluate_tasks=seen`` the tasks not trained yet
-    (from index ``trained`` on) are not evaluated and left ``None``."""
+    """One row of the accuracy matrix; tasks that ``data.evaluate_tasks`` skips after ``trained``
+    tasks are left ``None``."""
     on = config.data.evaluate_on
-    upto = trained if config.data.evaluate_tasks == "seen" else len(sequence)
+    wanted = _scheduled(config.data.evaluate_tasks, trained, len(sequence))
     return [
         accuracy(
             model,
@@ -278,10 +278,19 @@ def _evaluate_all(
             config.progress,
             config.train.mixed_precision,
         )
-        if j < upto
+        if j in wanted
         else None
         for j, t in enumerate(sequence)
     ]
+
+
+def _scheduled(schedule: str, trained: int, tasks: int) -> set[int]:
+    """The tasks evaluated after ``trained`` tasks under ``data.evaluate_tasks``."""
+    if schedule == "all" or trained == tasks:
+        return set(range(tasks))
+    if schedule == "seen":
+        return set(range(trained))
+    return {trained - 1} if trained else set()  # diagonal
 
 
 def _load_progress(state_dir: Path, fingerprint: str) -> dict[str, Any] | None:
