@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from ..data.sources import check_source
 from ..train.config import TrainConfig
 
 
@@ -17,7 +18,10 @@ class DataConfig:
     """Where the tasks come from and how many examples of each."""
 
     source: str = "cl_benchmark"
-    """``cl_benchmark`` (local JSON), ``bbc`` (packaged BBC News) or ``hub`` (Hugging Face)."""
+    """A name of ``migu.data.sources.SOURCES``: ``cl_benchmark`` (local JSON), ``bbc`` (packaged
+    BBC News), ``hub`` (Hugging Face), ``jsonl`` (your files, see ``migu.data.sources``), ..."""
+    kind: str = "options"
+    """Task kind for sources that hold several (``jsonl``): ``options``, ``corpus``, ``instruction``."""
     root: str = "../shared/data/cl_benchmark"
     order: Any = "order1"
     """An order name from ``orders.json`` or a list of task names (for bbc: lists of topics)."""
@@ -42,8 +46,7 @@ class DataConfig:
     """Prefix each prompt with its task name (the official code does; it leaks task identity)."""
 
     def __post_init__(self) -> None:
-        if self.source not in ("cl_benchmark", "bbc", "hub"):
-            raise ValueError(f"data.source must be cl_benchmark, bbc or hub; got {self.source!r}")
+        check_source(self.source)
         if self.evaluate_on not in ("test", "validation"):
             raise ValueError(f"data.evaluate_on must be test or validation; got {self.evaluate_on!r}")
         if self.evaluate_tasks not in ("all", "seen", "diagonal"):
@@ -65,6 +68,11 @@ class RunConfig:
     """Settings per method name, e.g. ``{migu: {threshold: 0.7}}``."""
     evaluation: str = "generate"
     """Decoders: ``generate`` (greedy, exact match; the paper's metric) or ``rank`` (candidates)."""
+    evaluators: Any = None
+    """Scores to compute, by evaluator name with optional settings (``[classification]``,
+    ``{lm_loss: {}, lm_eval: {limit: 100}}``); by default the task kind's: ``classification``
+    (accuracy, macro-F1) for labelled options, ``lm_loss`` (loss, perplexity) for corpora and
+    instruction pairs. See ``migu.evaluators``."""
     output_dir: str = "runs"
     name: str | None = None
     """Folder of the run under ``output_dir``; by default model-method-order-seed."""

@@ -95,14 +95,19 @@ def versions() -> dict[str, str]:
 
 # Settings added after results existed: at these values they leave a run's fingerprint as it was,
 # so that finished and interrupted runs of earlier versions are still recognised.
-_ADDED_LATER = {("data", "evaluate_tasks"): "all"}
+_ADDED_LATER: dict[tuple[str | None, str], Any] = {
+    ("data", "evaluate_tasks"): "all",
+    ("data", "kind"): "options",
+    (None, "evaluators"): None,
+}
 
 
 def _fingerprint(config: RunConfig) -> str:
     settings = {k: v for k, v in config.to_dict().items() if k not in ("progress", "output_dir")}
     for (section, key), value in _ADDED_LATER.items():
-        if settings[section].get(key) == value:
-            settings[section] = {k: v for k, v in settings[section].items() if k != key}
+        node = settings if section is None else settings[section]
+        if key in node and node[key] == value:
+            node.pop(key)
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

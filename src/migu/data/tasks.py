@@ -1,10 +1,20 @@
-"""Tasks and task sequences: labelled text with the candidate labels each example is shown."""
+"""Tasks and task sequences, of three kinds (``KINDS``):
+
+- ``options``: labelled text with the candidate labels each example is shown (``Example``);
+- ``corpus``: unlabelled text for language modelling (``TextExample``);
+- ``instruction``: prompt/response pairs (``InstructionExample``), optionally with what an
+  execution-based evaluator needs (``meta``: e.g. a program's tests).
+"""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Kind = Literal["options", "corpus", "instruction"]
+KINDS: tuple[Kind, ...] = ("options", "corpus", "instruction")
 
 
 @dataclass(frozen=True)
@@ -24,24 +34,60 @@ class Example:
             raise ValueError(f"label {self.label!r} is not one of the options {list(self.options)}")
 
 
+@dataclass(frozen=True)
+class TextExample:
+    """One piece of unlabelled text of a corpus (a document or a paragraph)."""
+
+    text: str
+    task: str = ""
+
+
+@dataclass(frozen=True)
+class InstructionExample:
+    """A prompt and the response to learn; ``meta`` carries what an evaluator needs beyond the
+    text (for code: the tests and the entry point)."""
+
+    prompt: str
+    response: str
+    task: str = ""
+    meta: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+
+AnyExample = Example | TextExample | InstructionExample
+_EXAMPLE_OF_KIND = {"options": Example, "corpus": TextExample, "instruction": InstructionExample}
+
+
 @dataclass
 class Task:
-    """A named task: an instruction, its label set, and its splits."""
+    """A named task of one ``kind``: an instruction and label set (``options`` tasks), its splits,
+    and optional extras a protocol may use (``extras``, e.g. a corpus's end task)."""
 
     name: str
     instruction: str
     labels: tuple[str, ...]
-    train: list[Example]
-    test: list[Example]
-    validation: list[Example] = field(default_factory=list)
+    train: list[Any]
+    test: list[Any]
+    validation: list[Any] = field(default_factory=list)
     category: str = ""
+    kind: Kind = "options"
+    extras: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"task {self.name!r}: unknown kind {self.kind!r}; choose {', '.join(KINDS)}")
         if not self.train:
             raise ValueError(f"task {self.name!r} has no training examples")
         if not self.test:
             raise ValueError(f"task {self.name!r} has no test examples")
-        if len(set(self.labels)) < 2:
+        expected = _EXAMPLE_OF_KIND[self.kind]
+        for split in ("train", "test", "validation"):
+            wrong = next((e for e in getattr(self, split) if not isinstance(e, expected)), None)
+            if wrong is not None:
+                raise ValueError(
+                    f"task {self.name!r} ({self.kind}): a {split} example is a {type(wrong).__name__}, "
+                    f"not a {expected.__name__}"
+                )
+        if self.kind == "options" and len(set(self.labels)) < 2:
             raise ValueError(f"task {self.name!r} needs at least two distinct labels, got {list(self.labels)}")
 
 
@@ -58,6 +104,13 @@ class TaskSequence:
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
             raise ValueError(f"task sequence {self.name!r} repeats a task: {names}")
+        kinds = sorted({t.kind for t in self.tasks})
+        if len(kinds) > 1:
+            raise ValueError(f"task sequence {self.name!r} mixes task kinds {kinds}: one kind per sequence")
+
+    @property
+    def kind(self) -> Kind:
+        return self.tasks[0].kind
 
     @property
     def names(self) -> list[str]:

@@ -8,7 +8,7 @@ composed as a list, in the order of their ``stage``: model wrappers (LoRA) first
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +64,11 @@ class Method:
 
     def after_task(self, model: nn.Module, ctx: TaskContext) -> dict[str, Any]:
         """After training on a task (before evaluation); returns diagnostics to record."""
+        return {}
+
+    def artifacts(self, model: nn.Module, ctx: TaskContext) -> dict[str, Mapping[str, Any]]:
+        """After a task: arrays to save beside the results, ``{name: {key: array}}`` (e.g. MIGU's
+        kept-row masks); the run store writes them (``migu.artifacts``)."""
         return {}
 
     def state_dict(self) -> dict[str, Any]:

@@ -10,8 +10,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -203,15 +204,38 @@ class EncoderDecoderFormat:
         return self.tokenizer.batch_decode(out, skip_special_tokens=True)
 
 
-Format = EncoderFormat | DecoderFormat | EncoderDecoderFormat
+class Format(Protocol):
+    """How a model learns a task kind: ``batch`` collates examples, ``loss`` is the training loss
+    of a batch. Formats that answer (labelled options) add ``predict(model, examples) -> list[str]``;
+    language-modelling formats add ``token_loss(model, batch) -> (summed loss, token count)``, so
+    that held-out loss is averaged over tokens, not over batches."""
+
+    def batch(self, examples: list[Any]) -> Batch: ...
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor: ...
 
 
-def make_format(arch: str, tokenizer: Any, max_length: int, with_task_name: bool = False, **options: Any) -> Format:
-    """The format for a model kind (``encoder``, ``decoder``, ``encoder_decoder``)."""
-    if arch == "encoder":
-        return EncoderFormat(tokenizer, max_length, with_task_name, **options)
-    if arch == "decoder":
-        return DecoderFormat(tokenizer, max_length, with_task_name, **options)
-    if arch == "encoder_decoder":
-        return EncoderDecoderFormat(tokenizer, max_length, with_task_name, **options)
-    raise ValueError(f"unknown model kind {arch!r}; choose encoder, decoder or encoder_decoder")
+FormatFactory = Callable[..., Format]
+FORMATS: dict[tuple[str, str], FormatFactory] = {
+    ("options", "encoder"): EncoderFormat,
+    ("options", "decoder"): DecoderFormat,
+    ("options", "encoder_decoder"): EncoderDecoderFormat,
+}
+
+
+def register_format(kind: str, arch: str, factory: FormatFactory) -> None:
+    """Teach the runner a (task kind, model kind) pair; the factory takes
+    ``(tokenizer, max_length, with_task_name, **options)``."""
+    FORMATS[(kind, arch)] = factory
+
+
+def make_format(
+    arch: str, tokenizer: Any, max_length: int, with_task_name: bool = False, kind: str = "options", **options: Any
+) -> Format:
+    """The format for a task kind (``options``, ``corpus``, ``instruction``) on a model kind
+    (``encoder``, ``decoder``, ``encoder_decoder``)."""
+    factory = FORMATS.get((kind, arch))
+    if factory is None:
+        pairs = ", ".join(f"{k}/{a}" for k, a in sorted(FORMATS))
+        raise ValueError(f"no format for {kind} tasks on an {arch} model; known pairs: {pairs}")
+    return factory(tokenizer, max_length, with_task_name, **options)

@@ -1,0 +1,31 @@
+"""Evaluators by name: classification (accuracy, macro-F1), lm_loss (loss, perplexity), and the
+ones other modules register (``register_evaluator``)."""
+
+from . import classification, lm  # noqa: F401  (registers the built-in evaluators)
+from .base import (
+    DEFAULTS,
+    REGISTRY,
+    EvalContext,
+    Evaluator,
+    ScoreSpec,
+    build_evaluators,
+    check_evaluators,
+    gather,
+    register_evaluator,
+    shard,
+)
+from .classification import macro_f1
+
+__all__ = [
+    "DEFAULTS",
+    "REGISTRY",
+    "EvalContext",
+    "Evaluator",
+    "ScoreSpec",
+    "build_evaluators",
+    "check_evaluators",
+    "gather",
+    "macro_f1",
+    "register_evaluator",
+    "shard",
+]

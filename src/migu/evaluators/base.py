@@ -1,0 +1,145 @@
+"""Evaluators: (model, task) -> named scores, each with a direction.
+
+An evaluator is built by name from ``REGISTRY`` with its settings (a dataclass, so an unknown key
+is an error when the config is loaded, not after an hour of training). Two shapes:
+
+- per task (``per_task = True``): ``evaluate(model, fmt, examples, ctx)`` scores one task's
+  evaluation split; the runner fills one T + 1 by T score matrix per score name;
+- a suite (``per_task = False``): ``evaluate(model, fmt, None, ctx)`` scores the model once per
+  evaluation point on benchmarks of its own (general abilities); it returns ``{score: {column:
+  value}}`` and the runner keeps one row per evaluation point.
+
+Under several processes every rank calls ``evaluate`` with the whole split; an evaluator shards
+it (``shard``) and combines the ranks' partial results (``gather``), so that all ranks return the
+same scores and only rank 0 writes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ScoreSpec:
+    """A score's name and direction (``higher_is_better`` False for a loss or a perplexity)."""
+
+    name: str
+    higher_is_better: bool
+
+
+@dataclass
+class EvalContext:
+    """What an evaluator may read besides the model and the examples."""
+
+    batch_size: int = 64
+    mixed_precision: str = "no"
+    progress: bool = False
+    desc: str = ""
+    tokenizer: Any = None
+    arch: str = ""
+    rank: int = 0
+    world_size: int = 1
+
+
+class Evaluator(Protocol):
+    name: str
+    per_task: bool
+
+    def specs(self) -> list[ScoreSpec]:
+        """The scores this evaluator returns, with their directions."""
+        ...
+
+    def evaluate(self, model: nn.Module, fmt: Any, examples: Sequence[Any] | None, ctx: EvalContext) -> dict[str, Any]:
+        """Per task: ``{score: value}``; a suite: ``{score: {column: value}}``."""
+        ...
+
+
+@dataclass
+class _Entry:
+    factory: Callable[..., Evaluator]
+    config: type | None
+    kinds: tuple[str, ...]
+
+
+REGISTRY: dict[str, _Entry] = {}
+DEFAULTS: dict[str, tuple[str, ...]] = {"options": ("classification",), "corpus": ("lm_loss",),
+                                        "instruction": ("lm_loss",)}  # fmt: skip
+
+
+def register_evaluator(
+    name: str, factory: Callable[..., Evaluator], config: type | None = None, kinds: tuple[str, ...] = ()
+) -> None:
+    """Make ``name`` usable in a run's ``evaluators``; ``factory(config_instance)`` builds it
+    (``factory()`` when it has no settings); ``kinds`` lists the task kinds it can score (empty:
+    any, e.g. a suite that brings its own data)."""
+    REGISTRY[name] = _Entry(factory, config, kinds)
+
+
+def _settings(name: str, values: Any) -> Any:
+    entry = REGISTRY[name]
+    values = dict(values or {})
+    if entry.config is None:
+        if values:
+            raise ValueError(f"evaluators.{name} takes no settings; got {sorted(values)}")
+        return None
+    known = {f.name for f in fields(entry.config)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown setting(s) {unknown} for evaluators.{name}; known: {', '.join(sorted(known))}")
+    return entry.config(**values)
+
+
+def normalize(spec: Any) -> dict[str, dict[str, Any]]:
+    """``[a, b]``, ``"a,b"`` or ``{a: {settings}, b: null}`` -> ``{name: settings}``."""
+    if spec is None:
+        return {}
+    if isinstance(spec, str):
+        spec = [s.strip() for s in spec.split(",") if s.strip()]
+    if isinstance(spec, list | tuple):
+        spec = dict.fromkeys(spec)
+    if not isinstance(spec, dict):
+        raise ValueError(f"evaluators must be a list of names or a mapping of name to settings; got {spec!r}")
+    return {str(k): dict(v or {}) for k, v in spec.items()}
+
+
+def check_evaluators(spec: Any, kind: str | None = None) -> dict[str, dict[str, Any]]:
+    """Check names, settings and task kind without building anything (config load time)."""
+    chosen = normalize(spec)
+    for name, values in chosen.items():
+        if name not in REGISTRY:
+            raise ValueError(f"unknown evaluator {name!r}; known: {', '.join(sorted(REGISTRY))}")
+        _settings(name, values)
+        kinds = REGISTRY[name].kinds
+        if kind is not None and kinds and kind not in kinds:
+            raise ValueError(f"evaluator {name!r} scores {', '.join(kinds)} tasks, not {kind} tasks")
+    return chosen
+
+
+def build_evaluators(spec: Any, kind: str) -> list[Evaluator]:
+    """The evaluators of a run: the named ones, or the task kind's defaults (``DEFAULTS``)."""
+    chosen = check_evaluators(spec, kind) or {n: {} for n in DEFAULTS[kind]}
+    out = []
+    for name, values in chosen.items():
+        settings = _settings(name, values)
+        entry = REGISTRY[name]
+        out.append(entry.factory(settings) if entry.config is not None else entry.factory())
+    return out
+
+
+def shard(items: Sequence[Any], ctx: EvalContext) -> list[Any]:
+    """This rank's share of ``items`` (every ``world_size``-th item)."""
+    return list(items[ctx.rank :: ctx.world_size])
+
+
+def gather(value: Any, ctx: EvalContext) -> list[Any]:
+    """Every rank's ``value`` (a picklable object), in rank order, on every rank."""
+    if ctx.world_size == 1:
+        return [value]
+    out: list[Any] = [None] * ctx.world_size
+    torch.distributed.all_gather_object(out, value)
+    return out

@@ -1,0 +1,57 @@
+"""Held-out language-modelling loss and perplexity (token-weighted, over the whole split)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .base import EvalContext, ScoreSpec, gather, register_evaluator, shard
+
+
+def token_loss_sum(model: nn.Module, fmt: Any, examples: Sequence[Any], ctx: EvalContext) -> tuple[float, int]:
+    """Summed token loss and token count of ``examples`` under ``fmt.token_loss``."""
+    if not hasattr(fmt, "token_loss"):
+        raise ValueError(f"the {type(fmt).__name__} format has no token loss: lm_loss scores corpus or instruction "
+                         "tasks")  # fmt: skip
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        device = next(model.parameters()).device
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=ctx.mixed_precision == "bf16"):
+            for start in tqdm(range(0, len(examples), ctx.batch_size), desc=f"eval {ctx.desc}".strip(), unit="batch",
+                              disable=not ctx.progress, leave=False):  # fmt: skip
+                loss, tokens = fmt.token_loss(model, fmt.batch(list(examples[start : start + ctx.batch_size])))
+                total += float(loss)
+                count += int(tokens)
+    finally:
+        model.train(was_training)
+    return total, count
+
+
+class LmLoss:
+    """Mean loss per predicted token on the evaluation split, and its exponential (perplexity)."""
+
+    name = "lm_loss"
+    per_task = True
+
+    def specs(self) -> list[ScoreSpec]:
+        return [ScoreSpec("loss", False), ScoreSpec("perplexity", False)]
+
+    def evaluate(self, model: nn.Module, fmt: Any, examples: Sequence[Any] | None, ctx: EvalContext) -> dict[str, Any]:
+        if not examples:
+            raise ValueError(f"no examples to evaluate {ctx.desc}".strip())
+        parts = gather(token_loss_sum(model, fmt, shard(examples, ctx), ctx), ctx)
+        total, count = sum(p[0] for p in parts), sum(p[1] for p in parts)
+        if count == 0:
+            raise ValueError(f"no token to score in {ctx.desc or 'the evaluation split'}")
+        loss = total / count
+        return {"loss": loss, "perplexity": math.exp(min(loss, 700.0))}
+
+
+register_evaluator("lm_loss", LmLoss, kinds=("corpus", "instruction"))
