@@ -25,8 +25,8 @@ class DataConfig:
     root: str = "../shared/data/cl_benchmark"
     order: Any = "order1"
     """An order name from ``orders.json`` or a list of task names (for bbc: lists of topics)."""
-    replace: dict[str, str] = field(default_factory=dict)
-    """Stand-ins for missing tasks, e.g. ``{yahoo: yelp}``."""
+    replace: dict[str, str | None] = field(default_factory=dict)
+    """Stand-ins for missing tasks, e.g. ``{yahoo: yelp}``; null drops one (``{yahoo: null}``: 14 tasks)."""
     n_train: int | None = 1000
     n_test: int | None = 1000
     n_validation: int = 0

@@ -109,12 +109,14 @@ def load_sequence(
     n_test: int | None = 1000,
     n_validation: int = 0,
     seed: int = 0,
-    replace: dict[str, str] | None = None,
+    replace: dict[str, str | None] | None = None,
 ) -> TaskSequence:
     """Load an order by name (from ``orders.json``) or as a list of task names.
 
-    ``replace`` maps missing tasks to stand-ins (e.g. ``{"yahoo": "yelp"}``); every name is
-    checked before any file is read.
+    ``replace`` maps missing tasks to stand-ins (e.g. ``{"yahoo": "yelp"}``), or to ``None`` to
+    drop them from the order (``{"yahoo": None}``: orders 4-6, which hold yelp already, become 14
+    tasks); the sequence's names are those actually run. Every name is checked before any file
+    is read.
     """
     if isinstance(order, str):
         orders = load_orders(root)
@@ -123,13 +125,26 @@ def load_sequence(
         names, label = orders[order], order
     else:
         names, label = list(order), "custom"
-    names = [(replace or {}).get(n.lower(), n.lower()) for n in names]
+    stand_ins = {k.lower(): (v.lower() if isinstance(v, str) else v) for k, v in (replace or {}).items()}
+    for key, value in stand_ins.items():
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"replace={{{key!r}: {value!r}}}: a stand-in is a task name, or null to drop the task")
+    mapped = [stand_ins.get(n.lower(), n.lower()) for n in names]
+    names = [n for n in mapped if n is not None]
+    if not names:
+        raise ValueError(f"order {label!r}: replace drops every task")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(
+            f"order {label!r} would hold {repeated} twice after replace={stand_ins}: a stand-in already in the "
+            f"order repeats it (replace={{...: null}} drops a task instead)"
+        )
     available = dataset_dirs(root)
     missing = [n for n in names if n not in available]
     if missing:
         raise ValueError(
             f"unknown task(s) {missing} in order {label!r}: not found under {root} "
-            f"(use replace={{'{missing[0]}': ...}} to stand in another task)"
+            f"(use replace={{'{missing[0]}': ...}} to stand in another task, or null to drop it)"
         )
     tasks = [load_task(root, n, n_train, n_test, n_validation, seed) for n in names]
     return TaskSequence(label, tasks)

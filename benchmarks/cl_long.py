@@ -1,0 +1,133 @@
+"""The CPU-scale long benchmark (issue 18): orders 4-6 without yahoo (14 tasks), one queue.
+
+The one command that starts or continues the whole queue (from the repository root; every run
+resumes after its last finished task, finished runs are skipped, a run another process holds is
+skipped, so the command can be rerun at any time, or run twice side by side):
+
+    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1 \\
+        python benchmarks/cl_long.py --out $PWD/benchmarks/results/minilm_long
+
+``--list`` prints the queue with each run's rate and state (done, tasks finished, pending) and
+trains nothing. The queue, in priority order (the issue's list):
+
+1. order 4, seed 0: lora, lora+migu, finetune, finetune+migu, finetune+random_update, inc_lora,
+   inc_lora+migu (MiniLM, configs/cpu/minilm_long.yaml);
+2. the same on order 5, then on order 6;
+3. lora and lora+migu, seed 1, on orders 4, 5 and 6;
+4. SmolLM2-135M-Instruct, lora and lora+migu, order 4, seed 0 (configs/cpu/smollm2_lora_long.yaml).
+
+Rates: MiniLM runs take each method's rate from the standard benchmark's validation choice
+(``--choice-file``, default benchmarks/results/minilm_standard/lr_choice.json: order 1's
+validation split, seed 0); the SmolLM2 runs keep their config's rate (1e-3, the paper's LoRA
+rate, for both). MIGU's threshold is the paper's for the combination (runner's
+``default_threshold``: 0.7 for every method here). Tables:
+
+    migu report benchmarks/results/minilm_long --effect-of migu --effect-of random_update --timings
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from migu.bench import RunInProgress, apply_overrides, load_yaml, run, run_config
+from migu.methods.registry import default_threshold, parse_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+MINILM = ROOT / "configs" / "cpu" / "minilm_long.yaml"
+SMOLLM2 = ROOT / "configs" / "cpu" / "smollm2_lora_long.yaml"
+CHOICE = ROOT / "benchmarks" / "results" / "minilm_standard" / "lr_choice.json"
+ORDERS = ("order4", "order5", "order6")
+FAMILIES = ("lora", "lora+migu", "finetune", "finetune+migu", "finetune+random_update", "inc_lora", "inc_lora+migu")
+
+
+def queue() -> list[tuple[Path, str, str, int]]:
+    """(config, method, order, seed) in priority order."""
+    items = [(MINILM, m, o, 0) for o in ORDERS for m in FAMILIES]
+    items += [(MINILM, m, o, 1) for o in ORDERS for m in ("lora", "lora+migu")]
+    items += [(SMOLLM2, m, "order4", 0) for m in ("lora", "lora+migu")]
+    return items
+
+
+def _overrides(config: Path, method: str, order: str, seed: int, rates: dict[str, str], out: Path) -> list[str]:
+    t = default_threshold(parse_spec(method))
+    items = [f"method={method}", f"data.order={order}", f"seed={seed}", f"output_dir={out}",
+             f"methods.migu.threshold={t}", f"methods.random_update.threshold={t}"]  # fmt: skip
+    if config == MINILM:
+        items.append(f"train.lr={rates[method]}")
+    return items
+
+
+def _status(run_dir: Path) -> str:
+    if (run_dir / "results.json").is_file():
+        return "done"
+    progress = run_dir / "state" / "progress.json"
+    if progress.is_file():
+        return f"{json.loads(progress.read_text()).get('completed', 0)} tasks done"
+    return "pending"
+
+
+def _task_log(name: str):
+    def log(index: int, state: dict[str, Any]) -> None:
+        timing = state["timings"][-1]
+        print(f"   {name}: task {index + 1} {timing.get('task')}: train {timing.get('seconds', 0):.0f} s "
+              f"({timing.get('steps')} steps, loss {timing.get('mean_loss', float('nan')):.4f}), "
+              f"eval {timing.get('eval_seconds', 0):.0f} s  [{time.strftime('%H:%M:%S')}]", flush=True)  # fmt: skip
+
+    return log
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "minilm_long"),
+                        help="folder of the runs (an absolute path when running from another worktree)")  # fmt: skip
+    parser.add_argument("--choice-file", default=str(CHOICE), help="the MiniLM rate per method (JSON)")
+    parser.add_argument("--data-root", help="override data.root of the configs")
+    parser.add_argument("--list", action="store_true", help="print the queue and each run's state; train nothing")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key for every run (repeatable); changes the runs' fingerprints",
+    )
+    args = parser.parse_args()
+    out = Path(args.out).resolve()
+    rates = json.loads(Path(args.choice_file).read_text())
+    missing = sorted({m for c, m, _, _ in queue() if c == MINILM and m not in rates})
+    if missing:
+        parser.error(f"no rate for {missing} in {args.choice_file}")
+    skipped = 0
+    for config_path, method, order, seed in queue():
+        raw = load_yaml(config_path)
+        if args.data_root:
+            raw["data"]["root"] = args.data_root
+        config = run_config(apply_overrides(raw, [*_overrides(config_path, method, order, seed, rates, out),
+                                                  *args.set]))  # fmt: skip
+        name = config.run_name()
+        state = _status(out / name)
+        print(f"== {name}  lr {config.train.lr:g}  [{state}]  {time.strftime('%H:%M:%S')}", flush=True)
+        if args.list or state == "done":
+            continue
+        start = time.perf_counter()
+        try:
+            result = run(config, on_task_end=_task_log(name))
+        except RunInProgress as err:
+            print(f"   skipped: {err}", flush=True)
+            skipped += 1
+            continue
+        m = result.get("metrics") or {}
+        print(
+            f"   {name}: AA {m.get('aa', float('nan')):.2f}  BWT {m.get('bwt', float('nan')):.2f}  "
+            f"({len(result['sequence'])} tasks, {(time.perf_counter() - start) / 60:.1f} min)",
+            flush=True,
+        )
+    if skipped:
+        print(f"{skipped} run(s) skipped: another process holds them", flush=True)
+
+
+if __name__ == "__main__":
+    main()
