@@ -1,79 +1,48 @@
-"""Run a task sequence end to end: train each task, evaluate every task, write the results.
+"""Run a task sequence end to end: build it from a config, run the protocol, write the results.
 
-The only place that knows task orders, checkpoints and result files. State is saved at task
-boundaries, so a killed run restarts after its last finished task and ends with the same
-numbers as an uninterrupted one (every task's randomness is seeded from the seed and the
-task's position).
+The only place that turns a config into objects (tasks from a data source, the model, the
+composed methods, the evaluators, the format) and a finished protocol into results.json. The run
+folder is a ``RunStore``; the task loop is ``protocol.run_sequence``. State is saved at task
+boundaries, so a killed run restarts after its last finished task and ends with the same numbers
+as an uninterrupted one (every task's randomness is seeded from the seed and the task's position).
+
+Several processes (``accelerate launch`` or ``torchrun``): every rank runs this same code; each
+trains on its slice of every batch, MIGU's statistic is summed over ranks, evaluation is sharded
+and gathered, and only rank 0 writes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
-import shutil
 import sys
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import replace
+from contextlib import ExitStack
+from dataclasses import asdict, is_dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from .. import metrics
-from ..data.bbc import bbc_sequence
-from ..data.cl_benchmark import load_sequence
-from ..data.tasks import Task, TaskSequence
-from ..methods import TaskContext, build_methods
+from ..data.sources import load_source
+from ..data.tasks import TaskSequence
+from ..evaluators import EvalContext, build_evaluators
+from ..methods import build_methods
+from ..methods.compose import MethodStack
 from ..models import load_model
-from ..train import accuracy, make_accelerator, make_format, train_task
+from ..train import make_accelerator, make_format
 from .config import RunConfig
+from .protocol import Setting, eval_split, run_sequence, say, task_context_for
+from .store import RESULTS, RunInProgress, RunStore, write_json
 
-RESULTS = "results.json"
-LOCK = "run.lock"
-
-
-class RunInProgress(RuntimeError):
-    """Another process is running the same run (same output folder and name)."""
-
-
-# seeds the draws of methods' before_task, apart from the loop's per-task seed (1000 * seed + index)
-STRUCTURE_SEED = 7_000_000
+__all__ = ["RESULTS", "RunInProgress", "load_tasks", "run", "write_json"]
 
 
 def load_tasks(config: RunConfig) -> TaskSequence:
-    data = config.data
-    seed = config.seed if data.seed is None else data.seed
-    if data.source == "cl_benchmark":
-        return load_sequence(data.root, data.order, data.n_train, data.n_test, data.n_validation, seed, data.replace)
-    if data.source == "bbc":
-        kwargs = {} if isinstance(data.order, str) else {"tasks": [tuple(t) for t in data.order]}
-        return bbc_sequence(
-            n_train=data.n_train or 200, n_test=data.n_test or 100, n_validation=data.n_validation, seed=seed, **kwargs
-        )
-    from ..data.hub import load_hub_sequence
-
-    names = data.order if isinstance(data.order, list) else [data.order]
-    return load_hub_sequence(names, data.n_train, data.n_test, data.n_validation, seed)
-
-
-def write_json(path: Path, payload: Any) -> None:
-    """Write JSON atomically: a reader sees the old file or the new one, never a partial one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
-
-
-def _save_torch(path: Path, payload: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    """The run's task sequence from its data source (``data.source``)."""
+    return load_source(config.data, config.seed if config.data.seed is None else config.data.seed)
 
 
 def versions() -> dict[str, str]:
@@ -98,6 +67,7 @@ def versions() -> dict[str, str]:
 _ADDED_LATER: dict[tuple[str | None, str], Any] = {
     ("data", "evaluate_tasks"): "all",
     ("data", "kind"): "options",
+    ("data", "evaluate_every"): "task",
     (None, "evaluators"): None,
 }
 
@@ -111,11 +81,7 @@ def _fingerprint(config: RunConfig) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _eval_split(task: Task, on: str) -> list:
-    return task.validation if on == "validation" else task.test
-
-
-TaskHook = Callable[[int, dict[str, Any]], None]
+TaskHook = Any  # Callable[[int, dict[str, Any]], None]
 
 
 def run(config: RunConfig, on_task_end: TaskHook | None = None) -> dict[str, Any]:
@@ -123,205 +89,180 @@ def run(config: RunConfig, on_task_end: TaskHook | None = None) -> dict[str, Any
     if config.progress is None:
         config = replace(config, progress=sys.stderr.isatty())
     sequence = load_tasks(config)  # bad data fails here, before anything is written
-    methods = build_methods(config.method, config.methods)
-    run_dir = Path(config.output_dir) / config.run_name()
-    with _exclusive(run_dir):
-        return _run(config, on_task_end, sequence, methods, run_dir)
-
-
-@contextmanager
-def _exclusive(run_dir: Path) -> Iterator[None]:
-    """Hold ``run_dir/run.lock`` for the whole run, so that two processes never train or write the
-    same run (a second one raises ``RunInProgress``). The file is removed once the results are
-    written; a killed run leaves it unlocked (the lock dies with its process)."""
-    try:
-        import fcntl
-    except ImportError:  # no POSIX locks (Windows): no protection against a concurrent twin
-        yield
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / LOCK, "a+") as handle:
+    methods = MethodStack(build_methods(config.method, config.methods))
+    evaluators = build_evaluators(config.evaluators, sequence.kind)
+    accelerator = make_accelerator(config.train)
+    store = RunStore(Path(config.output_dir) / config.run_name(), accelerator.is_main_process)
+    with ExitStack() as stack:
+        error = None
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            raise RunInProgress(f"{run_dir} is being run by another process ({handle.read().strip()})") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {platform.node()}\n")
-        handle.flush()
-        yield
-        if (run_dir / RESULTS).is_file():
-            (run_dir / LOCK).unlink(missing_ok=True)
+            stack.enter_context(store.exclusive())
+        except RunInProgress as err:
+            error = str(err)
+        error = _from_main(error, accelerator)
+        if error is not None:
+            raise RunInProgress(error)
+        return _run(config, on_task_end, sequence, methods, evaluators, accelerator, store)
 
 
-def _run(config: RunConfig, on_task_end: TaskHook | None, sequence: TaskSequence, methods: list,
-         run_dir: Path) -> dict[str, Any]:  # fmt: skip
-    state_dir = run_dir / "state"
+def _from_main(value: Any, accelerator: Any) -> Any:
+    """Rank 0's ``value`` on every rank."""
+    if accelerator.num_processes == 1:
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _run(config: RunConfig, on_task_end: TaskHook | None, sequence: TaskSequence, methods: MethodStack,
+         evaluators: list, accelerator: Any, store: RunStore) -> dict[str, Any]:  # fmt: skip
     fingerprint = _fingerprint(config)
-    if (run_dir / RESULTS).is_file():
-        done = json.loads((run_dir / RESULTS).read_text())
+    is_main = accelerator.is_main_process
+    done = store.finished()
+    if done is not None:
         if done.get("fingerprint") == fingerprint:
+            say(f"{store.dir.name}: finished already; reloaded {store.dir / RESULTS}", is_main)
             return done
-        raise ValueError(f"{run_dir} holds results of a different config; choose another output_dir or name")
+        raise ValueError(f"{store.dir} holds results of a different config; choose another output_dir or name")
     torch.manual_seed(config.seed)  # pretrained loads are not seeded (weights missing from the files)
     bundle = load_model(config.model, seed=config.seed)
-    fmt_options = {"evaluation": config.evaluation} if bundle.arch == "decoder" else {}
-    fmt = make_format(bundle.arch, bundle.tokenizer, config.train.max_length, config.data.with_task_name, **fmt_options)
-    model = bundle.model
+    options = {"evaluation": config.evaluation} if bundle.arch == "decoder" and sequence.kind == "options" else {}
+    fmt = make_format(bundle.arch, bundle.tokenizer, config.train.max_length, config.data.with_task_name,
+                      kind=sequence.kind, **options)  # fmt: skip
     # methods' setup draws (adapters) whatever loading drew (a first-time conversion, a cache hit)
     torch.manual_seed(config.seed)
-    for method in methods:
-        model = method.setup(model)
-    accelerator = make_accelerator(config.train)
-    state = _load_progress(state_dir, fingerprint)
+    model = methods.setup(bundle.model)
+    state = _resume(store, fingerprint, config, sequence, methods, model)
     if state is None:
-        state = {
-            "fingerprint": fingerprint,
-            "completed": 0,
-            "rows": [],
-            "timings": [],
-            "diagnostics": [],
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "resumed_at": [],
-        }
-        start = time.perf_counter()
-        state["rows"].append(_evaluate_all(model, fmt, sequence, config, "before training", trained=0))
-        state["timings"].append({"task": None, "eval_seconds": time.perf_counter() - start})
+        state = _new_state(fingerprint, config)
+        say(f"{store.dir.name}: {len(sequence)} tasks ({', '.join(sequence.names)})", is_main)
     else:
-        state["resumed_at"].append(state["completed"])
-        for index in range(state["completed"]):  # rebuild structure (e.g. adapters), then load
-            model = _before_task(methods, model, _context(config, sequence, index))
-        checkpoint = torch.load(state_dir / state["checkpoint"], weights_only=False)
-        if "trained_parameters" not in state:  # a checkpoint of the whole model (older migu)
-            state["trained_parameters"] = sorted(checkpoint["model"])
-        if state.get("frozen_digest") not in (None, _frozen_digest(model, state)):
-            raise ValueError(
-                f"{state_dir.parent}: the weights no task trained (loaded again from {config.model!r}) differ "
-                "from those of the interrupted run: the model source changed; restore it or delete that folder"
-            )
-        _load_checkpoint(model, checkpoint["model"], state, state_dir / state["checkpoint"])
-        for method, method_state in zip(methods, checkpoint["methods"], strict=True):
-            method.load_state_dict(method_state)
-    tasks_bar = tqdm(total=len(sequence), initial=state["completed"], desc="tasks", unit="task",
-                     disable=not config.progress)  # fmt: skip
-    for index in range(state["completed"], len(sequence)):
-        task = sequence[index]
-        ctx = _context(config, sequence, index, fmt)
-        model = _before_task(methods, model, ctx)
-        examples = task.train
-        for method in methods:
-            examples = method.train_examples(examples, ctx)
-        state["trained_parameters"] = sorted(set(state.get("trained_parameters", ())) | {
-            n for n, p in model.named_parameters(remove_duplicate=False) if p.requires_grad})  # fmt: skip
-        trained = train_task(model, fmt, examples, methods, ctx, config.train, accelerator, config.progress)
-        state["diagnostics"].append({m.name: m.after_task(model, ctx) for m in methods})
-        start = time.perf_counter()
-        state["rows"].append(_evaluate_all(model, fmt, sequence, config, f"after {task.name}", trained=index + 1))
-        trained.update(task=task.name, eval_seconds=time.perf_counter() - start)
-        state["timings"].append(trained)
-        state["completed"] = index + 1
-        _save_progress(state_dir, state, model, methods)
-        tasks_bar.update(1)
-        if on_task_end is not None:
-            on_task_end(index, state)
-    tasks_bar.close()
-    results = {
+        model = state.pop("_model")
+        say(f"{store.dir.name}: resuming after task {state['completed']} of {len(sequence)}", is_main)
+    eval_context = EvalContext(config.train.eval_batch_size, config.train.mixed_precision, bool(config.progress),
+                               "", bundle.tokenizer, bundle.arch, accelerator.process_index,
+                               accelerator.num_processes)  # fmt: skip
+
+    def save(state: dict[str, Any], model: torch.nn.Module) -> None:
+        state["frozen_digest"] = _frozen_digest(model, state)
+        payload = {"model": _changed_state(model, state), "methods": methods.state_dict()}
+        store.save_progress(state, payload, f"after_task{state['completed']}.pt")
+
+    setting = Setting(config, sequence, methods, evaluators, fmt, accelerator, eval_context, save,
+                      store.save_artifacts)  # fmt: skip
+    model = run_sequence(setting, model, state, on_task_end)
+    results = _results(config, sequence, methods, state, fingerprint, store)
+    store.write_results(results)
+    return results
+
+
+def _new_state(fingerprint: str, config: RunConfig) -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "fingerprint": fingerprint,
+        "completed": 0,
+        "scores": {"specs": {}, "rows": {}},
+        "timings": [],
+        "diagnostics": [],
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "resumed_at": [],
+    }
+    if config.data.evaluate_every == "epoch":
+        state["curves"] = {"specs": {}, "rows": {}}
+        state["curve_points"] = []
+    return state
+
+
+def _resume(store: RunStore, fingerprint: str, config: RunConfig, sequence: TaskSequence, methods: MethodStack,
+            model: torch.nn.Module) -> dict[str, Any] | None:  # fmt: skip
+    """The saved state of an interrupted run (its model rebuilt and loaded under ``_model``)."""
+    state = store.load_progress()
+    if state is None:
+        return None
+    if state.get("fingerprint") != fingerprint:
+        raise ValueError(f"{store.dir} holds an unfinished run of a different config; "
+                         "choose another output_dir or name, or delete that folder")  # fmt: skip
+    if "scores" not in state:  # the state of an older migu: one accuracy matrix
+        columns = sequence.names
+        state["scores"] = {"specs": {"accuracy": {"higher_is_better": True, "columns": columns}},
+                           "rows": {"accuracy": state.pop("rows")}}  # fmt: skip
+    state["resumed_at"].append(state["completed"])
+    for index in range(state["completed"]):  # rebuild structure (e.g. adapters), then load
+        model = methods.before_task(model, task_context_for(config, sequence, index))
+    checkpoint = store.load_checkpoint(state["checkpoint"])
+    if "trained_parameters" not in state:  # a checkpoint of the whole model (older migu)
+        state["trained_parameters"] = sorted(checkpoint["model"])
+    if state.get("frozen_digest") not in (None, _frozen_digest(model, state)):
+        raise ValueError(
+            f"{store.dir}: the weights no task trained (loaded again from {config.model!r}) differ "
+            "from those of the interrupted run: the model source changed; restore it or delete that folder"
+        )
+    _load_checkpoint(model, checkpoint["model"], state, store.state_dir / state["checkpoint"])
+    methods.load_state_dict(checkpoint["methods"])
+    state["_model"] = model
+    return state
+
+
+def _effective_settings(methods: MethodStack) -> dict[str, Any]:
+    """Each method's settings, defaults included (what the run actually used)."""
+    out = {}
+    for method in methods:
+        cfg = getattr(method, "config", None)
+        if hasattr(cfg, "to_dict"):
+            out[method.name] = cfg.to_dict()
+        elif is_dataclass(cfg) and not isinstance(cfg, type):
+            out[method.name] = asdict(cfg)
+    return json.loads(json.dumps(out, default=str))
+
+
+def _results(config: RunConfig, sequence: TaskSequence, methods: MethodStack, state: dict[str, Any],
+             fingerprint: str, store: RunStore) -> dict[str, Any]:  # fmt: skip
+    scores = state["scores"]
+    matrices = {name: {**spec, "matrix": scores["rows"][name]} for name, spec in scores["specs"].items()}
+    per_task = {n: m for n, m in matrices.items() if m["columns"] == sequence.names and "/" not in n}
+    summaries = {n: _summary(m) for n, m in per_task.items()}
+    headline = "accuracy" if "accuracy" in summaries else next(iter(summaries), None)
+    effective = config.to_dict()
+    effective["methods"] = {**effective["methods"], **_effective_settings(methods)}
+    results: dict[str, Any] = {
         "model": config.model,
-        "method": "+".join(m.name for m in methods),
+        "method": methods.name,
         "seed": config.seed,
         "sequence": sequence.names,
-        "accuracy_matrix": state["rows"],
-        "metrics": metrics.summary(state["rows"]),
+        "kind": sequence.kind,
+    }
+    if "accuracy" in matrices:
+        results["accuracy_matrix"] = matrices["accuracy"]["matrix"]
+    results.update({
+        "metrics": summaries.get(headline) if headline else None,
+        "score_matrices": matrices,
+        "score_metrics": summaries,
         "evaluated_on": config.data.evaluate_on,
-        "examples": {
-            t.name: {"train": len(t.train), "eval": len(_eval_split(t, config.data.evaluate_on))} for t in sequence
-        },
+        "examples": {t.name: {"train": len(t.train), "eval": len(eval_split(t, config.data.evaluate_on))}
+                     for t in sequence},
         "timings": state["timings"],
         "diagnostics": state["diagnostics"],
-        "config": config.to_dict(),
+        "artifacts": store.artifact_index(),
+        "config": effective,
         "versions": versions(),
         "fingerprint": fingerprint,
         "started": state["started"],
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "resumed_at": state["resumed_at"],
-    }
-    write_json(run_dir / RESULTS, results)
-    shutil.rmtree(state_dir, ignore_errors=True)
+    })  # fmt: skip
+    if "curves" in state:
+        curves = state["curves"]
+        results["curves"] = {
+            "points": state["curve_points"],
+            "scores": {n: {**spec, "values": curves["rows"][n]} for n, spec in curves["specs"].items()},
+        }
     return results
 
 
-def _context(config: RunConfig, sequence: TaskSequence, index: int, fmt: Any = None) -> TaskContext:
-    loss = (lambda model, examples: fmt.loss(model, fmt.batch(examples))) if fmt is not None else None
-    return TaskContext(index, sequence[index], len(sequence), config.seed, config.train.accumulation_steps, loss,
-                       config.train.micro_batch_size)  # fmt: skip
-
-
-def _before_task(methods: list, model: Any, ctx: TaskContext) -> Any:
-    # adapters a method adds here (IncLoRA, O-LoRA) start from the same draw whatever ran before
-    # in this process (other runs of a sweep, other methods' draws), resumed or not
-    torch.manual_seed(STRUCTURE_SEED + 1000 * ctx.seed + ctx.index)
-    for method in methods:
-        model = method.before_task(model, ctx)
-    return model
-
-
-def _evaluate_all(
-    model: Any, fmt: Any, sequence: TaskSequence, config: RunConfig, when: str, trained: int
-) -> list[float | None]:
-    """One row of the accuracy matrix; tasks that ``data.evaluate_tasks`` skips after ``trained``
-    tasks are left ``None``."""
-    on = config.data.evaluate_on
-    wanted = _scheduled(config.data.evaluate_tasks, trained, len(sequence))
-    return [
-        accuracy(
-            model,
-            fmt,
-            _eval_split(t, on),
-            config.train.eval_batch_size,
-            f"{t.name} ({when})",
-            config.progress,
-            config.train.mixed_precision,
-        )
-        if j in wanted
-        else None
-        for j, t in enumerate(sequence)
-    ]
-
-
-def _scheduled(schedule: str, trained: int, tasks: int) -> set[int]:
-    """The tasks evaluated after ``trained`` tasks under ``data.evaluate_tasks``."""
-    if schedule == "all" or trained == tasks:
-        return set(range(tasks))
-    if schedule == "seen":
-        return set(range(trained))
-    return {trained - 1} if trained else set()  # diagonal
-
-
-def _load_progress(state_dir: Path, fingerprint: str) -> dict[str, Any] | None:
-    progress = state_dir / "progress.json"
-    if not progress.is_file():
+def _summary(matrix: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        return metrics.summary(matrix["matrix"], matrix["higher_is_better"])
+    except ValueError:  # a score only some rows have (e.g. a final-only end task): no CL metrics
         return None
-    state = json.loads(progress.read_text())
-    if state.get("fingerprint") != fingerprint:
-        raise ValueError(
-            f"{state_dir.parent} holds an unfinished run of a different config; "
-            "choose another output_dir or name, or delete that folder"
-        )
-    return state
-
-
-def _save_progress(state_dir: Path, state: dict[str, Any], model: Any, methods: list) -> None:
-    """Checkpoint first, under a name of its own, then the progress that points to it."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    name = f"after_task{state['completed']}.pt"
-    state["frozen_digest"] = _frozen_digest(model, state)
-    _save_torch(state_dir / name, {"model": _changed_state(model, state), "methods": [m.state_dict() for m in methods]})
-    previous = state.get("checkpoint")
-    state["checkpoint"] = name
-    write_json(state_dir / "progress.json", state)
-    if previous and previous != name:
-        (state_dir / previous).unlink(missing_ok=True)
 
 
 def _changed_state(model: Any, state: dict[str, Any]) -> dict[str, Any]:

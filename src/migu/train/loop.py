@@ -6,12 +6,13 @@ import math
 import statistics
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from itertools import pairwise
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DataLoaderConfiguration
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -19,6 +20,7 @@ from transformers import get_scheduler
 
 from ..data.tasks import Example
 from ..methods.base import Method, TaskContext
+from ..methods.compose import MethodStack
 from .config import TrainConfig
 from .formats import Format
 
@@ -35,8 +37,17 @@ def cpu_has_native_bf16() -> bool:
 
 def make_accelerator(config: TrainConfig) -> Accelerator:
     """Accelerate handles devices, processes and accumulation; bf16 autocast is ours (``autocast``),
-    so that the model's ``forward`` is left as it is."""
-    accelerator = Accelerator(gradient_accumulation_steps=config.accumulation_steps, cpu=not torch.cuda.is_available())
+    so that the model's ``forward`` is left as it is. Batches are split across processes
+    (``split_batches``): ``train.micro_batch_size`` is the global micro-batch whatever the number
+    of processes, so a run on N processes trains on the same batches as on one."""
+    accelerator = Accelerator(
+        gradient_accumulation_steps=config.accumulation_steps,
+        cpu=not torch.cuda.is_available(),
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+    )
+    if config.micro_batch_size % accelerator.num_processes:
+        raise ValueError(f"train.micro_batch_size ({config.micro_batch_size}) must be a multiple of the number of "
+                         f"processes ({accelerator.num_processes}): each process trains on an equal slice")  # fmt: skip
     if config.mixed_precision == "bf16" and accelerator.device.type == "cpu" and not cpu_has_native_bf16():
         warnings.warn(
             "train.mixed_precision=bf16 on a CPU without native bf16 (no AVX512-BF16/AMX): autocast emulates "
@@ -51,26 +62,37 @@ def autocast(mixed_precision: str, device: torch.device) -> AbstractContextManag
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed_precision == "bf16")
 
 
+def epoch_seed(seed: int, index: int, epoch: int) -> int:
+    """The seed of a task's epoch (data order and dropout): the first epoch's is the task's own."""
+    return 1000 * seed + index + 7_919_000 * epoch
+
+
 def train_task(
     model: nn.Module,
     fmt: Format,
     examples: list[Example],
-    methods: list[Method],
+    methods: MethodStack | list[Method],
     ctx: TaskContext,
     config: TrainConfig,
     accelerator: Accelerator,
     progress: bool = True,
+    on_epoch_end: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Train on one task: a fresh AdamW over the trainable parameters, ``config.epochs`` passes
-    over the (seeded, shuffled) examples. Returns step count, mean loss, seconds and the median
-    seconds per optimizer step (robust to a slow first step)."""
+    over the (seeded, shuffled) examples; each epoch's data order and dropout are seeded by
+    ``epoch_seed``. ``on_epoch_end(epoch)`` is called after every epoch but the last (e.g. to
+    evaluate a learning curve). Under several processes each rank trains on its slice of every
+    micro-batch (Accelerate's ``split_batches``), so the global batch is that of one process.
+    Methods' moments are called with ``model`` itself, never with the wrapper that trains it.
+    Returns step count, mean loss, seconds and the median seconds per optimizer step."""
+    stack = methods if isinstance(methods, MethodStack) else MethodStack(methods)
     if not examples:
         raise ValueError(f"task {ctx.task.name!r} has no training examples")
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameter")
-    generator = torch.Generator().manual_seed(1000 * ctx.seed + ctx.index)
-    torch.manual_seed(1000 * ctx.seed + ctx.index)
+    generator = torch.Generator().manual_seed(epoch_seed(ctx.seed, ctx.index, 0))
+    torch.manual_seed(epoch_seed(ctx.seed, ctx.index, 0))
     loader = DataLoader(
         examples,
         batch_size=config.micro_batch_size,
@@ -86,35 +108,39 @@ def train_task(
     step_ends = [start]
     bar = tqdm(total=steps, desc=f"train {ctx.task.name}", unit="step", disable=not progress, leave=False)
     wrapped.train()
-    for _ in range(config.epochs):
+    for epoch in range(config.epochs):
+        if epoch:  # the first epoch keeps the draws made since the task's seeding
+            generator.manual_seed(epoch_seed(ctx.seed, ctx.index, epoch))
+            torch.manual_seed(epoch_seed(ctx.seed, ctx.index, epoch))
         for batch in loader:
             with accelerator.accumulate(wrapped):
                 with autocast(config.mixed_precision, accelerator.device):
                     loss = fmt.loss(wrapped, batch)
-                for method in methods:
-                    extra = method.extra_loss(wrapped, ctx)
-                    if extra is not None:
-                        loss = loss + extra
+                extra = stack.extra_loss(model, ctx)
+                if extra is not None:
+                    loss = loss + extra
                 accelerator.backward(loss)
                 losses.append(loss.detach())
                 if accelerator.sync_gradients:
                     # the methods' masks first, then clipping on the gradient that will be applied:
                     # the official MIGU order, and the one MIGU's fast path (rows masked during
                     # backward) computes, so that the fast and reference paths agree under clipping
-                    for method in methods:
-                        method.before_optimizer_step(model, ctx)
+                    stack.before_optimizer_step(model, ctx)
                     if config.max_grad_norm:
                         accelerator.clip_grad_norm_(params, config.max_grad_norm)
                 optimizer.step()
                 if accelerator.sync_gradients:
-                    for method in methods:
-                        method.after_optimizer_step(model, ctx)
+                    stack.after_optimizer_step(model, ctx)
                     scheduler.step()
                     done += 1
                     step_ends.append(time.perf_counter())
                     bar.update(1)
                     bar.set_postfix(loss=f"{float(losses[-1]):.3f}")
                 optimizer.zero_grad(set_to_none=True)
+        if on_epoch_end is not None and epoch + 1 < config.epochs:
+            wrapped.eval()
+            on_epoch_end(epoch + 1)
+            wrapped.train()
     bar.close()
     accelerator.free_memory()
     return {

@@ -1,0 +1,209 @@
+"""The task-sequence protocol: before each task, train, evaluate, save; resumable at task ends.
+
+``run_sequence`` knows nothing of files (the ``RunStore`` does) nor of how the model, methods and
+evaluators were chosen (``runner.run``); it fills one score matrix per score name, in the shape
+of ``migu.metrics`` (row 0 before training, row i after task i), following the evaluation
+schedule ``data.evaluate_tasks``, and per-epoch learning curves with ``data.evaluate_every=epoch``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data.tasks import Task, TaskSequence
+from ..evaluators import EvalContext, Evaluator
+from ..methods import TaskContext
+from ..methods.compose import MethodStack
+from ..train import train_task
+from .config import RunConfig
+
+
+def say(message: str, is_main: bool = True) -> None:
+    """One progress line on stderr (kept apart from tqdm's bars)."""
+    if is_main:
+        tqdm.write(f"[migu] {message}", file=sys.stderr)
+
+
+def scheduled(schedule: str, trained: int, tasks: int) -> set[int]:
+    """The tasks evaluated after ``trained`` tasks under ``data.evaluate_tasks``."""
+    if schedule == "all" or trained == tasks:
+        return set(range(tasks))
+    if schedule == "seen":
+        return set(range(trained))
+    return {trained - 1} if trained else set()  # diagonal
+
+
+def eval_split(task: Task, on: str) -> list[Any]:
+    return task.validation if on == "validation" else task.test
+
+
+@dataclass
+class Scoreboard:
+    """The score matrices being filled (``{name: rows}``) and what each score is."""
+
+    specs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rows: dict[str, list[list[float | None]]] = field(default_factory=dict)
+
+    def add_row(self, values: dict[str, list[float | None]], specs: dict[str, dict[str, Any]]) -> None:
+        """Append one evaluation point; a score first seen now gets empty earlier rows."""
+        depth = max((len(r) for r in self.rows.values()), default=0)
+        for name, spec in specs.items():
+            self.specs.setdefault(name, spec)
+            rows = self.rows.setdefault(name, [[None] * len(spec["columns"]) for _ in range(depth)])
+            rows.append(values.get(name, [None] * len(spec["columns"])))
+        for name, rows in self.rows.items():
+            if len(rows) == depth:  # a score not produced at this point (a final-only one)
+                rows.append([None] * len(self.specs[name]["columns"]))
+
+    def to_state(self) -> dict[str, Any]:
+        return {"specs": self.specs, "rows": self.rows}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Scoreboard:
+        return cls(dict(state["specs"]), {k: [list(r) for r in v] for k, v in state["rows"].items()})
+
+
+@dataclass
+class Setting:
+    """Everything the protocol runs with (built by ``runner.run``)."""
+
+    config: RunConfig
+    sequence: TaskSequence
+    methods: MethodStack
+    evaluators: list[Evaluator]
+    fmt: Any
+    accelerator: Any
+    eval_context: EvalContext
+    save: Callable[[dict[str, Any], nn.Module], None]
+    """Save the state and the model at a task end (the store's; a no-op off the main process)."""
+    save_artifacts: Callable[[int, str, str, dict[str, Any]], None]
+
+
+def evaluate(setting: Setting, model: nn.Module, trained: int, when: str, final: bool
+             ) -> tuple[dict[str, list[float | None]], dict[str, dict[str, Any]]]:  # fmt: skip
+    """One evaluation point: every evaluator on the scheduled tasks (suites once)."""
+    config, sequence = setting.config, setting.sequence
+    wanted = scheduled(config.data.evaluate_tasks, trained, len(sequence))
+    values: dict[str, list[float | None]] = {}
+    specs: dict[str, dict[str, Any]] = {}
+    is_main = setting.accelerator.is_main_process
+    for evaluator in setting.evaluators:
+        if getattr(evaluator, "final_only", False) and not final:
+            continue
+        if not evaluator.per_task:
+            start = time.perf_counter()
+            ctx = _ctx(setting, f"{evaluator.name} ({when})")
+            result = evaluator.evaluate(model, setting.fmt, None, ctx)
+            directions = {s.name: s.higher_is_better for s in evaluator.specs()}
+            for score, by_column in result.items():
+                name = f"{evaluator.name}/{score}"
+                specs[name] = {"higher_is_better": directions.get(score, True), "columns": list(by_column)}
+                values[name] = [float(v) for v in by_column.values()]
+            say(f"{evaluator.name} ({when}): " + _brief(result) + f" ({time.perf_counter() - start:.1f} s)", is_main)
+            continue
+        for spec in evaluator.specs():
+            specs[spec.name] = {"higher_is_better": spec.higher_is_better, "columns": sequence.names}
+            values.setdefault(spec.name, [None] * len(sequence))
+        for j, task in enumerate(sequence):
+            if j not in wanted:
+                continue
+            start = time.perf_counter()
+            ctx = _ctx(setting, f"{task.name} ({when})")
+            result = evaluator.evaluate(model, setting.fmt, eval_split(task, config.data.evaluate_on), ctx)
+            for score, value in result.items():
+                values[score][j] = float(value)
+            say(f"eval {task.name} ({when}): {_brief(result)} ({time.perf_counter() - start:.1f} s)", is_main)
+    return values, specs
+
+
+def _brief(result: dict[str, Any]) -> str:
+    parts = []
+    for name, value in result.items():
+        if isinstance(value, dict):
+            value = value.get("mean", next(iter(value.values()), float("nan")))
+        parts.append(f"{name} {value:.4g}")
+    return ", ".join(parts)
+
+
+def _ctx(setting: Setting, desc: str) -> EvalContext:
+    base = setting.eval_context
+    return EvalContext(base.batch_size, base.mixed_precision, base.progress, desc, base.tokenizer, base.arch,
+                       base.rank, base.world_size)  # fmt: skip
+
+
+def task_context_for(config: RunConfig, sequence: TaskSequence, index: int, fmt: Any = None) -> TaskContext:
+    """What methods may read about task ``index`` (``batch_loss`` needs the format)."""
+
+    def loss(model: nn.Module, examples: list[Any]) -> Any:
+        return fmt.loss(model, fmt.batch(examples))
+
+    return TaskContext(index, sequence[index], len(sequence), config.seed, config.train.accumulation_steps,
+                       loss if fmt is not None else None, config.train.micro_batch_size)  # fmt: skip
+
+
+def task_context(setting: Setting, index: int) -> TaskContext:
+    return task_context_for(setting.config, setting.sequence, index, setting.fmt)
+
+
+def run_sequence(setting: Setting, model: nn.Module, state: dict[str, Any],
+                 on_task_end: Callable[[int, dict[str, Any]], None] | None = None) -> nn.Module:  # fmt: skip
+    """Train the tasks from ``state["completed"]`` on, evaluating and saving after each."""
+    config, sequence, methods = setting.config, setting.sequence, setting.methods
+    is_main = setting.accelerator.is_main_process
+    board = Scoreboard.from_state(state["scores"])
+    curves = Scoreboard.from_state(state["curves"]) if "curves" in state else None
+    total = len(sequence)
+    if not board.rows:  # a new run: the model before any training
+        start = time.perf_counter()
+        values, specs = evaluate(setting, model, 0, "before training", final=False)
+        board.add_row(values, specs)
+        if curves is not None:
+            curves.add_row(values, specs)
+            state["curve_points"].append({"task_index": 0, "epoch": 0})
+        state["timings"].append({"task": None, "eval_seconds": time.perf_counter() - start})
+        state["scores"] = board.to_state()
+    for index in range(state["completed"], total):
+        task = sequence[index]
+        ctx = task_context(setting, index)
+        model = methods.before_task(model, ctx)
+        examples = methods.train_examples(task.train, ctx)
+        state["trained_parameters"] = sorted(set(state.get("trained_parameters", ())) | {
+            n for n, p in model.named_parameters(remove_duplicate=False) if p.requires_grad})  # fmt: skip
+        say(f"task {index + 1}/{total} {task.name}: training on {len(examples)} examples", is_main)
+
+        def epoch_end(epoch: int, index: int = index, model: nn.Module = model, name: str = task.name) -> None:
+            if curves is not None:
+                values, specs = evaluate(setting, model, index + 1, f"{name} epoch {epoch}", final=False)
+                curves.add_row(values, specs)
+                state["curve_points"].append({"task_index": index, "epoch": epoch})
+
+        trained = train_task(model, setting.fmt, examples, methods, ctx, config.train, setting.accelerator,
+                             config.progress, on_epoch_end=epoch_end)  # fmt: skip
+        say(f"task {index + 1}/{total} {task.name}: {trained['steps']} steps in {trained['seconds']:.1f} s, "
+            f"mean loss {trained['mean_loss']:.4f}", is_main)  # fmt: skip
+        state["diagnostics"].append(methods.after_task(model, ctx))
+        for method, items in methods.artifacts(model, ctx).items():
+            setting.save_artifacts(index, task.name, method, items)
+        start = time.perf_counter()
+        final = index + 1 == total
+        values, specs = evaluate(setting, model, index + 1, f"after {task.name}", final=final)
+        board.add_row(values, specs)
+        if curves is not None:
+            curves.add_row(values, specs)
+            state["curve_points"].append({"task_index": index, "epoch": config.train.epochs})
+            state["curves"] = curves.to_state()
+        trained.update(task=task.name, eval_seconds=time.perf_counter() - start)
+        state["timings"].append(trained)
+        state["scores"] = board.to_state()
+        state["completed"] = index + 1
+        setting.save(state, model)
+        if on_task_end is not None:
+            on_task_end(index, state)
+    return model

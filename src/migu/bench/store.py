@@ -1,0 +1,134 @@
+"""One run's folder: lock, progress, checkpoints, results and artifacts, written atomically.
+
+    RUN_DIR/run.lock          held (fcntl) while a process runs the run; removed on every way out
+    RUN_DIR/state/            progress.json + the checkpoint it names; deleted when the run ends
+    RUN_DIR/results.json      the finished run (its presence means "done")
+    RUN_DIR/artifacts/        per-task arrays of the methods (``migu.artifacts``)
+
+Only the main process writes (``is_main``); the other ranks of a several-process run read the
+same folder (a shared filesystem) when they resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import artifacts
+
+RESULTS = "results.json"
+LOCK = "run.lock"
+
+
+class RunInProgress(RuntimeError):
+    """Another process is running the same run (same output folder and name)."""
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write JSON atomically: a reader sees the old file or the new one, never a partial one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path, what: str = "file") -> Any:
+    """A JSON file, or one clear error naming it and what to do."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}); restore or delete that "
+                         f"{what}") from None  # fmt: skip
+
+
+class RunStore:
+    """The folder of one run."""
+
+    def __init__(self, run_dir: str | Path, is_main: bool = True) -> None:
+        self.dir = Path(run_dir)
+        self.is_main = is_main
+        self.state_dir = self.dir / "state"
+
+    # --- lock -----------------------------------------------------------------------------------
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold ``run.lock`` for the run, so that two processes never train or write the same run
+        (a second one raises ``RunInProgress``). The file is removed on every way out, error and
+        interrupt included; a killed process leaves it unlocked (the lock dies with it)."""
+        if not self.is_main:
+            yield
+            return
+        try:
+            import fcntl
+        except ImportError:  # no POSIX locks (Windows): no protection against a concurrent twin
+            yield
+            return
+        created = not self.dir.exists()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / LOCK
+        with open(path, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                raise RunInProgress(f"{self.dir} is being run by another process ({handle.read().strip()})") from None
+            try:
+                handle.seek(0)
+                handle.truncate()
+                handle.write(f"pid {os.getpid()} on {platform.node()}\n")
+                handle.flush()
+                yield
+            finally:
+                path.unlink(missing_ok=True)
+                if created and not any(self.dir.iterdir()):
+                    self.dir.rmdir()  # a run that failed before writing anything leaves no folder
+
+    # --- results --------------------------------------------------------------------------------
+    def finished(self) -> dict[str, Any] | None:
+        path = self.dir / RESULTS
+        return read_json(path, "results file") if path.is_file() else None
+
+    def write_results(self, results: dict[str, Any]) -> None:
+        if self.is_main:
+            write_json(self.dir / RESULTS, results)
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    # --- progress and checkpoints ---------------------------------------------------------------
+    def load_progress(self) -> dict[str, Any] | None:
+        path = self.state_dir / "progress.json"
+        return read_json(path, "unfinished run's state folder") if path.is_file() else None
+
+    def load_checkpoint(self, name: str) -> Any:
+        return torch.load(self.state_dir / name, weights_only=False)
+
+    def save_progress(self, state: dict[str, Any], checkpoint: Any, name: str) -> None:
+        """The checkpoint first, under a name of its own, then the progress that points to it;
+        the previous checkpoint goes last. An interruption anywhere leaves a consistent pair."""
+        if not self.is_main:
+            return
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_dir / f".{name}.tmp"
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, self.state_dir / name)
+        previous = state.get("checkpoint")
+        state["checkpoint"] = name
+        write_json(self.state_dir / "progress.json", state)
+        if previous and previous != name:
+            (self.state_dir / previous).unlink(missing_ok=True)
+
+    # --- artifacts ------------------------------------------------------------------------------
+    def save_artifacts(self, task_index: int, task: str, method: str, items: Mapping[str, Mapping[str, Any]]) -> None:
+        if self.is_main:
+            for name, arrays in items.items():
+                artifacts.save_artifact(self.dir / "artifacts", task_index, task, method, name, arrays)
+
+    def artifact_index(self) -> list[dict[str, Any]]:
+        return artifacts.read_index(self.dir / "artifacts")["items"]
