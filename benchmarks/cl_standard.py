@@ -38,33 +38,31 @@ import argparse
 import fcntl
 import json
 import os
-import time
 from pathlib import Path
 
 from migu import metrics
-from migu.bench import RunInProgress, apply_overrides, load_yaml, run, run_config
+from migu.bench import apply_overrides, load_yaml, run_config
+from migu.bench.grid import check_runs, run_one
 from migu.methods.registry import default_threshold, parse_spec
 
 CONFIG = Path(__file__).parents[1] / "configs" / "cpu" / "minilm_standard.yaml"
 
 
-def _run(raw: dict, method: str, overrides: list[str], wait: bool = True) -> dict | None:
-    """One run; if another process is running it, wait for its result (``wait``) or skip it."""
+def _config(raw: dict, method: str, overrides: list[str]):
     # the paper's T for the combination (0.1 with O-LoRA, 0.4 with replay, else 0.7), stated
     # explicitly because the config file sets 0.7
     t = default_threshold(parse_spec(method))
     thresholds = [f"methods.migu.threshold={t}", f"methods.random_update.threshold={t}"]
-    config = run_config(apply_overrides(raw, [f"method={method}", *thresholds, *overrides]))
+    return run_config(apply_overrides(raw, [f"method={method}", *thresholds, *overrides]))
+
+
+def _run(raw: dict, method: str, overrides: list[str], wait: bool = True) -> dict | None:
+    """One run; if another process is running it, wait for its result (``wait``) or skip it."""
+    config = _config(raw, method, overrides)
     print(f"== {config.output_dir}/{config.run_name()}", flush=True)
-    while True:
-        try:
-            result = run(config)
-            break
-        except RunInProgress as err:
-            if not wait:
-                print(f"   skipped: {err}", flush=True)
-                return None
-            time.sleep(30)
+    result = run_one(config, wait=30 if wait else 0)
+    if result is None:
+        return None
     m = metrics.summary(result["accuracy_matrix"])
     print(f"   AA {m['aa']:.2f}  BWT {m['bwt']:.2f}  (evaluated on {result['evaluated_on']})", flush=True)
     return result
@@ -143,6 +141,7 @@ def main() -> None:
         raw["data"]["root"] = args.data_root
     out = Path(args.out)
     methods = args.methods.split(",")
+    check_runs([_config(raw, method, []) for method in methods])  # every method, before the first run
 
     choice_file = out / args.choice_file
     chosen = json.loads(choice_file.read_text()) if choice_file.exists() else {}  # other methods' choices stay

@@ -55,11 +55,12 @@ def test_variants_and_pairing(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert "finetune+migu [train.lr=0.0001]" in out and "threshold" not in out
-    # a run that sets a key is not merged with one that leaves it unset
+    # a run that leaves a method setting unset (an older results file) shows the default it ran with
     other = _run("finetune+migu", 0, [70.0, 90.0], train={"lr": 1e-4}, methods={"migu": {"skip_first_task": False}})
     plain = _run("finetune+migu", 0, [80.0, 90.0], train={"lr": 1e-4})
     table = summary_table([other, plain], varying_keys([other, plain], ("methods.migu.skip_first_task",)))
-    assert "| finetune+migu [methods.migu.skip_first_task=False] |" in table and "| finetune+migu |" in table
+    assert "| finetune+migu [methods.migu.skip_first_task=False] |" in table
+    assert "| finetune+migu [methods.migu.skip_first_task=True] |" in table
 
 
 def test_timing_table(tmp_path, capsys):

@@ -1,58 +1,38 @@
-"""``migu run CONFIG.yaml [key=value ...]`` and ``migu report RUN_DIR ...``."""
+"""``migu run CONFIG.yaml [key=value ...]`` and ``migu report RUN_DIR ...``.
+
+A user's mistake (a wrong key or value, a missing or damaged file, an unknown model or method)
+is one line on stderr, ``migu: error: ...`` naming the key or file, and exit status 2, before
+anything is written; a grid skipped in part because another process runs some of it exits 3.
+"""
 
 from __future__ import annotations
 
 import argparse
-import itertools
+import dataclasses
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import NoReturn
 
-from . import metrics
+from . import __version__
 
-
-def _grid(raw: dict[str, Any]) -> list[dict[str, Any]]:
-    """``method`` and ``seed`` may be lists (or comma-separated): one run per combination."""
-
-    def values(key: str) -> list[Any]:
-        v = raw.get(key)
-        if isinstance(v, str) and "," in v:
-            return [x.strip() for x in v.split(",")]
-        return v if isinstance(v, list) else [v]
-
-    runs = []
-    for method, seed in itertools.product(values("method"), values("seed")):
-        one = dict(raw)
-        if method is not None:
-            one["method"] = method
-        if seed is not None:
-            one["seed"] = int(seed)
-        runs.append(one)
-    return runs
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, ModuleNotFoundError)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .bench import RunInProgress, apply_overrides, load_yaml, run, run_config
-    from .report.tables import format_matrix, report_markdown
+    from .bench import apply_overrides, load_yaml
+    from .bench.grid import check_grid, run_grid
+    from .report.tables import choose_score, format_matrix, report_markdown, summary_of
 
     raw = apply_overrides(load_yaml(args.config), args.overrides)
-    configs = [run_config(one) for one in _grid(raw)]  # check every run's config before the first starts
-    done, busy = [], []
-    for config in configs:
-        print(f"== {config.run_name()}", flush=True)
-        try:
-            result = run(config)
-        except RunInProgress as err:  # a grid started twice: each process takes the runs the other has not
-            print(f"   skipped: {err}", flush=True)
-            busy.append(config.run_name())
-            continue
-        print(format_matrix(result), flush=True)
-        done.append((config, result))
+    configs = check_grid(raw)  # the whole grid, before its first run starts
+    done, busy = run_grid(configs, on_result=lambda config, result: print(format_matrix(result), flush=True))
+    results = [r for _, r in done]
+    score = choose_score(results) if results else None
     if len(done) > 1:
-        print(report_markdown([r for _, r in done], baseline=done[0][1]["method"]))
+        print(report_markdown(results, baseline=results[0]["method"], score=score))
     for config, result in done:
-        m = metrics.summary(result["accuracy_matrix"])
+        m = summary_of(result, score or "accuracy")
         where = Path(config.output_dir) / config.run_name() / "results.json"
         print(f"{result['method']:>24}  AA {m['aa']:6.2f}  BWT {m['bwt']:6.2f}  -> {where}")
     if busy:
@@ -63,27 +43,114 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report.tables import load_results, report_markdown
+    from .report.tables import check_options, choose_score, load_results, report_markdown
 
     runs = load_results(args.paths)
-    baseline = args.baseline or None
+    score = choose_score(runs, args.score)
+    check_options(runs, args.baseline, tuple(args.by), tuple(args.effect_of))
+    baseline = "finetune" if args.baseline is None else args.baseline or None
     print(report_markdown(runs, baseline, matrices=args.matrices, by=tuple(args.by), timings=args.timings,
-                          effect_of=tuple(args.effect_of)))  # fmt: skip
+                          effect_of=tuple(args.effect_of), score=score))  # fmt: skip
     return 0
 
 
+def _defaults(cls: type) -> str:
+    out = []
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            value = "?"
+        if dataclasses.is_dataclass(value):
+            out.append(_defaults(type(value)))
+            continue
+        out.append(f"{f.name}={'null' if value is None else value}")
+    return " ".join(out)
+
+
+def run_help() -> str:
+    """The config sections, methods (with their settings), models, data sources and evaluators,
+    for ``migu run --help``; built from the registries so that it cannot fall out of date."""
+    import textwrap
+
+    from .bench.config import DataConfig, RunConfig
+    from .data.sources import SOURCES
+    from .evaluators import REGISTRY as EVALUATORS
+    from .methods.registry import SETTINGS
+    from .models.loading import TINY
+    from .train.config import TrainConfig
+
+    def block(title: str, lines: list[str]) -> str:
+        wrapped = [textwrap.fill(line, 100, initial_indent="  ", subsequent_indent="      ") for line in lines]
+        return title + "\n" + "\n".join(wrapped)
+
+    top = [f.name for f in dataclasses.fields(RunConfig) if f.name not in ("data", "train", "methods")]
+    sections = [
+        f"top level: {', '.join(top)} (method and seed take lists or a,b,c: one run per combination)",
+        f"data.*: {_defaults(DataConfig)}",
+        f"train.*: {_defaults(TrainConfig)}",
+        "methods.<name>.*: the settings of a method (below), e.g. methods.migu.threshold=0.5",
+    ]
+    methods = [f"{name}: {_defaults(cls) or '(no settings)'}" for name, cls in SETTINGS.items()]
+    methods.append("migu's default threshold follows the paper per combination: 0.7; 0.4 with replay; 0.1 with olora")
+    models = [
+        "minilm (all-MiniLM-L6-v2, encoder) and smollm2 (SmolLM2-135M-Instruct, decoder): packaged, offline",
+        f"{', '.join(TINY)}: random 2-layer models for tests",
+        "or any Hugging Face hub id (cached for offline use) or local model folder",
+    ]
+    return "\n\n".join([
+        block("config sections (in the YAML file, or key=value: train.lr=3e-5 method=finetune,finetune+migu):",
+              sections),
+        block("methods (compose with +, e.g. lora+replay+migu):", methods),
+        block("models (model=...):", models),
+        block("data sources (data.source=...):", [", ".join(sorted(SOURCES))]),
+        block("evaluators (evaluators=[...]; by default the task kind's):", [", ".join(sorted(EVALUATORS))]),
+        "Errors in the config are one line naming the key, exit status 2, before any run starts.",
+    ])  # fmt: skip
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose epilog may be a function, called only when help is shown (the
+    run help imports the registries, which a report does not need)."""
+
+    def format_help(self) -> str:
+        if callable(self.epilog):
+            self.epilog = self.epilog()
+        return super().format_help()
+
+    def error(self, message: str) -> NoReturn:
+        """A usage mistake is one line too (argparse prints the usage before it)."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="migu", description="Continual learning with MIGU.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_run = sub.add_parser("run", help="run a task sequence from a YAML config")
+    parser = _Parser(prog="migu", description="Continual learning with MIGU.")
+    parser.add_argument("--version", action="version", version=f"migu {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    lazy_help: Callable[[], str] = run_help
+    p_run = sub.add_parser(
+        "run", help="run a task sequence (or a grid of them) from a YAML config", epilog=lazy_help,  # type: ignore[arg-type]
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     p_run.add_argument("config", help="YAML file (see configs/)")
     p_run.add_argument("overrides", nargs="*", help="key=value, e.g. train.lr=3e-5 method=finetune,finetune+migu")
     p_run.set_defaults(func=cmd_run)
     p_rep = sub.add_parser("report", help="tables from results.json files")
     p_rep.add_argument("paths", nargs="+", help="results files or folders holding them")
-    p_rep.add_argument("--baseline", default="finetune", help="method for paired differences ('' for none)")
-    p_rep.add_argument("--matrices", action="store_true", help="also print every accuracy matrix")
+    p_rep.add_argument("--baseline", default=None, help="method for paired differences (default finetune; '' for none)")
+    p_rep.add_argument("--matrices", action="store_true", help="also print every score matrix")
     p_rep.add_argument("--timings", action="store_true", help="also print training and evaluation time per run")
+    p_rep.add_argument(
+        "--score", default=None, metavar="NAME",
+        help="the score matrix to table (accuracy, macro_f1, loss, perplexity, ...); default accuracy, else "
+        "the runs' first score",
+    )  # fmt: skip
     p_rep.add_argument(
         "--effect-of", action="append", default=[], metavar="METHOD",
         help="pair every run using METHOD with the same run without it (e.g. --effect-of migu: the "
@@ -97,8 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
-        print(f"migu: error: {err}", file=sys.stderr)
+    except USER_ERRORS as err:
+        print(f"migu: error: {_one_line(err)}", file=sys.stderr)
         return 2
 
 

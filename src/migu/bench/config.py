@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field, fields
+import re
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ..data.sources import check_source
+from ..settings import from_mapping
 from ..train.config import TrainConfig
 
 
@@ -40,6 +42,9 @@ class DataConfig:
     task only the task just trained, and every task after the last one (2T - 1 evaluations
     instead of T(T + 1): enough for AA, BWT and learning accuracy; forgetting and FWT are not
     computed)."""
+    evaluate_every: str = "task"
+    """``task``: evaluate at task ends (the score matrices); ``epoch``: also after every epoch
+    of a task, which gives learning curves (``curves`` in results.json) for long tasks."""
     seed: int | None = None
     """Seed of the example sampling; by default the run's seed."""
     with_task_name: bool = False
@@ -51,6 +56,8 @@ class DataConfig:
             raise ValueError(f"data.evaluate_on must be test or validation; got {self.evaluate_on!r}")
         if self.evaluate_tasks not in ("all", "seen", "diagonal"):
             raise ValueError(f"data.evaluate_tasks must be all, seen or diagonal; got {self.evaluate_tasks!r}")
+        if self.evaluate_every not in ("task", "epoch"):
+            raise ValueError(f"data.evaluate_every must be task or epoch; got {self.evaluate_every!r}")
         if self.evaluate_on == "validation" and self.n_validation < 1:
             raise ValueError("data.evaluate_on=validation needs data.n_validation >= 1")
 
@@ -93,16 +100,38 @@ def _flat(items: Any) -> list[str]:
     return [x for item in items for x in _flat(item)] if isinstance(items, list | tuple) else [str(items)]
 
 
-def _coerce(value: str) -> Any:
-    """A ``key=value`` override's value, read as YAML (numbers, booleans, lists, null); YAML 1.1
-    reads ``1e-4`` as a string, so numbers in that form are converted here."""
-    parsed = yaml.safe_load(value) if value != "" else ""
-    if isinstance(parsed, str):
-        try:
-            return float(parsed)
-        except ValueError:
-            return parsed
-    return parsed
+class _Loader(yaml.SafeLoader):
+    """YAML as a person means it (the YAML 1.2 core schema): ``1e-4`` and ``7e-1`` are numbers
+    (YAML 1.1 reads them as text), and only ``true``/``false`` are booleans (YAML 1.1 also reads
+    ``yes``, ``no``, ``on``, ``off``, so ``mixed_precision: no`` would become false)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regex) for tag, regex in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(text: str, where: str) -> Any:
+    """``text`` parsed as YAML (numbers and booleans as ``_Loader`` reads them); a syntax error
+    is a one-line ValueError naming ``where``."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # a SafeLoader
+    except yaml.YAMLError as err:
+        raise ValueError(f"{where} is not valid YAML: {' '.join(str(err).split())}") from None
+
+
+def _coerce(value: str, item: str) -> Any:
+    """A ``key=value`` override's value, read as YAML (numbers, booleans, lists, null)."""
+    return read_yaml(value, f"override {item!r}") if value != "" else ""
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -118,39 +147,34 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ValueError(f"override {item!r}: {part!r} is not a section")
-        node[parts[-1]] = _coerce(value)
+        node[parts[-1]] = _coerce(value, item)
     return out
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
-    if not isinstance(values, dict):
-        raise ValueError(f"{where} must be a mapping, got {type(values).__name__}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in {where}; known: {', '.join(sorted(known))}")
-    return cls(**values)
-
-
 def run_config(raw: dict[str, Any]) -> RunConfig:
-    """Typed, checked config from a nested dict."""
+    """Typed, checked config from a nested dict: unknown keys and values of the wrong type are
+    errors naming the dotted key (``migu.settings``), and so are the settings under ``methods``
+    (``migu.methods.registry.check_method_settings``), for every method named there."""
+    from ..methods.registry import check_method_settings
+
     raw = dict(raw or {})
-    data = _build(DataConfig, raw.pop("data", {}) or {}, "data")
-    train = _build(TrainConfig, raw.pop("train", {}) or {}, "train")
+    data = from_mapping(DataConfig, raw.pop("data", {}), "data")
+    train = from_mapping(TrainConfig, raw.pop("train", {}), "train")
     for key in ("lr",):
         if key in raw:
             raise ValueError(f"{key!r} belongs under train: (train.{key})")
-    return _build(RunConfig, {**raw, "data": data, "train": train}, "the run config")
+    if raw.get("methods", {}) is None:  # an empty ``methods:`` section
+        raw["methods"] = {}
+    config = from_mapping(RunConfig, {**raw, "data": data, "train": train})
+    check_method_settings(config.methods)
+    return config
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"config file {p} does not exist")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as err:
-        raise ValueError(f"{p} is not valid YAML: {err}") from err
+    raw = read_yaml(p.read_text(), str(p))
     if not isinstance(raw, dict):
         raise ValueError(f"{p} must hold a mapping of settings")
     return raw

@@ -48,14 +48,22 @@ def load_orders(root: str | Path) -> dict[str, list[str]]:
     return orders
 
 
-def _pairs(data: Any, path: Path) -> list[tuple[str, str]]:
+def _pairs(data: Any, path: Path, labels: list[str]) -> list[tuple[str, str]]:
+    """Every row of a split file, each checked (also the rows a sample leaves out, so that a bad
+    row is found on the first run, with its index in the file)."""
     if not isinstance(data, list):
         raise ValueError(f"{path} must hold a JSON list of {{'sentence', 'label'}} objects")
+    allowed = set(labels)
     out = []
     for index, row in enumerate(data):
         if not isinstance(row, dict) or not isinstance(row.get("sentence"), str) or "label" not in row:
             raise ValueError(f"{path}: example {index} needs a string 'sentence' and a 'label'")
-        out.append((row["sentence"], str(row["label"])))
+        label = str(row["label"])
+        if label not in allowed:
+            raise ValueError(
+                f"{path}: example {index} has label {label!r}, which is not in {path.parent / 'labels.json'} {labels}"
+            )
+        out.append((row["sentence"], label))
     return out
 
 
@@ -84,8 +92,8 @@ def load_task(
     except (KeyError, IndexError, TypeError) as err:
         raise ValueError(f"instruction_config.json has no instruction for category {category!r}") from err
     rng = random.Random(f"{seed}:{name.lower()}")
-    train_all = _pairs(_read_json(folder / "train.json"), folder / "train.json")
-    test_all = _pairs(_read_json(folder / "test.json"), folder / "test.json")
+    train_all = _pairs(_read_json(folder / "train.json"), folder / "train.json", labels)
+    test_all = _pairs(_read_json(folder / "test.json"), folder / "test.json", labels)
     for split, rows in (("train", train_all), ("test", test_all)):
         if not rows:
             raise ValueError(f"task {name!r} has an empty {split} split ({folder / (split + '.json')})")

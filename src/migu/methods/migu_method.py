@@ -8,6 +8,7 @@ from typing import Any
 from torch import nn
 
 from ..core import MiguConfig, MiguHandle
+from ..settings import check_value, from_mapping
 from .base import Method, TaskContext
 
 
@@ -21,17 +22,23 @@ class MiguMethodConfig:
     """Threshold, layers, mask mode, padding, ... (see ``migu.MiguConfig``)."""
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> MiguMethodConfig:
-        values = dict(values)
-        skip = values.pop("skip_first_task", True)
+    def from_dict(cls, values: dict[str, Any], where: str = "methods.migu") -> MiguMethodConfig:
+        """From ``methods.migu``: ``skip_first_task`` and the fields of ``MiguConfig``, each
+        checked against its annotation (``migu.settings``); errors name ``where.<key>``."""
+        values = dict(values or {})
+        skip = check_value(values.pop("skip_first_task", True), bool, f"{where}.skip_first_task")
         known = {f.name for f in fields(MiguConfig)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown MIGU setting(s) {unknown}; known: skip_first_task, {', '.join(sorted(known))}")
-        for key in ("include", "exclude"):
-            if isinstance(values.get(key), list):
-                values[key] = tuple(values[key])
-        return cls(skip_first_task=bool(skip), core=MiguConfig(**values))
+            raise ValueError(
+                f"{where}: unknown MIGU setting(s) {unknown}; known: skip_first_task, {', '.join(sorted(known))}"
+            )
+        try:
+            core = from_mapping(MiguConfig, values, where)
+        except (TypeError, ValueError) as err:  # MiguConfig's own checks name the field, not the section
+            message = str(err)
+            raise ValueError(message if message.startswith(where) else f"{where}: {message}") from None
+        return cls(skip_first_task=skip, core=core)
 
     def to_dict(self) -> dict[str, Any]:
         return {"skip_first_task": self.skip_first_task, **asdict(self.core)}

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import fields
 from typing import Any
 
+from ..settings import from_mapping, to_dict
 from .base import STAGES, Method
 from .ewc import Ewc, EwcConfig
 from .finetune import Finetune, FinetuneConfig
@@ -17,13 +17,21 @@ from .replay import Replay, ReplayConfig
 
 def _plain(cls: type[Method], config_cls: type) -> Callable[[dict[str, Any]], Method]:
     def build(settings: dict[str, Any]) -> Method:
-        known = {f.name for f in fields(config_cls)}
-        unknown = sorted(set(settings) - known)
-        if unknown:
-            raise ValueError(f"unknown setting(s) {unknown} for method {cls.name!r}; known: {sorted(known)}")
-        return cls(config_cls(**settings))  # type: ignore[call-arg]
+        return cls(_checked(config_cls, settings, cls.name))  # type: ignore[call-arg]
 
     return build
+
+
+def _checked(config_cls: type, settings: Any, name: str) -> Any:
+    """The method's settings dataclass from ``methods.<name>``; its own checks' errors are
+    prefixed with that key, so that every message names where to look."""
+    try:
+        return from_mapping(config_cls, settings, f"methods.{name}")
+    except TypeError as err:  # a check of the dataclass itself, on a type from_mapping leaves alone
+        raise ValueError(f"methods.{name}: {err}") from None
+    except ValueError as err:
+        message = str(err)
+        raise ValueError(message if "methods." in message else f"methods.{name}: {message}") from None
 
 
 REGISTRY: dict[str, Callable[[dict[str, Any]], Method]] = {
@@ -34,9 +42,23 @@ REGISTRY: dict[str, Callable[[dict[str, Any]], Method]] = {
     "moelora": _plain(MoeLora, MoeLoraConfig),
     "replay": _plain(Replay, ReplayConfig),
     "ewc": _plain(Ewc, EwcConfig),
-    "migu": lambda s: Migu(MiguMethodConfig.from_dict(s)),
-    "random_update": lambda s: RandomUpdate(MiguMethodConfig.from_dict(s)),
+    "migu": lambda s: Migu(MiguMethodConfig.from_dict(s, "methods.migu")),
+    "random_update": lambda s: RandomUpdate(MiguMethodConfig.from_dict(s, "methods.random_update")),
 }
+"""Method name -> builder from its settings (``methods.<name>``, a dict)."""
+
+SETTINGS: dict[str, type] = {
+    "finetune": FinetuneConfig,
+    "lora": LoraMethodConfig,
+    "inc_lora": LoraMethodConfig,
+    "olora": OLoraConfig,
+    "moelora": MoeLoraConfig,
+    "replay": ReplayConfig,
+    "ewc": EwcConfig,
+    "migu": MiguMethodConfig,
+    "random_update": MiguMethodConfig,
+}
+"""Method name -> its settings dataclass (for help texts and documentation)."""
 
 
 def parse_spec(spec: str) -> list[str]:
@@ -46,7 +68,7 @@ def parse_spec(spec: str) -> list[str]:
         raise ValueError("empty method name; e.g. 'finetune' or 'finetune+migu'")
     unknown = [n for n in names if n not in REGISTRY]
     if unknown:
-        raise ValueError(f"unknown method(s) {unknown} in {spec!r}; known: {', '.join(sorted(REGISTRY))}")
+        raise ValueError(f"method: unknown method(s) {unknown} in {spec!r}; known: {', '.join(sorted(REGISTRY))}")
     if len(set(names)) != len(names):
         raise ValueError(f"method {spec!r} names a method twice")
     if "migu" in names and "random_update" in names:
@@ -68,7 +90,8 @@ def build_methods(spec: str, settings: dict[str, dict[str, Any]] | None = None) 
     """Build the composed methods, ordered by stage; ``settings[name]`` configures each one.
 
     Without a method that decides what trains (``finetune``, later ``lora`` ...), ``finetune``
-    is implied, so ``migu`` alone means ``finetune+migu``.
+    is implied, so ``migu`` alone means ``finetune+migu``. Each method's ``config`` holds its
+    effective settings, defaults included (``method_settings``).
     """
     settings = dict(settings or {})
     names = parse_spec(spec)
@@ -79,6 +102,35 @@ def build_methods(spec: str, settings: dict[str, dict[str, Any]] | None = None) 
     if not any(m.stage == "model" for m in methods):
         methods.insert(0, Finetune())
     return sorted(methods, key=lambda m: STAGES.index(m.stage))
+
+
+def method_settings(methods: list[Method]) -> dict[str, dict[str, Any]]:
+    """``{name: settings}`` of built methods, every field included (``random_update`` shows its
+    ``selection: random``)."""
+    return {m.name: to_dict(getattr(m, "config", None)) for m in methods}
+
+
+def effective_method_settings(
+    spec: str, settings: dict[str, dict[str, Any]] | None = None
+) -> dict[str, dict[str, Any]]:
+    """The settings every method of ``spec`` runs with, defaults included (MIGU's threshold
+    from the paper's table for the combination when ``settings`` leave it out): what a run
+    records under ``config.methods`` in results.json. Raises like ``build_methods``."""
+    return method_settings(build_methods(spec, settings))
+
+
+def check_method_settings(settings: Any) -> None:
+    """Check every ``methods.<name>`` section, also of methods a run does not use (a typo there
+    would otherwise be noticed only by the run that needs it): the name is a method, its
+    settings are a mapping of that method's fields with values of the right types."""
+    if settings is None:
+        return
+    if not isinstance(settings, dict):
+        raise ValueError(f"methods must map method names to their settings, got {settings!r}")
+    for name, values in settings.items():
+        if name not in REGISTRY:
+            raise ValueError(f"methods.{name}: unknown method; known: {', '.join(sorted(REGISTRY))}")
+        REGISTRY[name](values if values is not None else {})
 
 
 def canonical_name(spec: str) -> str:

@@ -138,6 +138,40 @@ def arch_of(config: Any) -> Arch:
     return "decoder" if getattr(config, "model_type", "") in decoders else "encoder"
 
 
+PACKAGED = ("minilm", "smollm2")
+TINY = ("tiny-bert", "tiny-roberta", "tiny-t5", "tiny-llama", "tiny-gpt2")
+
+
+def model_source(name: str) -> str | Path:
+    """Where ``name``'s files are: a packaged model's folder, else the name itself (a hub id or a
+    local folder)."""
+    return {"minilm": minilm_path, "smollm2": smollm2_path}.get(name, lambda: name)()
+
+
+def model_config(name: str, source: str | Path | None = None) -> Any:
+    """The transformers config of a packaged, cached or local model; a name that is none of these
+    is a one-line ValueError that lists the packaged names (the runner checks this before a run)."""
+    import transformers as tf
+
+    try:
+        return tf.AutoConfig.from_pretrained(model_source(name) if source is None else source)
+    except (OSError, ValueError) as err:
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        reason = " ".join(str(err).split()).split(". ")[0].rstrip(".")
+        raise ValueError(
+            f"model {name!r} is neither packaged ({', '.join(PACKAGED)}, tiny-*) nor a local model folder nor a "
+            f"hub id {'cached for offline use' if offline else 'that could be loaded'} ({reason})"
+        ) from None
+
+
+def auto_class(arch: Arch) -> Any:
+    """The transformers auto class that loads a model of this kind with its head."""
+    import transformers as tf
+
+    names = {"encoder": "AutoModel", "decoder": "AutoModelForCausalLM", "encoder_decoder": "AutoModelForSeq2SeqLM"}
+    return getattr(tf, names[arch])
+
+
 def load_model(name: str, seed: int = 0, dtype: torch.dtype | None = None) -> ModelBundle:
     """Load a model by name (see the module docstring); tiny models are seeded."""
     import transformers as tf
@@ -145,15 +179,10 @@ def load_model(name: str, seed: int = 0, dtype: torch.dtype | None = None) -> Mo
     if name.startswith("tiny-"):
         torch.manual_seed(seed)
         return _tiny(name.removeprefix("tiny-"))
-    path: str | Path = {"minilm": minilm_path, "smollm2": smollm2_path}.get(name, lambda: name)()
-    config = tf.AutoConfig.from_pretrained(path)
+    path = model_source(name)
+    config = model_config(name, path)
     arch = arch_of(config)
-    auto = {
-        "encoder": tf.AutoModel,
-        "decoder": tf.AutoModelForCausalLM,
-        "encoder_decoder": tf.AutoModelForSeq2SeqLM,
-    }[arch]
-    model = auto.from_pretrained(path, **({"dtype": dtype} if dtype is not None else {}))
+    model = auto_class(arch).from_pretrained(path, **({"dtype": dtype} if dtype is not None else {}))
     tokenizer = tf.AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

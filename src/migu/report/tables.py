@@ -1,6 +1,11 @@
 """Markdown tables from results files: matrices, AA/BWT per method (mean and std over seeds),
 paired differences against a baseline method, the effect of adding one method to every other
-(Table 2 of the paper: each CL method with and without MIGU), per-task forgetting."""
+(Table 2 of the paper: each CL method with and without MIGU), per-task forgetting.
+
+Every table is of one score (``score``: accuracy by default) read from the run's
+``score_matrices`` with its direction; results files older than score matrices hold only
+``accuracy_matrix`` and are read as an accuracy score matrix. A metric a schedule leaves out
+(forgetting under ``data.evaluate_tasks=diagonal``) prints as "–"."""
 
 from __future__ import annotations
 
@@ -14,6 +19,10 @@ from typing import Any
 from .. import metrics
 
 REQUIRED = ("model", "method", "seed", "sequence", "accuracy_matrix")
+"""The keys of a results file that scores accuracy (every file written before score matrices)."""
+KEYS = ("model", "method", "seed", "sequence")
+"""The keys every results file has, besides ``accuracy_matrix`` or ``score_matrices``."""
+ACCURACY = "accuracy"
 
 
 def find_results(paths: Iterable[str | Path]) -> list[Path]:
@@ -32,18 +41,74 @@ def find_results(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def load_results(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
+    """Every results file at or below ``paths``; a file that is not one is a one-line error
+    naming it and what to do."""
     runs = []
     for path in find_results(paths):
         try:
             run = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from err
-        missing = [k for k in REQUIRED if k not in run]
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(
+                f"{path} is not valid JSON ({err}): a run writes it whole when it finishes, so it was "
+                "damaged or written by something else; delete it and rerun that run, or leave its folder out"
+            ) from None
+        if not isinstance(run, dict):
+            raise ValueError(f"{path} is not a migu results file (not a JSON object); leave it out of the paths")
+        missing = [k for k in KEYS if k not in run]
+        if not ("accuracy_matrix" in run or "score_matrices" in run):
+            missing.append("accuracy_matrix or score_matrices")
         if missing:
-            raise ValueError(f"{path} is not a migu results file: missing {missing}")
+            raise ValueError(f"{path} is not a migu results file: missing {missing}; leave it out of the paths")
         run["_path"] = str(path)
         runs.append(run)
     return runs
+
+
+def score_matrices(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{score: {"higher_is_better": bool, "matrix": [[...]], ...}}`` of a run; a file written
+    before score matrices has only its accuracy matrix."""
+    found = run.get("score_matrices") or {}
+    if ACCURACY in found or "accuracy_matrix" not in run:
+        return found
+    return {ACCURACY: {"higher_is_better": True, "matrix": run["accuracy_matrix"]}, **found}
+
+
+def _per_task(run: dict[str, Any], entry: dict[str, Any]) -> bool:
+    """A score matrix over the run's tasks (not a suite's own columns)."""
+    return entry.get("columns") in (None, run["sequence"])
+
+
+def choose_score(runs: list[dict[str, Any]], name: str | None = None) -> str:
+    """``name`` if some run has it (else a ValueError listing the scores); by default accuracy,
+    or else the first per-task score matrix of the runs."""
+    available: dict[str, None] = {}
+    for run in runs:
+        available.update(dict.fromkeys(score_matrices(run)))
+    if name is not None:
+        if name not in available:
+            raise ValueError(f"--score {name}: no run has this score; scores: {', '.join(available) or 'none'}")
+        return name
+    if ACCURACY in available:
+        return ACCURACY
+    per_task = [n for r in runs for n, e in score_matrices(r).items() if _per_task(r, e)]
+    return per_task[0] if per_task else next(iter(available))
+
+
+def summary_of(run: dict[str, Any], score: str = ACCURACY) -> dict[str, Any]:
+    """``metrics.summary`` of one of the run's score matrices, with the score's direction."""
+    cache = run.setdefault("_summaries", {})
+    if score not in cache:
+        entry = score_matrices(run)[score]
+        try:
+            cache[score] = metrics.summary(entry["matrix"], bool(entry.get("higher_is_better", True)))
+        except ValueError as err:
+            where = run.get("_path", run["method"])
+            raise ValueError(f"{where}: score {score!r} has no AA/BWT ({err})") from None
+    return cache[score]
+
+
+def _num(value: float | None, spec: str = ".2f") -> str:
+    return "–" if value is None else format(value, spec)
 
 
 def order_of(run: dict[str, Any]) -> str:
@@ -52,13 +117,33 @@ def order_of(run: dict[str, Any]) -> str:
 
 
 def config_value(run: dict[str, Any], key: str) -> str:
-    """A dotted config key of a run (``train.lr``, ``methods.migu.threshold``), as text; "-" if unset."""
+    """A dotted config key of a run (``train.lr``, ``methods.migu.threshold``), as text; "-" if unset.
+
+    A method setting the run's file does not record (a default, in files written before the
+    effective settings were) is the default for the run's combination of methods, e.g. MIGU's
+    threshold from the paper's table (0.4 with replay)."""
     value: Any = run.get("config", {})
     for part in key.split("."):
         if not isinstance(value, dict) or part not in value:
-            return "-"
+            return _default_setting(run, key)
         value = value[part]
     return str(value)
+
+
+def _default_setting(run: dict[str, Any], key: str) -> str:
+    parts = key.split(".")
+    if len(parts) != 3 or parts[0] != "methods" or parts[1] not in run["method"].split("+"):
+        return "-"
+    if "_effective" not in run:
+        from ..methods.registry import effective_method_settings
+
+        try:  # JSON round trip: tuples read as the lists a results file holds
+            settings = effective_method_settings(run["method"], run.get("config", {}).get("methods"))
+            run["_effective"] = json.loads(json.dumps(settings))
+        except ValueError:  # a method or setting this version no longer knows
+            run["_effective"] = {}
+    method = run["_effective"].get(parts[1], {})
+    return str(method[parts[2]]) if parts[2] in method else "-"
 
 
 def label_of(run: dict[str, Any], by: tuple[str, ...] = ()) -> str:
@@ -73,23 +158,32 @@ def varying_keys(runs: list[dict[str, Any]], by: tuple[str, ...]) -> tuple[str, 
     return tuple(k for k in by if len({config_value(r, k) for r in runs}) > 1)
 
 
-def format_matrix(run: dict[str, Any]) -> str:
-    names = run["sequence"]
+def format_matrix(run: dict[str, Any], score: str = ACCURACY) -> str:
+    """One score matrix as a table (rows: after training on; columns: task), with AA, BWT and
+    forgetting under it."""
+    entry = score_matrices(run)[score]
+    names = entry.get("columns") or run["sequence"]
+    spec = ".1f" if score == ACCURACY else ".4g"
     head = "| after | " + " | ".join(names) + " |\n|---|" + "---|" * len(names) + "\n"
     rows = []
-    for i, row in enumerate(run["accuracy_matrix"]):
-        label = "(start)" if i == 0 else names[i - 1]
-        rows.append(f"| {label} | " + " | ".join("–" if v is None else f"{v:.1f}" for v in row) + " |")
-    m = metrics.summary(run["accuracy_matrix"])
-    return head + "\n".join(rows) + f"\n\nAA {m['aa']:.2f}, BWT {m['bwt']:.2f}, forgetting {m['forgetting']:.2f}\n"
+    for i, row in enumerate(entry["matrix"]):
+        label = "(start)" if i == 0 else run["sequence"][i - 1]
+        rows.append(f"| {label} | " + " | ".join(_num(v, spec) for v in row) + " |")
+    m = summary_of(run, score)
+    return (
+        head + "\n".join(rows) + f"\n\nAA {_num(m['aa'])}, BWT {_num(m['bwt'])}, forgetting {_num(m['forgetting'])}\n"
+    )
 
 
-def _pm(values: list[float]) -> str:
-    mean, std = metrics.mean_std(values)
+def _pm(values: list[float | None]) -> str:
+    """Mean ± std, "–" if any value is missing (a metric the schedule leaves out)."""
+    if not values or any(v is None for v in values):
+        return "–"
+    mean, std = metrics.mean_std(values)  # type: ignore[arg-type]
     return f"{mean:.2f} ± {std:.2f}" if len(values) > 1 else f"{mean:.2f}"
 
 
-def summary_table(runs: list[dict[str, Any]], by: tuple[str, ...] = ()) -> str:
+def summary_table(runs: list[dict[str, Any]], by: tuple[str, ...] = (), score: str = ACCURACY) -> str:
     """One row per (model, order, method variant): AA, BWT, forgetting, learning accuracy, seeds, minutes."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
@@ -102,7 +196,7 @@ def summary_table(runs: list[dict[str, Any]], by: tuple[str, ...] = ()) -> str:
     for (model, order, method), members in sorted(groups.items()):
         if order == "all orders" and len(orders) < 2:
             continue
-        ms = [metrics.summary(r["accuracy_matrix"]) for r in members]
+        ms = [summary_of(r, score) for r in members]
         minutes = [sum(t.get("seconds", 0) + t.get("eval_seconds", 0) for t in r.get("timings", [])) / 60
                    for r in members]  # fmt: skip
         lines.append(
@@ -135,13 +229,13 @@ def _partners(
             yield run, _baseline_for(run, index.get((run["model"], method, order_of(run), run["seed"]), []), by)
 
 
-def paired_table(runs: list[dict[str, Any]], baseline: str, by: tuple[str, ...] = ()) -> str:
+def paired_table(runs: list[dict[str, Any]], baseline: str, by: tuple[str, ...] = (), score: str = ACCURACY) -> str:
     """Per method variant: AA and BWT minus the baseline's on the same (model, order, seed)."""
     diffs: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for run, base in _partners(runs, lambda method: None if method == baseline else baseline, by):
         if base is None:
             continue
-        a, b = metrics.summary(run["accuracy_matrix"]), metrics.summary(base["accuracy_matrix"])
+        a, b = summary_of(run, score), summary_of(base, score)
         d = diffs[(run["model"], label_of(run, by))]
         d["aa"].append(a["aa"] - b["aa"])
         d["bwt"].append(a["bwt"] - b["bwt"])
@@ -166,7 +260,7 @@ def without(method: str, component: str) -> str | None:
     return "+".join(p for p in parts if p != component)
 
 
-def effect_table(runs: list[dict[str, Any]], component: str, by: tuple[str, ...] = ()) -> str:
+def effect_table(runs: list[dict[str, Any]], component: str, by: tuple[str, ...] = (), score: str = ACCURACY) -> str:
     """Every run whose method includes ``component`` next to the run of the same model, order and
     seed without it (each with its own chosen rate): AA and BWT of both and their paired difference,
     over all orders and seeds. Runs without a partner (or with several that ``by`` cannot tell
@@ -183,8 +277,8 @@ def effect_table(runs: list[dict[str, Any]], component: str, by: tuple[str, ...]
     lines = [f"| model | without {component} | with | AA | AA with | ΔAA | BWT | BWT with | ΔBWT | pairs |",
              "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for (model, base_label, label), members in sorted(pairs.items()):
-        b = [metrics.summary(x["accuracy_matrix"]) for x, _ in members]
-        w = [metrics.summary(y["accuracy_matrix"]) for _, y in members]
+        b = [summary_of(x, score) for x, _ in members]
+        w = [summary_of(y, score) for _, y in members]
         aa = [y["aa"] - x["aa"] for x, y in zip(b, w, strict=True)]
         bwt = [y["bwt"] - x["bwt"] for x, y in zip(b, w, strict=True)]
         lines.append(
@@ -218,6 +312,27 @@ def timing_table(runs: list[dict[str, Any]], by: tuple[str, ...] = ()) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_options(
+    runs: list[dict[str, Any]], baseline: str | None = None, by: tuple[str, ...] = (), effect_of: tuple[str, ...] = ()
+) -> None:
+    """A ``--baseline``, ``--by`` or ``--effect-of`` that matches no run is a ValueError naming
+    the option (a typo would otherwise print a table without the part that was asked for)."""
+    methods = sorted({r["method"] for r in runs})
+    if baseline and baseline not in methods:
+        raise ValueError(f"--baseline {baseline}: no run has this method; methods: {', '.join(methods)}")
+    for key in by:
+        if all(config_value(r, key) == "-" for r in runs):
+            raise ValueError(
+                f"--by {key}: no run sets this config key (keys look like train.lr, methods.migu.threshold)"
+            )
+    components = sorted({c for m in methods for c in m.split("+")})
+    for component in effect_of:
+        if component not in components:
+            raise ValueError(
+                f"--effect-of {component}: no run's method includes it; components: {', '.join(components)}"
+            )
+
+
 def report_markdown(
     runs: list[dict[str, Any]],
     baseline: str | None = "finetune",
@@ -225,27 +340,43 @@ def report_markdown(
     by: tuple[str, ...] = (),
     timings: bool = False,
     effect_of: tuple[str, ...] = (),
+    score: str | None = None,
 ) -> str:
     """Summary table, paired differences against ``baseline`` and, optionally, every matrix.
 
     ``by``: dotted config keys (``train.lr``, ``methods.migu.threshold``) whose values split a
     method into variants, for sweeps and ablations. Labels show only the keys that vary over
-    ``runs``, and only where a run sets them."""
+    ``runs``, and only where a run sets them. ``score``: the score matrix the tables are of
+    (``choose_score``: accuracy by default); runs without it are counted under the summary."""
+    score = choose_score(runs, score)
+    lacking = [r for r in runs if score not in score_matrices(r)]
+    runs = [r for r in runs if score in score_matrices(r)]
     by = varying_keys(runs, by)
-    parts = ["## Summary (mean ± std over seeds)\n", summary_table(runs, by)]
+    if score == ACCURACY:
+        parts = ["## Summary (mean ± std over seeds)\n", summary_table(runs, by)]
+    else:
+        direction = "higher" if score_matrices(runs[0])[score].get("higher_is_better", True) else "lower"
+        parts = [
+            f"## Summary of {score} ({direction} is better; mean ± std over seeds)\n",
+            summary_table(runs, by, score),
+        ]
+    if lacking:
+        parts.append(f"\n{len(lacking)} run(s) without the score {score} left out: " + ", ".join(
+            sorted({r['method'] for r in lacking})) + "\n")  # fmt: skip
     if baseline:
-        paired = paired_table(runs, baseline, by)
+        paired = paired_table(runs, baseline, by, score)
         if paired:
             parts += [f"\n## Paired differences against {baseline} (same order and seed; mean ± std)\n", paired]
     for component in effect_of:
-        effect = effect_table(runs, component, by)
+        effect = effect_table(runs, component, by, score)
         if effect:
             parts += [f"\n## With and without {component} (paired: same order and seed; mean ± std)\n", effect]
     if timings:
         parts += ["\n## Wall time per run\n", timing_table(runs, by)]
     if matrices:
-        parts.append("\n## Accuracy matrices (rows: after training on; columns: task)\n")
+        title = "Accuracy" if score == ACCURACY else score
+        parts.append(f"\n## {title} matrices (rows: after training on; columns: task)\n")
         for run in sorted(runs, key=lambda r: (r["model"], order_of(r), label_of(r, by), r["seed"])):
             parts.append(f"\n### {run['model']} / {order_of(run)} / {label_of(run, by)} / seed {run['seed']}\n\n")
-            parts.append(format_matrix(run))
+            parts.append(format_matrix(run, score))
     return "".join(parts)
