@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 PRESETS = ("attention", "ffn", "all_linear")
-MaskMode = Literal["grad", "update"]
+MaskMode = Literal["grad", "update", "observe"]
+MaskTiming = Literal["step", "in_backward"]
 Reduction = Literal["sum", "mean"]
 Selection = Literal["magnitude", "random"]
 
@@ -54,7 +55,25 @@ class MiguConfig:
     mask_mode: MaskMode = "grad"
     """``grad``: multiply masked rows of ``weight.grad`` by 0 just before the optimizer step
     (official; Adam momentum and weight decay still move those rows). ``update``: masked rows
-    are left exactly unchanged by the optimizer step (their values are restored after it)."""
+    are left exactly unchanged by the optimizer step (their values are restored after it).
+    ``observe``: compute the statistic and the selection and record the kept rows (``report``,
+    ``kept_masks``) without touching any gradient or weight: plain finetuning that records
+    which rows MIGU would have kept."""
+
+    mask_timing: MaskTiming = "step"
+    """When the mask reaches the gradient. ``step`` (default): once per optimizer step, after
+    the last backward, on ``.grad`` (exact with any gradient accumulation). ``in_backward``: for
+    engines that consume gradients during backward (DeepSpeed ZeRO, anything reducing or
+    partitioning gradients in backward hooks). The rows are chosen when the step's last backward
+    starts (the statistic of every forward of the step is then complete, and is all-reduced
+    there), and each weight gradient produced by that backward is masked as autograd produces it
+    (the fast path's row-sparse gradient, and a gradient hook on the weight). Needs
+    ``micro_batches_per_step``, which says which backward is the last. Exact for one micro-batch
+    per step; with accumulation only the last micro-batch's contribution is masked: the gradient
+    of masked rows is the sum of the earlier micro-batches' contributions, unmasked (MIGU does
+    not mask ``.grad`` again before the step, since such engines keep no ``.grad``). ``update``
+    mode restores the module's weights after the step, which an engine that keeps its own
+    master weights (DeepSpeed) overwrites: it raises when the step finds no ``.grad``."""
 
     mask_bias: bool = False
     """Also zero the bias entries of masked rows. Off by default (bias untouched)."""
@@ -75,8 +94,11 @@ class MiguConfig:
     fast_path: bool = True
     """Use the fast path where it gives the reference path's result (see
     ``micro_batches_per_step``): plain Linear and Conv1D layers (not subclasses with their own
-    forward), magnitude selection, one process. Rows tied exactly at the cut are the one difference: the
-    fast path keeps exactly ``rows - ceil(T * (rows - 1))`` of them."""
+    forward), magnitude selection, one process or FSDP2-sharded weights (the statistic is then
+    all-reduced when the backward starts); with ``mask_timing="in_backward"``, for the last
+    micro-batch of every step. Rows tied exactly at the cut are the one difference: the fast path
+    keeps exactly ``rows - ceil(T * (rows - 1))`` of them (and ``report``/``kept_masks`` list the
+    rows it kept)."""
 
     measure_update_leak: bool = False
     """Diagnostic: measure the share of each step's squared weight update that lands on masked
@@ -100,7 +122,8 @@ class MiguConfig:
         self.include = _patterns("include", self.include)
         self.exclude = _patterns("exclude", self.exclude)
         _choice("reduction", self.reduction, ("sum", "mean"))
-        _choice("mask_mode", self.mask_mode, ("grad", "update"))
+        _choice("mask_mode", self.mask_mode, ("grad", "update", "observe"))
+        _choice("mask_timing", self.mask_timing, ("step", "in_backward"))
         _choice("selection", self.selection, ("magnitude", "random"))
         if self.micro_batches_per_step is not None and (
             isinstance(self.micro_batches_per_step, bool)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -12,11 +11,14 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from .backward import AccumulatedMasking, BackwardStart, shaped
 from .config import MiguConfig
-from .report import KeptRowsLog, LayerReport
-from .selection import magnitude_keep, random_keep
+from .report import LayerReport
+from .sharding import is_sharded, local, local_mask
 from .statistics import Recorder, distributed_world
+from .step import StepSelection
 from .targets import Source, Target, fast_path_layer, find_sources
+from .updates import UpdateKeeper
 
 
 class MiguHandle:
@@ -25,6 +27,7 @@ class MiguHandle:
     Each training forward adds to the statistic; ``before_optimizer_step`` ranks the rows and
     masks the gradients; ``after_optimizer_step`` restores masked rows (``update`` mode) and
     resets the statistic. ``attach_optimizer`` runs both around every ``optimizer.step()``.
+    Under FSDP2 (weights sharded by rows as DTensors) each rank masks the rows it owns.
     """
 
     def __init__(self, model: nn.Module, config: MiguConfig, optimizer: torch.optim.Optimizer | None = None):
@@ -36,22 +39,14 @@ class MiguHandle:
         self.config = config
         self._paused = False
         self._masked = False
-        self._pending: list[tuple[Target, torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
-        self._leak_pending: list[tuple[Target, torch.Tensor, torch.Tensor]] = []
-        self._leak: list[torch.Tensor] = []  # running [masked, total] squared update, on the device
+        self._updates = UpdateKeeper(config.mask_mode == "update", config.measure_update_leak, config.mask_bias)
         self._optimizer_hooks: list[RemovableHandle] = []
-        # masking during backward (mask_in_backward): hooks, when to mask, the step's selection
-        self._grad_hooks: list[RemovableHandle] = []
-        self._when: Callable[[], bool] | None = None
-        self._armed = False  # for the next backward only
-        self._lock = threading.Lock()  # autograd runs the hooks of each device on its own thread
-        self._keeps: list[torch.Tensor | None] | None = None
-        self._keeps_forwards: list[int] = []
         self._done: set[tuple[int, bool]] = set()  # (id(target), bias?) masked this step
         self._stale: set[int] = set()  # id() of gradients that grew again after being masked
-        self._generator = torch.Generator().manual_seed(config.seed)
-        self._log = KeptRowsLog()
+        self._step = StepSelection(config.threshold, config.selection, config.seed, config.sync_distributed)
         self._recorder: Recorder | None = None
+        self._start: BackwardStart | None = None
+        self._accumulated = AccumulatedMasking(self)
         self._attach()
         if optimizer is not None:
             self.attach_optimizer(optimizer)
@@ -60,22 +55,27 @@ class MiguHandle:
         self.sources: list[Source] = find_sources(self.model, self.config)
         self._recorder = Recorder(self.model, self.sources, self.config.ignore_padding)
         self._recorder.enabled = not self._paused
-        self._recorder.threshold = self.config.threshold
+        self._recorder.choose_rows = self._choose_fast_rows
+        self._start = BackwardStart(self, self.model)
         self._fast_eligible = {i for i, s in enumerate(self.sources) if fast_path_layer(s)}
         self._update_fast_path()
 
     def _update_fast_path(self) -> None:
         """Choose the layers whose weight gradient is computed for kept rows only (see config)."""
         c = self.config
+        world = distributed_world()
+        # the rows come from the statistic all-reduced when the backward starts. Under DDP the
+        # step-timed path stays the reference (DDP's averaged dense gradient, then the mask)
+        sharded = world > 1 and any(is_sharded(t.weight) for s in self.sources for t in s.targets)
         on = (
             c.fast_path
-            and c.micro_batches_per_step == 1
             and c.selection == "magnitude"
-            # across ranks the reference masks DDP's averaged dense gradient; the fast path would
-            # average gradients already masked by each rank's own rows (or before the all-reduce)
-            and distributed_world() <= 1
+            and c.mask_mode != "observe"
+            and (c.mask_timing == "in_backward" or (c.micro_batches_per_step == 1 and (world <= 1 or sharded)))
         )
-        self._live().fast_sources = set(self._fast_eligible) if on else set()
+        recorder = self._live()
+        recorder.fast_sources = set(self._fast_eligible) if on else set()
+        recorder.fast_world = world
 
     @property
     def fast_path_layers(self) -> list[str]:
@@ -125,9 +125,9 @@ class MiguHandle:
     def refresh(self) -> None:
         """Find the target layers again (e.g. after adding a LoRA adapter); resets the statistic."""
         self._live().remove()
-        for hook in self._grad_hooks:  # the new layers get their own (see mask_in_backward)
-            hook.remove()
-        self._grad_hooks.clear()
+        if self._start is not None:
+            self._start.remove()
+        self._accumulated.remove()  # the new layers get their own (see mask_in_backward)
         self._reset_step()
         self._attach()
 
@@ -173,20 +173,31 @@ class MiguHandle:
     def before_optimizer_step(self) -> None:
         """Rank the rows of every layer and mask the gradients; call once per optimizer step,
         after backward and before gradient clipping (the official order, and what the fast path
-        computes), or at the latest just before ``optimizer.step()``. Idempotent per step."""
+        computes), or at the latest just before ``optimizer.step()``. Idempotent per step.
+        With ``mask_timing="in_backward"`` the gradients were masked during the last backward:
+        this only prepares ``update`` mode; in ``observe`` mode it only records the selection."""
         if self._paused or self._masked:
             return
         recorder = self._live()
-        with_grad = [(i, t) for i, s in enumerate(self.sources) for t in s.targets if t.weight.grad is not None]
         if not any(recorder.forwards):
             raise ValueError(
                 "MIGU was asked to mask before any training forward: the statistic is empty "
                 "(run the forward in train mode with gradients enabled, after attaching)"
             )
+        c = self.config
+        if c.mask_mode == "observe":
+            self.decide()
+            self._masked = True
+            return
+        if c.mask_timing == "in_backward":
+            self._prepare_in_backward_step()
+            return
+        with_grad = [(i, t) for i, s in enumerate(self.sources) for t in s.targets if t.weight.grad is not None]
         if not with_grad:
             raise RuntimeError(
                 "MIGU found no gradient on any of its layers, so masking would do nothing. Call it after "
-                "backward; under DeepSpeed ZeRO-2/3 gradients do not live in .grad and cannot be masked here"
+                "backward; under DeepSpeed ZeRO-2/3 gradients do not live in .grad: use "
+                "mask_timing='in_backward', which masks them during backward"
             )
         for i, target in with_grad:
             if recorder.forwards[i] == 0:
@@ -194,33 +205,62 @@ class MiguHandle:
                     f"layer {target.name} has a gradient but MIGU recorded no training forward for it "
                     "(was it run in eval mode or under torch.no_grad?)"
                 )
+        keeps = self.decide()
         self._masked = True
-        keeps = self._step_keeps()
         for i, target in with_grad:
             keep = keeps[i]
             assert keep is not None  # every source with a gradient was recorded (checked above)
-            shaped = self._shaped(target, keep)
-            if self.config.mask_mode == "update":
-                bias = target.bias.detach().clone() if self.config.mask_bias and target.bias is not None else None
-                self._pending.append((target, shaped, target.weight.detach().clone(), bias))
-            if self.config.measure_update_leak:
-                self._leak_pending.append((target, shaped, target.weight.detach().clone()))
+            self._updates.save(target, shaped(target, keep))
             # multiply by 1 or 0, as the official code. On the fast path the layer's own gradient
             # has zero masked rows already, but a loss term on the weights themselves (an EWC or
             # L2 penalty, O-LoRA's orthogonality) adds to every row: masking again keeps the paths
             # equal at the price of one pass over the gradient (a few percent of the saved work)
-            self._mask(target, False, shaped)
-            if self.config.mask_bias and target.bias is not None:
-                self._mask(target, True, keep)
+            self.mask_grad(target, False, shaped(target, keep))
+            if c.mask_bias and target.bias is not None:
+                self.mask_grad(target, True, keep)
 
-    def _mask(self, target: Target, bias: bool, shaped: torch.Tensor, in_backward: bool = False) -> None:
-        """Multiply the weight's (or bias's) gradient by the 0/1 mask, unless this step did."""
+    def _prepare_in_backward_step(self) -> None:
+        start = self._start
+        assert start is not None
+        if not start.armed:
+            raise RuntimeError(
+                f"MIGU mask_timing='in_backward' saw {start.backwards} backward pass(es) in this optimizer step, "
+                f"fewer than micro_batches_per_step={self.config.micro_batches_per_step}: no gradient was masked. "
+                "Set micro_batches_per_step to the real number of micro-batches per step"
+            )
+        keeps = self.decide()
+        self._masked = True
+        if not self._updates.needed:
+            return
+        targets = [(i, t) for i, s in enumerate(self.sources) for t in s.targets if t.weight.requires_grad]
+        if self.config.mask_mode == "update" and not any(t.weight.grad is not None for _, t in targets):
+            raise RuntimeError(
+                "MIGU update mode restores the masked rows of the module's weights after the step, but no "
+                "weight has a .grad: this engine keeps its own master weights (DeepSpeed ZeRO) and would "
+                "overwrite them. Use mask_mode='grad'"
+            )
+        for i, target in targets:
+            keep = keeps[i]
+            if keep is not None:
+                self._updates.save(target, shaped(target, keep))
+
+    def mask_grad(self, target: Target, bias: bool, shaped: torch.Tensor, in_backward: bool = False) -> None:
+        """Multiply the weight's (or bias's) gradient by the 0/1 mask, unless this step did; a
+        sharded gradient (FSDP2) by the rows of the mask this rank owns."""
         param = target.bias if bias else target.weight
         grad = None if param is None else param.grad
         if grad is None or (not in_backward and (id(target), bias) in self._done and id(param) not in self._stale):
             return
-        grad.mul_(shaped.to(grad.dtype))
+        mask = local_mask(grad, shaped)
+        local(grad).mul_(mask.to(grad.dtype))
         self._done.add((id(target), bias))
+        if in_backward:
+            self._stale.discard(id(param))
+
+    def mark_stale(self, param: torch.Tensor, entries: list[tuple[int, Target, bool]]) -> None:
+        """A backward added to a gradient masked in an earlier one: mask it again at the step."""
+        if any((id(t), b) in self._done for _, t, b in entries):
+            self._stale.add(id(param))
 
     def mask_in_next_backward(self) -> bool:
         """Mask each gradient during the next backward, as soon as it is accumulated.
@@ -231,137 +271,89 @@ class MiguHandle:
         that backward did not reach, and again what a later backward added to. One process only,
         since the statistic would have to be reduced across ranks inside backward: returns False
         (changing nothing) under torch.distributed, while paused or once the step is masked.
+        (Engines that keep no ``.grad``: ``mask_timing="in_backward"``.)
         """
-        if self._paused or self._masked or not self._hook_gradients():
+        if self._paused or self._masked or not self._accumulated.install():
             return False
-        self._armed = True
+        self._accumulated.armed = True
         return True
 
     def mask_in_backward(self, when: Callable[[], bool] | None) -> bool:
         """Mask during every backward for which ``when()`` is true, as ``mask_in_next_backward``
         (``when`` is asked as each gradient is accumulated; it should say whether this is the last
         backward of the step). ``None`` stops. Returns False under torch.distributed."""
-        self._when = None
-        if when is None or not self._hook_gradients():
+        self._accumulated.when = None
+        if when is None or not self._accumulated.install():
             return False
-        self._when = when
+        self._accumulated.when = when
         return True
 
-    def _hook_gradients(self) -> bool:
-        if distributed_world() > 1:
-            return False
-        if not self._grad_hooks:
-            entries: dict[int, tuple[torch.Tensor, list[tuple[int, Target, bool]]]] = {}
-            for i, source in enumerate(self.sources):
-                for target in source.targets:
-                    params: list[tuple[torch.Tensor, bool]] = [(target.weight, False)]
-                    if self.config.mask_bias and target.bias is not None:
-                        params.append((target.bias, True))
-                    for tensor, bias in params:
-                        if tensor.requires_grad:
-                            entries.setdefault(id(tensor), (tensor, []))[1].append((i, target, bias))
-            for tensor, pairs in entries.values():
-                hook = tensor.register_post_accumulate_grad_hook(lambda p, pairs=pairs: self._in_backward(p, pairs))
-                self._grad_hooks.append(hook)
-        return True
+    # -- the step's selection ------------------------------------------------------------------
+    @property
+    def active(self) -> bool:
+        """Recording and not yet masked in this step."""
+        return not self._paused and not self._masked and self._recorder is not None
 
-    def _in_backward(self, param: torch.Tensor, entries: list[tuple[int, Target, bool]]) -> None:
-        if self._paused or self._masked:
-            return
-        if not (self._armed or (self._when is not None and self._when())):
-            if any((id(t), b) in self._done for _, t, b in entries):
-                self._stale.add(id(param))  # masked in an earlier backward: mask again at the step
-            return
-        with self._lock:
-            keeps = self._step_keeps()
-            for i, target, bias in entries:
-                keep = keeps[i]
-                if keep is not None:
-                    self._mask(target, bias, keep if bias else self._shaped(target, keep), in_backward=True)
-            self._stale.discard(id(param))
-
-    def _step_keeps(self) -> list[torch.Tensor | None]:
-        """The step's selection, made once; a forward after it means it saw part of the statistic."""
+    def decides_in_backward(self) -> bool:
+        """Whether the rows are chosen when the step's (last) backward starts (fast path, in_backward)."""
         recorder = self._live()
-        if self._keeps is None:
-            self._keeps = self._select(recorder.gather(self.config.sync_distributed), recorder.forwards)
-            self._keeps_forwards = list(recorder.forwards)
-        elif recorder.forwards != self._keeps_forwards:
-            raise RuntimeError(
-                "MIGU chose this step's rows during a backward, and a training forward ran after that, so "
-                "the choice missed part of the statistic: mask in backward only in the step's last backward, "
-                "and not under gradient checkpointing (it runs forwards inside backward)"
-            )
-        return self._keeps
+        if not self.active or self.config.mask_mode == "observe":
+            return False
+        return self.config.mask_timing == "in_backward" or bool(recorder.fast_sources and not recorder.world_changed())
+
+    def decide(self, strict: bool = False) -> list[torch.Tensor | None]:
+        """The step's selection, made once (see ``StepSelection.decide``)."""
+        return self._step.decide(self._live(), self.sources, strict)
+
+    def _choose_fast_rows(self, index: int) -> torch.Tensor | None:
+        """The rows whose weight gradient a fast-path backward computes; None: the dense gradient."""
+        start = self._start
+        if not self.active or (self.config.mask_timing == "in_backward" and not (start and start.armed)):
+            return None
+        self.decide()
+        return self._step.fast_rows.get(index)
 
     def _reset_step(self) -> None:
-        self._masked = self._armed = False
-        self._keeps, self._keeps_forwards = None, []
+        self._masked = False
+        self._accumulated.armed = False
+        self._step.reset()
         self._done.clear()
         self._stale.clear()
+        if self._start is not None:
+            self._start.reset()
 
     def after_optimizer_step(self) -> None:
         """Restore masked rows (``update`` mode) and reset the statistic for the next step."""
-        for target, shaped, weight, bias in self._pending:
-            w = target.weight.detach()
-            w.copy_(torch.where(shaped, w, weight))
-            if bias is not None and target.bias is not None:
-                b = target.bias.detach()
-                b.copy_(torch.where(shaped.reshape(-1), b, bias))
-        self._pending.clear()
-        for target, shaped, before in self._leak_pending:
-            delta = (target.weight.detach() - before).float().pow(2)
-            step = torch.stack([(delta * ~shaped).sum(), delta.sum()])
-            self._leak = [self._leak[0] + step] if self._leak else [step]
-        self._leak_pending.clear()
+        self._updates.after_step()
         self._reset_step()
         self._live().reset()
         self._update_fast_path()
 
-    def _select(self, buffers: list[torch.Tensor], forwards: list[int]) -> list[torch.Tensor | None]:
-        groups: dict[tuple[int, torch.device], list[int]] = {}
-        for i, buffer in enumerate(buffers):
-            if forwards[i]:
-                groups.setdefault((buffer.numel() - 1, buffer.device), []).append(i)
-        keeps: list[torch.Tensor | None] = [None] * len(buffers)
-        for indices in groups.values():
-            stats = torch.stack([buffers[i][:-1] for i in indices])
-            if self.config.selection == "random":
-                keep = random_keep(stats, self.config.threshold, self._generator)
-            else:
-                keep = magnitude_keep(stats, self.config.threshold)
-            self._log.add([self.sources[i].name for i in indices], keep)
-            for row, i in enumerate(indices):
-                keeps[i] = keep[row]
-        return keeps
-
-    @staticmethod
-    def _shaped(target: Target, keep: torch.Tensor) -> torch.Tensor:
-        """``keep`` (one flag per row) shaped to broadcast over the weight."""
-        dims = target.weight.dim()
-        return keep.view(1, -1) if target.rows_last else keep.view(-1, *([1] * (dims - 1)))
-
     # -- reporting -----------------------------------------------------------------------------
     def report(self) -> dict[str, LayerReport]:
         """Per layer: rows kept at the last masked step, rows ever kept, consecutive-step overlap."""
-        return self._log.report(self.sources)
+        return self._step.log.report(self.sources)
+
+    def kept_masks(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer (statistic source, as in ``report``) that had a selection since the handle was
+        made or ``reset_report``: boolean CPU tensors over its rows, ``(kept at the last step, ever
+        kept)``. In every mode, ``observe`` included; on the fast path the rows that got a gradient."""
+        return self._step.log.masks()
 
     def update_leak(self) -> float | None:
         """Share of the squared weight update that landed on masked rows, over the steps since
-        the handle was made or ``reset_report`` (needs ``measure_update_leak=True``)."""
-        if not self._leak:
-            return None
-        masked, total = self._leak[0].tolist()
-        return masked / total if total > 0 else 0.0
+        the handle was made or ``reset_report`` (needs ``measure_update_leak=True``; under FSDP2,
+        over this rank's rows)."""
+        return self._updates.leak()
 
     def reseed(self, seed: int) -> None:
         """Restart the generator of the ``random`` selection (e.g. per task, for resumable runs)."""
-        self._generator.manual_seed(seed)
+        self._step.generator.manual_seed(seed)
 
     def reset_report(self) -> None:
         """Forget the masking history (e.g. at the start of a new task)."""
-        self._log.clear()
-        self._leak.clear()
+        self._step.log.clear()
+        self._updates.clear_leak()
 
     # -- lifetime ------------------------------------------------------------------------------
     def _live(self) -> Recorder:
@@ -377,12 +369,12 @@ class MiguHandle:
         for hook in self._optimizer_hooks:
             hook.remove()
         self._optimizer_hooks.clear()
-        for hook in self._grad_hooks:
-            hook.remove()
-        self._grad_hooks.clear()
-        self._when = None
-        self._pending.clear()
-        self._leak_pending.clear()
+        if self._start is not None:
+            self._start.remove()
+            self._start = None
+        self._accumulated.remove()
+        self._accumulated.when = None
+        self._updates.drop()
 
     def __enter__(self) -> MiguHandle:
         return self

@@ -52,6 +52,10 @@ class KeptRowsLog:
     def clear(self) -> None:
         self._layers.clear()
 
+    def masks(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer with at least one selection: (kept at the last step, ever kept), bool, CPU."""
+        return {name: (_cpu(d["last"]), _cpu(d["ever"])) for name, d in self._layers.items()}
+
     def report(self, sources: list[Source]) -> dict[str, LayerReport]:
         out = {}
         for source in sources:
@@ -68,3 +72,7 @@ class KeptRowsLog:
                 mean_jaccard=float(d["jaccard_sum"]) / (d["steps"] - 1) if d and d["steps"] > 1 else None,
             )
         return out
+
+
+def _cpu(mask: torch.Tensor) -> torch.Tensor:
+    return mask.to("cpu", copy=True)

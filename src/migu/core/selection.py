@@ -47,3 +47,11 @@ def random_keep(stats: torch.Tensor, threshold: float, generator: torch.Generato
     scores = torch.rand(stats.shape, generator=generator).to(stats.device)
     ranks = scores.argsort(dim=-1).argsort(dim=-1)
     return ranks < counts
+
+
+def fast_rows(stats: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Indices [layers, k] of the k = rows - cut_index top rows of each layer: the rows whose weight
+    gradient the fast path computes. A fixed count (no host synchronisation), so with exact ties at
+    the cut it holds fewer rows than ``magnitude_keep``; the kept rows are those in both."""
+    keep = stats.shape[-1] - cut_index(stats.shape[-1], threshold)
+    return rankable(stats).topk(keep, dim=-1, sorted=False).indices

@@ -8,7 +8,7 @@ Under torch.distributed the buffers are summed over ranks in a single all-reduce
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -17,7 +17,6 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from .fastpath import RowSparseLinear
-from .selection import cut_index, rankable
 from .targets import Side, Source
 
 CHUNK_VALUES = 1 << 20
@@ -28,10 +27,16 @@ def distributed_world() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def current_backward() -> int | None:
+    """Id of the backward pass autograd is running on this thread, or None outside backward."""
+    current = getattr(torch._C, "_current_graph_task_id", None)
+    task = current() if current is not None else -1
+    return None if task == -1 else int(task)
+
+
 def _in_backward() -> bool:
     """True while autograd runs a backward pass (e.g. a checkpointed block recomputing its forward)."""
-    current = getattr(torch._C, "_current_graph_task_id", None)
-    return current is not None and current() != -1
+    return current_backward() is not None
 
 
 class Recorder:
@@ -45,12 +50,14 @@ class Recorder:
             torch.zeros(s.rows() + 1, dtype=torch.float32, device=s.targets[0].weight.device) for s in self.sources
         ]
         self.forwards = [0] * len(self.sources)
+        self.outside = [0] * len(self.sources)  # forwards outside backward (not recomputes)
         self._host_tokens = [0] * len(self.sources)
-        # fast path: sources whose weight gradient is computed for kept rows only (set by the handle)
+        # fast path: sources whose weight gradient is computed for kept rows only, the number of
+        # ranks when they were chosen, and where their kept rows come from (all set by the handle)
         self.fast_sources: set[int] = set()
-        self.threshold = 0.0
-        self.fast_rows: dict[int, torch.Tensor] = {}
-        self.backward_seen = False
+        self.fast_world = 1
+        self.choose_rows: Callable[[int], torch.Tensor | None] = lambda index: None
+        self.decided = False  # this step's rows are chosen: a training forward now comes too late
         self._derived: dict[Side, torch.Tensor | None] = {}
         self._explicit: dict[Side, torch.Tensor | None] = {}
         self._warned_no_mask = False
@@ -103,33 +110,32 @@ class Recorder:
         return record
 
     def _fast_output(self, index: int, module: nn.Module, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-        if self.backward_seen and not _in_backward():  # a recompute (gradient checkpointing) is fine
+        if self.decided and not _in_backward():  # a recompute (gradient checkpointing) is fine
             raise RuntimeError(
                 "MIGU's fast path saw a training forward after a backward in the same optimizer step "
                 "(gradient accumulation?): the rows kept by the first backward would ignore it. "
                 "Set micro_batches_per_step to the real number (or fast_path=False)"
             )
-        target = self.sources[index].targets[0]
+        target = self.sources[index].targets[0]  # read now: under FSDP2 the unsharded weight
         return RowSparseLinear.apply(
             x, target.weight, target.bias, output.detach(), target.rows_last, lambda: self._kept_rows(index)
         )
 
+    def world_changed(self) -> bool:
+        """A process group appeared (or went) since the fast path was chosen."""
+        return distributed_world() != self.fast_world
+
     def _kept_rows(self, index: int) -> torch.Tensor:
-        """The kept rows of a fast-path source, chosen at its first backward of the step."""
-        self.backward_seen = True
-        rows = self.fast_rows.get(index)
-        if rows is None and (not self.enabled or self.forwards[index] == 0 or distributed_world() > 1):
-            # paused, or the statistic was reset, between this forward and its backward (the
-            # reference path leaves this gradient dense), or a process group appeared after
-            # attaching (the rows must come from the reduced statistic): the dense gradient, which
-            # the mask before the step then treats exactly as the reference path does
-            return torch.arange(self.buffers[index].numel() - 1, device=self.buffers[index].device)
-        if rows is None:
-            stat = self.buffers[index][:-1]
-            keep = stat.numel() - cut_index(stat.numel(), self.threshold)
-            rows = rankable(stat).topk(keep, sorted=False).indices
-            self.fast_rows[index] = rows
-        return rows
+        """The rows of a fast-path source whose weight gradient its backward computes."""
+        rows = None
+        if self.enabled and self.forwards[index] and not self.world_changed():
+            rows = self.choose_rows(index)
+        # None: paused, or the statistic was reset, between this forward and its backward (the
+        # reference path leaves this gradient dense), a process group appeared after attaching (the
+        # rows must come from the reduced statistic), or not the step's last backward (in-backward
+        # timing): the dense gradient, which the mask before the step treats as the reference does
+        buffer = self.buffers[index]
+        return rows if rows is not None else torch.arange(buffer.numel() - 1, device=buffer.device)
 
     def _record(self, index: int, output: Any) -> None:
         out = (output if isinstance(output, torch.Tensor) else output[0]).detach()
@@ -150,6 +156,8 @@ class Recorder:
                 buffer[:-1].addmv_(chunk.abs().t().to(torch.float32), w)
             buffer[-1:].add_(weights.sum())
         self.forwards[index] += 1
+        if not _in_backward():
+            self.outside[index] += 1
 
     # -- per step ----------------------------------------------------------------------------
     def gather(self, sync_distributed: bool) -> list[torch.Tensor]:
@@ -173,9 +181,9 @@ class Recorder:
         for buffer in self.buffers:
             buffer.zero_()
         self.forwards = [0] * len(self.sources)
+        self.outside = [0] * len(self.sources)
         self._host_tokens = [0] * len(self.sources)
-        self.fast_rows.clear()
-        self.backward_seen = False
+        self.decided = False
 
     def remove(self) -> None:
         for hook in self.hooks:

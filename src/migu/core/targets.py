@@ -21,9 +21,11 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import torch
 from torch import nn
 
 from .config import MiguConfig
+from .sharding import storage_key
 
 Side = Literal["input", "decoder"]
 
@@ -35,12 +37,25 @@ _KEY_VALUE = {"k", "v", "key", "value", "k_proj", "v_proj", "k_lin", "v_lin"}
 
 @dataclass(eq=False)
 class Target:
-    """A weight whose gradient rows (output channels) are masked."""
+    """A weight whose gradient rows (output channels) are masked.
+
+    ``weight`` and ``bias`` are read from the module each time: FSDP2 swaps a module's
+    parameters between sharded DTensors (outside forward and backward) and unsharded tensors."""
 
     name: str
-    weight: nn.Parameter
-    bias: nn.Parameter | None
+    module: nn.Module
     rows_last: bool = False  # Conv1D keeps output channels in the last weight dimension
+
+    @property
+    def weight(self) -> torch.Tensor:
+        weight = self.module.weight
+        assert isinstance(weight, torch.Tensor)
+        return weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        bias = getattr(self.module, "bias", None)
+        return bias if isinstance(bias, torch.Tensor) else None
 
     def rows(self) -> int:
         return self.weight.shape[1] if self.rows_last else self.weight.shape[0]
@@ -106,10 +121,10 @@ def _tied_output_ids(model: nn.Module) -> set[int]:
             out = None
         if isinstance(out, nn.Module):
             ids.add(id(out))
-    embedding_ptrs = {m.weight.data_ptr() for m in model.modules() if isinstance(m, nn.Embedding)}
+    embedding_keys = {storage_key(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     for m in model.modules():
         weight = getattr(m, "weight", None)
-        tied = isinstance(weight, nn.Parameter) and weight.data_ptr() in embedding_ptrs
+        tied = isinstance(weight, nn.Parameter) and storage_key(weight) in embedding_keys
         if tied and not isinstance(m, nn.Embedding):
             ids.add(id(m))
     return ids
@@ -138,7 +153,7 @@ def _is_conv1d(module: nn.Module) -> bool:
 
 
 def _plain_target(name: str, module: Any) -> Target:
-    return Target(name, module.weight, getattr(module, "bias", None), rows_last=_is_conv1d(module))
+    return Target(name, module, rows_last=_is_conv1d(module))
 
 
 def sources_for(name: str, module: Any) -> list[Source]:
@@ -203,7 +218,7 @@ def fast_path_layer(source: Source) -> bool:
         plain_forwards.append(conv1d.forward)
     if type(source.module).forward not in plain_forwards or hasattr(source.module, "_hf_hook"):
         return False  # (Accelerate's dispatch hook moves the input after MIGU's hook sees it)
-    return len(source.targets) == 1 and source.targets[0].weight is getattr(source.module, "weight", None)
+    return len(source.targets) == 1 and source.targets[0].module is source.module
 
 
 def find_sources(model: nn.Module, config: MiguConfig) -> list[Source]:
