@@ -1,0 +1,1 @@
+"""Analyses that run a model (unlike ``migu.report``, which reads results files only)."""
