@@ -238,7 +238,7 @@ def test_version_and_run_help(capsys):
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     out = capsys.readouterr().out
-    for needle in ("data.*", "train.*", "methods.<name>.*", "lora+replay+migu", "migu: skip_first_task=True",
+    for needle in ("data.*", "train.*", "methods.<name>.*", "lora+replay+migu", "migu: skip_first_task=true threshold=0.7",
                    "minilm", "smollm2", "tiny-gpt2", "classification", "jsonl"):  # fmt: skip
         assert needle in out, needle
     with pytest.raises(SystemExit) as done:
