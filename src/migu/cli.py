@@ -136,6 +136,30 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .report.figures import plot
+    from .report.html import write_report
+
+    options = {"score": args.score, "layer": args.layer, "mask": args.mask, "by": tuple(args.by)}
+    if args.html:
+        pages = write_report(args.paths, args.out, args.html, figures=tuple(args.figure), **options)
+        print("\n".join(str(p) for p in pages))
+        return 0
+    done = plot(args.paths, args.out, figures=tuple(args.figure), **options)
+    print("\n".join(str(p) for p in done.images))
+    for name, reason in done.skipped.items():
+        print(f"not drawn: {name} ({reason})")
+    return 0
+
+
+def cmd_magnitudes(args: argparse.Namespace) -> int:
+    from .analysis.magnitudes import collect, config_of, draw
+
+    found = collect(config_of(args.config, args.overrides), args.per_task, args.split, args.layer)
+    print(draw(found, args.out, args.channels, args.threshold))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _Parser(prog="migu", description="Continual learning with MIGU.")
     parser.add_argument("--version", action="version", version=f"migu {__version__}")
@@ -168,6 +192,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="config key that splits methods into variants, e.g. --by train.lr --by methods.migu.threshold",
     )  # fmt: skip
     p_rep.set_defaults(func=cmd_report)
+    p_plot = sub.add_parser("plot", help="figures (PNG + CSV) from results.json files and artifacts")
+    p_plot.add_argument("paths", nargs="+", help="results files or folders holding them")
+    p_plot.add_argument("--out", required=True, help="folder for the figures")
+    p_plot.add_argument("--figure", action="append", default=[], metavar="NAME",
+                        help="matrix, overlap, threshold, ablation, scatter or seeds (repeatable; default: "
+                        "every figure the runs allow)")  # fmt: skip
+    p_plot.add_argument("--score", default="accuracy", help="score matrix to use (any name in score_matrices)")
+    p_plot.add_argument("--layer", default="auto", help="overlap layer: auto (first FFN layer of the last "
+                        "block), mean (over layers) or a layer name")  # fmt: skip
+    p_plot.add_argument("--mask", default="ever", help="overlap of the rows updated at any step (ever) or the last")
+    p_plot.add_argument("--by", action="append", default=[], metavar="KEY", help="config key splitting methods")
+    p_plot.add_argument("--html", metavar="OUT.html", help="also write an offline HTML report (tables + "
+                        "figures), one page per results folder")  # fmt: skip
+    p_plot.set_defaults(func=cmd_plot)
+    p_mag = sub.add_parser("magnitudes", help="normalised |output| per channel of a layer, per task (runs the model)")
+    p_mag.add_argument("config", help="YAML file (see configs/)")
+    p_mag.add_argument("overrides", nargs="*", help="key=value, e.g. model=tiny-bert data.order=order2")
+    p_mag.add_argument("--out", required=True, help="folder for the figure and its CSVs")
+    p_mag.add_argument("--per-task", type=int, default=5, help="examples per task")
+    p_mag.add_argument("--split", default="train", help="train, test or validation")
+    p_mag.add_argument("--layer", default="auto", help="auto (first FFN layer of the last block) or a layer name")
+    p_mag.add_argument("--channels", type=int, default=64, help="channels shown in the left panel")
+    p_mag.add_argument("--threshold", type=float, default=0.7, help="MIGU's T for the top-channel overlap")
+    p_mag.set_defaults(func=cmd_magnitudes)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
