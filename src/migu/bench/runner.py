@@ -33,6 +33,7 @@ from ..methods import build_methods
 from ..methods.compose import MethodStack
 from ..models import load_model
 from ..train import make_accelerator, make_format
+from ..train.loop import set_dropout
 from .config import RunConfig
 from .protocol import Setting, eval_split, run_sequence, say, task_context_for
 from .store import RESULTS, RunInProgress, RunStore, write_json
@@ -68,6 +69,7 @@ _ADDED_LATER: dict[tuple[str | None, str], Any] = {
     ("data", "evaluate_tasks"): "all",
     ("data", "kind"): "options",
     ("data", "evaluate_every"): "task",
+    ("train", "dropout"): None,
     (None, "evaluators"): None,
 }
 
@@ -126,6 +128,8 @@ def _run(config: RunConfig, on_task_end: TaskHook | None, sequence: TaskSequence
         raise ValueError(f"{store.dir} holds results of a different config; choose another output_dir or name")
     torch.manual_seed(config.seed)  # pretrained loads are not seeded (weights missing from the files)
     bundle = load_model(config.model, seed=config.seed)
+    if config.train.dropout is not None:
+        set_dropout(bundle.model, config.train.dropout)
     options = {"evaluation": config.evaluation} if bundle.arch == "decoder" and sequence.kind == "options" else {}
     fmt = make_format(bundle.arch, bundle.tokenizer, config.train.max_length, config.data.with_task_name,
                       kind=sequence.kind, **options)  # fmt: skip

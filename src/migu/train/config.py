@@ -25,6 +25,10 @@ class TrainConfig:
     eval_batch_size: int = 64
     mixed_precision: str = "no"
     """``no`` or ``bf16`` (autocast)."""
+    dropout: float | None = None
+    """Override every dropout probability of the model (``nn.Dropout`` modules and attention
+    dropout); ``None`` keeps the model's own. 0 makes a run on N processes train exactly as on
+    one (dropout masks are drawn per process, so they differ otherwise)."""
 
     def __post_init__(self) -> None:
         for name in ("lr", "warmup_ratio", "weight_decay", "max_grad_norm"):
@@ -34,6 +38,8 @@ class TrainConfig:
                     setattr(self, name, float(value))
                 except ValueError:
                     raise ValueError(f"train.{name} must be a number, got {value!r}") from None
+        if self.dropout is not None and not 0 <= float(self.dropout) < 1:
+            raise ValueError(f"train.dropout must be in [0, 1), got {self.dropout}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.schedule not in ("constant", "linear", "cosine"):

@@ -12,7 +12,7 @@ from itertools import pairwise
 from typing import Any
 
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -44,6 +44,8 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
         gradient_accumulation_steps=config.accumulation_steps,
         cpu=not torch.cuda.is_available(),
         dataloader_config=DataLoaderConfiguration(split_batches=True),
+        # parts of a model that a task's loss does not reach (BERT's pooler) must not stall DDP
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     if config.micro_batch_size % accelerator.num_processes:
         raise ValueError(f"train.micro_batch_size ({config.micro_batch_size}) must be a multiple of the number of "
@@ -60,6 +62,16 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
 def autocast(mixed_precision: str, device: torch.device) -> AbstractContextManager:
     """bf16 autocast when asked (weights, gradients, optimizer state and MIGU stay fp32)."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed_precision == "bf16")
+
+
+def set_dropout(model: nn.Module, p: float) -> None:
+    """Every dropout probability of ``model`` to ``p``: ``nn.Dropout`` modules, and the float
+    ``attention_dropout`` that Llama-style attention passes to its kernel."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = p
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = p
 
 
 def epoch_seed(seed: int, index: int, epoch: int) -> int:

@@ -1,0 +1,78 @@
+"""A sequence on two CPU processes (gloo): same matrix as one process, one writer, resumable."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from migu.bench import run
+from test_runner import _config
+
+HERE = Path(__file__).parent
+
+
+def _launch(config_path: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(HERE.parent / "src"), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "migu", "run",
+           str(config_path), *extra]  # fmt: skip
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_two_processes_give_the_matrix_of_one_and_resume_after_a_killed_rank(bench_dir, tmp_path):
+    # micro-batches of 4: each of the two ranks trains on 2 examples of every micro-batch; no
+    # dropout, whose masks are drawn per process (measured: parameters then differ by 4e-6 after
+    # a task, float summation order; with dropout by 4e-3)
+    train = {"lr": 1e-2, "batch_size": 8, "micro_batch_size": 4, "max_length": 32, "eval_batch_size": 8,
+             "dropout": 0.0}  # fmt: skip
+    one = run(_config(bench_dir, tmp_path / "one", train=train))
+    config = _config(bench_dir, tmp_path / "two", train=train)
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump(config.to_dict()))
+    run_dir = tmp_path / "two" / config.run_name()
+
+    # kill one rank while it trains the second task; torchrun then stops the other
+    proc = _launch(path)
+    progress = run_dir / "state" / "progress.json"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if progress.is_file() and json.loads(progress.read_text())["completed"] >= 1:
+            ranks = [c for c in psutil.Process(proc.pid).children(recursive=True) if "migu" in " ".join(c.cmdline())]
+            os.kill(ranks[-1].pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0, "the run ended before a rank could be killed"
+    assert not (run_dir / "results.json").exists()
+    killed_at = json.loads(progress.read_text())["completed"]
+    assert 1 <= killed_at < 3
+
+    proc = _launch(path)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert err.count(f"resuming after task {killed_at} of 3") == 1  # said once, by rank 0
+    results = sorted((tmp_path / "two").rglob("results.json"))
+    assert results == [run_dir / "results.json"] and not (run_dir / "run.lock").exists()
+    two = json.loads(results[0].read_text())
+    assert two["resumed_at"] == [killed_at]
+    # the same global batches: the same predictions (tolerance: none needed at this size)
+    assert two["accuracy_matrix"] == one["accuracy_matrix"]
+    assert two["score_matrices"]["macro_f1"] == one["score_matrices"]["macro_f1"]
+
+
+@pytest.mark.parametrize("micro", [3])
+def test_a_micro_batch_that_does_not_split_evenly_is_refused(bench_dir, tmp_path, micro):
+    config = _config(bench_dir, tmp_path, train={"lr": 1e-3, "batch_size": 6, "micro_batch_size": micro,
+                                                 "max_length": 32, "eval_batch_size": 8})  # fmt: skip
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config.to_dict()))
+    _, err = _launch(path).communicate(timeout=240)
+    assert "train.micro_batch_size (3) must be a multiple of the number of processes (2)" in err
+    assert not list((tmp_path).glob("tiny-bert*"))
