@@ -119,14 +119,15 @@ def check_layers(model_name: str, methods: list[Any]) -> None:
             raise ValueError(f"methods.{method.name} on {model_name}: {err}") from None
 
 
-def run_one(config: RunConfig, wait: float = 0.0) -> dict[str, Any] | None:
-    """Run (or resume, or reload) one run. If another process holds it: ``None`` when ``wait`` is
-    0, else wait for that process, polling every ``wait`` seconds, and return its results."""
+def run_one(config: RunConfig, wait: float = 0.0, **run_options: Any) -> dict[str, Any] | None:
+    """Run (or resume, or reload) one run (``run_options`` go to ``migu.bench.run``, e.g.
+    ``on_task_end``). If another process holds it: ``None`` when ``wait`` is 0, else wait for
+    that process, polling every ``wait`` seconds, and return its results."""
     from . import RunInProgress, run  # (wherever the runner keeps them)
 
     while True:
         try:
-            return run(config)
+            return run(config, **run_options)
         except RunInProgress as err:
             if not wait:
                 print(f"   skipped: {err}", flush=True)
