@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -75,6 +76,18 @@ class Migu(Method):
     def after_optimizer_step(self, model: nn.Module, ctx: TaskContext) -> None:
         assert self.handle is not None
         self.handle.after_optimizer_step()
+
+    def artifacts(self, model: nn.Module, ctx: TaskContext) -> dict[str, Mapping[str, Any]]:
+        """``kept_rows``: per layer, the rows kept at the task's last step and at any step of it
+        (``"<layer>/last"``, ``"<layer>/ever"``); nothing for a task trained unmasked."""
+        assert self.handle is not None
+        masks = self.handle.kept_masks()
+        if not masks:
+            return {}
+        arrays = {}
+        for layer, (last, ever) in masks.items():
+            arrays[f"{layer}/last"], arrays[f"{layer}/ever"] = last.numpy(), ever.numpy()
+        return {"kept_rows": arrays}
 
     def after_task(self, model: nn.Module, ctx: TaskContext) -> dict[str, Any]:
         assert self.handle is not None
