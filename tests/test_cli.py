@@ -72,6 +72,7 @@ def _nothing_written(tmp_path):
         (["name=[oops"], ["override 'name=[oops'", "not valid YAML"]),
         (["trian.lr=1e-4"], ["unknown key(s) ['trian']"]),
         (["model=no-such-model"], ["'no-such-model'", "minilm, smollm2, tiny-*"]),
+        (["model=tiny-bart"], ["'tiny-bart'", "tiny-bert, tiny-roberta"]),
         (["evaluators=[nope]"], ["evaluator 'nope'"]),
         (["evaluators=[lm_loss]"], ["lm_loss", "options"]),
         # the second method of the grid is wrong: the first must not run either
@@ -238,8 +239,9 @@ def test_version_and_run_help(capsys):
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     out = capsys.readouterr().out
-    for needle in ("data.*", "train.*", "methods.<name>.*", "lora+replay+migu", "migu: skip_first_task=true threshold=0.7",
-                   "minilm", "smollm2", "tiny-gpt2", "classification", "jsonl"):  # fmt: skip
+    needles = ("data.*", "train.*", "methods.<name>.*", "lora+replay+migu", "migu: skip_first_task=true threshold=0.7",
+               "minilm", "smollm2", "tiny-gpt2", "classification", "jsonl")  # fmt: skip
+    for needle in needles:
         assert needle in out, needle
     with pytest.raises(SystemExit) as done:
         main(["report"])

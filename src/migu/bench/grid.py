@@ -58,7 +58,7 @@ def check_runs(configs: Iterable[RunConfig]) -> None:
     evaluators for the data's task kind, the model's existence, MIGU's layer patterns."""
     from ..evaluators import check_evaluators
     from ..methods.registry import build_methods
-    from ..models.loading import model_config
+    from ..models.loading import TINY, model_config
 
     seen: set[str] = set()
     for config in configs:
@@ -68,6 +68,8 @@ def check_runs(configs: Iterable[RunConfig]) -> None:
         if key in seen:
             continue
         seen.add(key)
+        if config.model.startswith("tiny-") and config.model not in TINY:
+            raise ValueError(f"model {config.model!r}: the tiny test models are {', '.join(TINY)}")
         if any(_migu_config(m) is not None for m in methods):
             check_layers(config.model, methods)
         elif not config.model.startswith("tiny-"):
