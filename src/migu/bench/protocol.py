@@ -145,7 +145,7 @@ def task_context_for(config: RunConfig, sequence: TaskSequence, index: int, fmt:
         return fmt.loss(model, fmt.batch(examples))
 
     return TaskContext(index, sequence[index], len(sequence), config.seed, config.train.accumulation_steps,
-                       loss if fmt is not None else None, config.train.micro_batch_size)  # fmt: skip
+                       loss if fmt is not None else None, config.train.micro_batch_size, format=fmt)  # fmt: skip
 
 
 def task_context(setting: Setting, index: int) -> TaskContext:

@@ -18,7 +18,7 @@ import json
 import platform
 import sys
 from contextlib import ExitStack
-from dataclasses import asdict, is_dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from ..data.tasks import TaskSequence
 from ..evaluators import EvalContext, build_evaluators
 from ..methods import build_methods
 from ..methods.compose import MethodStack
+from ..methods.registry import method_settings
 from ..models import load_model
 from ..train import make_accelerator, make_format
 from ..train.loop import set_dropout
@@ -206,18 +207,6 @@ def _resume(store: RunStore, fingerprint: str, config: RunConfig, sequence: Task
     return state
 
 
-def _effective_settings(methods: MethodStack) -> dict[str, Any]:
-    """Each method's settings, defaults included (what the run actually used)."""
-    out = {}
-    for method in methods:
-        cfg = getattr(method, "config", None)
-        if hasattr(cfg, "to_dict"):
-            out[method.name] = cfg.to_dict()
-        elif is_dataclass(cfg) and not isinstance(cfg, type):
-            out[method.name] = asdict(cfg)
-    return json.loads(json.dumps(out, default=str))
-
-
 def _results(config: RunConfig, sequence: TaskSequence, methods: MethodStack, state: dict[str, Any],
              fingerprint: str, store: RunStore) -> dict[str, Any]:  # fmt: skip
     scores = state["scores"]
@@ -226,7 +215,8 @@ def _results(config: RunConfig, sequence: TaskSequence, methods: MethodStack, st
     summaries = {n: _summary(m) for n, m in per_task.items()}
     headline = "accuracy" if "accuracy" in summaries else next(iter(summaries), None)
     effective = config.to_dict()
-    effective["methods"] = {**effective["methods"], **_effective_settings(methods)}
+    # what each method ran with, defaults included (the fingerprint hashes the settings as given)
+    effective["methods"] = {**effective["methods"], **method_settings(list(methods))}
     results: dict[str, Any] = {
         "model": config.model,
         "method": methods.name,
