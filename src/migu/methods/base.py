@@ -32,6 +32,8 @@ class TaskContext:
     batch_loss: Callable[[nn.Module, list[Example]], torch.Tensor] | None = None
     """The task format's training loss of a list of examples (for methods such as EWC)."""
     micro_batch_size: int = 16
+    format: Any = None
+    """The task format itself (``batch``, ``loss``; DER++ uses its ``snapshot``/``replay_losses``)."""
 
 
 class Method:
