@@ -160,6 +160,14 @@ def cmd_magnitudes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_curves(args: argparse.Namespace) -> int:
+    from .report.curves import curves_figure
+
+    for path in curves_figure(args.paths, args.out, args.learning, args.general, args.title):
+        print(path)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _Parser(prog="migu", description="Continual learning with MIGU.")
     parser.add_argument("--version", action="version", version=f"migu {__version__}")
@@ -216,6 +224,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_mag.add_argument("--channels", type=int, default=64, help="channels shown in the left panel")
     p_mag.add_argument("--threshold", type=float, default=0.7, help="MIGU's T for the top-channel overlap")
     p_mag.set_defaults(func=cmd_magnitudes)
+    p_cur = sub.add_parser("curves", help="learning and general-ability curves per epoch (PNG + CSV)")
+    p_cur.add_argument("paths", nargs="+", help="results files or folders holding them (runs with "
+                       "data.evaluate_every=epoch)")  # fmt: skip
+    p_cur.add_argument("--out", required=True, help="the figure, NAME.png (the CSV is written beside it)")
+    p_cur.add_argument("--learning", default="pass@1", help="left panel: NAME[:COLUMN] (default pass@1)")
+    p_cur.add_argument("--general", default="lm_eval/acc:mean", help="right panel: NAME[:COLUMN] (default "
+                       "lm_eval/acc:mean)")  # fmt: skip
+    p_cur.add_argument("--title", default=None, help="a title above both panels")
+    p_cur.set_defaults(func=cmd_curves)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

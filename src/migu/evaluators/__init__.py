@@ -1,7 +1,7 @@
 """Evaluators by name: classification (accuracy, macro-F1), lm_loss (loss, perplexity), and the
 ones other modules register (``register_evaluator``)."""
 
-from . import classification, lm  # noqa: F401  (registers the built-in evaluators)
+from . import classification, code_exec, lm, lm_eval_suite  # noqa: F401  (register the evaluators; lm-eval: on use)
 from . import end_task  # noqa: F401  (DAS end tasks: end_accuracy, end_macro_f1)
 from .base import (
     DEFAULTS,

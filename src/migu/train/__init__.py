@@ -3,6 +3,7 @@
 from .config import TrainConfig
 from .evaluate import accuracy
 from .formats import DecoderFormat, EncoderDecoderFormat, EncoderFormat, make_format, normalize_answer
+from .instruct import InstructionFormat  # also registers the (instruction, decoder) format
 from . import lm  # noqa: F401  (registers the corpus formats: masked LM, causal LM)
 from .loop import make_accelerator, train_task
 
@@ -10,6 +11,7 @@ __all__ = [
     "DecoderFormat",
     "EncoderDecoderFormat",
     "EncoderFormat",
+    "InstructionFormat",
     "TrainConfig",
     "accuracy",
     "make_accelerator",
