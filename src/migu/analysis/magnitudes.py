@@ -140,8 +140,13 @@ def draw(found: Magnitudes, out: str | Path, channels: int = 64, threshold: floa
     count = len(found.tasks)
     overlap = np.array([[jaccard(masks[i], masks[j]) for j in range(count)] for i in range(count)])
     ticks = [f"{t} {k}" for k, t in enumerate(found.tasks)]
-    _heat(ax_ov, overlap, ticks, ticks, f"Jaccard of the top {1 - threshold:.0%} channels (MIGU's T={threshold})",
-          0.0, 1.0, "{:.2f}")  # fmt: skip
+    same = np.array([[a == b for b in found.tasks] for a in found.tasks])
+    off = ~np.eye(count, dtype=bool)
+    within = overlap[same & off].mean() if (same & off).any() else np.nan  # pairs of samples of one task
+    across = overlap[~same].mean() if (~same).any() else np.nan
+    title = f"Jaccard of the top {1 - threshold:.0%} channels (T={threshold})"
+    title += f"\nmean within a task {within:.2f}, across tasks {across:.2f}"
+    _heat(ax_ov, overlap, ticks, ticks, title, 0.0, 1.0, "{:.2f}")
     fig.suptitle("Normalised magnitude of a layer's output channels, per task", fontsize=10)
     path = out / f"magnitudes_{slug(found.layer)}.png"
     write_csv(path.with_suffix(".csv"), ["task", "sample", "channel", "normalised_magnitude"],

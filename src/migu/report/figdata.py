@@ -114,7 +114,9 @@ def method_label(run: dict[str, Any]) -> str:
 def label(run: dict[str, Any], keys: Iterable[str] = ()) -> str:
     """The method, followed by the values of ``keys`` the run sets."""
     flat = flat_config(run)
-    values = [f"{k}={flat[k]}" for k in keys if k in flat and k != "methods.migu.mask_mode"]
+    # a method's own settings by their short name (threshold=0.5, not methods.migu.threshold=0.5)
+    short = {k: re.sub(r"^methods\.[^.]+\.", "", k) for k in keys}
+    values = [f"{short[k]}={flat[k]}" for k in keys if k in flat and k != "methods.migu.mask_mode"]
     return method_label(run) + (" [" + ", ".join(values) + "]" if values else "")
 
 

@@ -86,7 +86,7 @@ def _heat(ax: Any, values: np.ndarray, rows: list[str], cols: list[str], title: 
     ax.set_title(title, fontsize=9)
     lo, hi = image.get_clim()
     for (i, j), v in np.ndenumerate(values):
-        if np.isfinite(v) and len(rows) * len(cols) <= 400:
+        if np.isfinite(v) and len(rows) * len(cols) <= 144:  # numbers in the cells while they are legible
             light = (v - lo) / (hi - lo or 1) < 0.5
             ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=7, color="white" if light else "black")
     ax.figure.colorbar(image, ax=ax, shrink=0.8)

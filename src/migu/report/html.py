@@ -91,10 +91,14 @@ def benchmark_page(folder: str | Path, figures_dir: str | Path, by: Sequence[str
         parts.append('<p class="note">No run scores accuracy: the tables of migu report are left out.</p>')
     done: Plotted = plot([folder], figures_dir, by=by, **plot_options)  # type: ignore[arg-type]
     if "ablation" in done.tables:
-        parts.append("<h2>Component ablation</h2>" + markdown_to_html(done.tables["ablation"]))
+        parts.append(
+            "<h2>Component ablation (AA and BWT per masked-layer choice)</h2>"
+            + markdown_to_html(done.tables["ablation"])
+        )
     parts.append("<h2>Figures</h2>")
-    groups = [("Score matrices", "matrix")] + [(k.capitalize(), k) for k in ("overlap", "threshold", "ablation",
-                                                                            "scatter", "seeds")]  # fmt: skip
+    groups = [("Score matrices", "matrix"), ("Task overlap of the updated rows", "overlap"),
+              ("Threshold sweep", "threshold"), ("Component ablation", "ablation"),
+              ("Stability vs plasticity", "scatter"), ("AA over seeds", "seeds")]  # fmt: skip
     for heading, kind in groups:
         images = "".join(_img(p) for p in done.images if p.stem.split("_")[0] == kind)
         if images:
