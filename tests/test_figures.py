@@ -311,3 +311,36 @@ def test_figures_runs_plan(tmp_path):
         assert sum(bool(re.search(pattern, n)) for n in names) == 1
     with pytest.raises(ValueError, match="no learning rate for finetune"):
         module.configs(raw, ("overlap",), [0], ["order1"], str(tmp_path), [], {"finetune+migu": ("1", Path("a"))})
+
+
+def test_suite_scores_and_runs_without_ffn_masks(tmp_path, capsys):
+    """A suite score (its own columns) draws as a matrix only; a run whose MIGU masked no FFN layer
+    (LoRA+MIGU) is left out of the default-layer overlap, the other runs are drawn."""
+    root = tmp_path / "b"
+    observe = _write(root, "obs", "finetune+migu", 0, _matrix([90, 70, 90], [80, 60, 90]),
+                     migu={"threshold": 0.7, "mask_mode": "observe"})  # fmt: skip
+    _save_masks(observe, MASKS)
+    results = json.loads((observe / "results.json").read_text())
+    results["score_matrices"]["suite/acc"] = {"higher_is_better": True, "matrix": [[50.0, 40.0]] * 4,
+                                              "columns": ["x", "y"]}  # fmt: skip
+    (observe / "results.json").write_text(json.dumps(results))
+    out = tmp_path / "out"
+    assert main(["plot", str(root), "--out", str(out), "--score", "suite/acc", "--figure", "matrix"]) == 0
+    assert list(_csv(out / "matrix_obs.csv")[0]) == ["after", "x", "y"]
+    assert main(["plot", str(root), "--out", str(out), "--score", "suite/acc", "--figure", "scatter"]) == 2
+    assert "only the matrix figure shows it" in capsys.readouterr().err
+
+    lora = _write(root, "lora", "lora+migu", 0, _matrix([90, 70, 90], [85, 65, 90]), migu={"threshold": 0.7})
+    attention_only = {
+        "enc.layer.0.attention.q/ever": np.ones(4, bool),
+        "enc.layer.0.attention.q/last": np.ones(4, bool),
+    }
+    for i, task in enumerate(TASKS):
+        save_artifact(lora / "artifacts", i, task, "migu", "kept_rows", attention_only)
+    assert main(["plot", str(root), "--out", str(out), "--figure", "overlap"]) == 0
+    assert {r["method"] for r in _csv(out / "overlap_m_o1_seed0.csv")} == {"finetune+migu(observe)"}
+    assert main(["plot", str(lora / "results.json"), "--out", str(tmp_path / "o2"), "--figure", "overlap"]) == 2
+    assert "no feed-forward layer" in capsys.readouterr().err
+    # a named layer draws it
+    assert main(["plot", str(lora / "results.json"), "--out", str(tmp_path / "o2"), "--figure", "overlap",
+                 "--layer", "enc.layer.0.attention.q"]) == 0  # fmt: skip

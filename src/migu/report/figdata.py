@@ -84,6 +84,22 @@ def scored(runs: list[dict[str, Any]], name: str) -> list[tuple[dict[str, Any], 
     return out
 
 
+def summarisable(runs: list[tuple[dict[str, Any], Score]], name: str) -> list[tuple[dict[str, Any], Score]]:
+    """The runs whose score has AA and BWT: a per-task matrix (not a suite's own columns) with
+    the entries those need. None is an error: only the matrix figure can show such a score."""
+    out = []
+    for run, score in runs:
+        try:
+            score.summary()
+        except ValueError:
+            continue
+        out.append((run, score))
+    if not out:
+        raise NoMatchingRuns(f"score {name!r} has no AA/BWT in any run (a suite's own columns, or entries not "
+                             "evaluated): only the matrix figure shows it")  # fmt: skip
+    return out
+
+
 def flat_config(run: dict[str, Any]) -> dict[str, str]:
     """The run's config as dotted keys (``methods.migu.threshold``) -> values as text."""
     out: dict[str, str] = {}

@@ -109,10 +109,14 @@ def matrix_figures(runs: list[tuple[dict[str, Any], Score]], out: Path, score: s
         rows = ["(start)", *[f"after {t}" for t in run["sequence"]]]
         path = _unique(out, f"matrix_{slug(Path(run['_path']).parent.name)}", taken)
         fig, ax = plt.subplots(figsize=SIZES["matrix"], layout="constrained")
-        m = s.summary()
         direction = "" if s.higher_is_better else " (lower is better)"
         title = f"{run['model']} / {order_of(run)} / {figdata.method_label(run)} / seed {run['seed']}: {score}"
-        _heat(ax, values, rows, s.columns, f"{title}\nAA {m['aa']:.2f}, BWT {m['bwt']:.2f}{direction}")
+        try:
+            m = s.summary()
+            title += f"\nAA {m['aa']:.2f}, BWT {m['bwt']:.2f}{direction}"
+        except ValueError:  # a suite's own columns, or a schedule that leaves AA's entries out
+            title += f"\n{direction.strip(' ()')}"
+        _heat(ax, values, rows, s.columns, title)
         write_csv(path.with_suffix(".csv"), ["after", *s.columns],
                   [[r, *row] for r, row in zip(rows, values.tolist(), strict=True)])  # fmt: skip
         paths.append(save(fig, path))
@@ -122,12 +126,23 @@ def matrix_figures(runs: list[tuple[dict[str, Any], Score]], out: Path, score: s
 def overlap_figures(runs: list[tuple[dict[str, Any], Score]], out: Path, layer: str, which: str) -> list[Path]:
     """Per (model, order, seed): every run with kept-row masks as a column, Jaccard above, ratio below."""
     found: dict[tuple[str, str, Any], list[tuple[dict[str, Any], figdata.Overlap]]] = defaultdict(list)
+    without: list[str] = []
     for run, _ in runs:
         run_dir = Path(run["_path"]).parent
-        if figdata.kept_rows_method(run_dir) is not None:
-            found[(run["model"], order_of(run), run["seed"])].append((run, figdata.overlap(run_dir, layer, which)))
+        if figdata.kept_rows_method(run_dir) is None:
+            continue
+        try:
+            overlap = figdata.overlap(run_dir, layer, which)
+        except ValueError as err:  # e.g. LoRA+MIGU masks no FFN layer: the other runs are still drawn
+            if layer != "auto":
+                raise
+            without.append(f"{run_dir.name}: {err}")
+            continue
+        found[(run["model"], order_of(run), run["seed"])].append((run, overlap))
     if not found:
-        raise NoMatchingRuns("no run has kept_rows artifacts (runs of MIGU, or finetune observing MIGU's choice)")
+        reason = f"; {without[0]}" if without else ""
+        raise NoMatchingRuns(f"no run has kept_rows artifacts of a layer to show (runs of MIGU, or finetune "
+                             f"observing MIGU's choice){reason}")  # fmt: skip
     paths = []
     for (model, order, seed), members in sorted(found.items(), key=lambda kv: str(kv[0])):
         # finetune (or MIGU observing) before the runs MIGU masked
@@ -323,19 +338,20 @@ def _draw(done: Plotted, runs: list[tuple[dict[str, Any], Score]], out: Path, fi
           layer: str, mask: str, by: tuple[str, ...]) -> None:  # fmt: skip
     for name in figures or FIGURES:
         try:
+            use = runs if name in ("matrix", "overlap") else figdata.summarisable(runs, score)
             if name == "matrix":
-                done.images += matrix_figures(runs, out, score)
+                done.images += matrix_figures(use, out, score)
             elif name == "overlap":
-                done.images += overlap_figures(runs, out, layer, mask)
+                done.images += overlap_figures(use, out, layer, mask)
             elif name == "threshold":
-                done.images.append(threshold_figure(runs, out, score))
+                done.images.append(threshold_figure(use, out, score))
             elif name == "ablation":
-                image, done.tables["ablation"] = ablation_figure(runs, out, score)
+                image, done.tables["ablation"] = ablation_figure(use, out, score)
                 done.images.append(image)
             elif name == "scatter":
-                done.images.append(scatter_figure(runs, out, score, by))
+                done.images.append(scatter_figure(use, out, score, by))
             else:
-                done.images.append(seeds_figure(runs, out, score, by))
+                done.images.append(seeds_figure(use, out, score, by))
         except NoMatchingRuns as err:
             if figures:
                 raise NoMatchingRuns(f"figure {name!r}: {err}") from None
