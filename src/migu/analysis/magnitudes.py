@@ -8,6 +8,11 @@ mask, and the chosen layer's vector is L1-normalised (it sums to 1 over channels
 light up different channels if the paper is right; the top-(1 − T) channels, which MIGU would keep
 updating, then overlap less between tasks than within one.
 
+Each example is its model input alone (options: the encoder's input text or the generative prompt;
+corpora: the text; instructions: the prompt). An encoder-decoder model's decoder reads only its
+start token, so its layers mostly reflect the encoder through cross-attention; name an encoder layer
+with ``--layer`` to see the input side.
+
 Only the linear layers are put in training mode (MIGU records training forwards only; a linear
 layer behaves the same in either mode), so dropout stays off and the numbers are deterministic.
 No gradient is taken and no weight changes.
