@@ -57,6 +57,7 @@ SETTINGS: dict[str, type] = {
     "moelora": MoeLoraConfig,
     "replay": ReplayConfig,
     "ewc": EwcConfig,
+    "derpp": DerppConfig,
     "migu": MiguMethodConfig,
     "random_update": MiguMethodConfig,
 }
