@@ -156,3 +156,24 @@ def test_paused_and_removed_leave_gradients_and_hooks_alone():
     handle.remove()
     assert not any(p._backward_hooks for p in model.parameters())
     assert not any(m._forward_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("timing", ["step", "in_backward"])
+def test_reentrant_gradient_checkpointing_gives_the_same_parameters(timing):
+    """Reentrant checkpointing runs a block's forward without gradients (MIGU records nothing
+    there) and records it only when recomputed inside backward: such layers get their rows then."""
+    results = []
+    for checkpointing in (False, True):
+        model = build("bert")
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        handle = migu.attach(model, optimizer=opt, mask_timing=timing, micro_batches_per_step=1)
+        assert handle.fast_path_layers
+        for step in range(2):
+            model(**batch("bert", seed=step)).loss.backward()
+            opt.step()
+            opt.zero_grad()
+        results.append({n: p.detach().clone() for n, p in model.named_parameters()})
+    for name, p in results[0].items():
+        torch.testing.assert_close(results[1][name], p, msg=name, **TOL)

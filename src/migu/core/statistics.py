@@ -50,7 +50,8 @@ class Recorder:
             torch.zeros(s.rows() + 1, dtype=torch.float32, device=s.targets[0].weight.device) for s in self.sources
         ]
         self.forwards = [0] * len(self.sources)
-        self.outside = [0] * len(self.sources)  # forwards outside backward (not recomputes)
+        self.recorded = 0  # forwards recorded in this step, over all sources
+        self.outside = 0  # of which outside backward (not recomputed by gradient checkpointing)
         self._host_tokens = [0] * len(self.sources)
         # fast path: sources whose weight gradient is computed for kept rows only, the number of
         # ranks when they were chosen, and where their kept rows come from (all set by the handle)
@@ -156,17 +157,20 @@ class Recorder:
                 buffer[:-1].addmv_(chunk.abs().t().to(torch.float32), w)
             buffer[-1:].add_(weights.sum())
         self.forwards[index] += 1
+        self.recorded += 1
         if not _in_backward():
-            self.outside[index] += 1
+            self.outside += 1
 
     # -- per step ----------------------------------------------------------------------------
-    def gather(self, sync_distributed: bool) -> list[torch.Tensor]:
-        """The step's buffers ([rows] channel sums + token count), summed over ranks if asked."""
+    def gather(self, sync_distributed: bool, indices: Sequence[int] | None = None) -> list[torch.Tensor]:
+        """The step's buffers ([rows] channel sums + token count); those of ``indices`` (default
+        all) summed over ranks if asked, in one all-reduce."""
         self.flush_tokens()
         if sync_distributed and distributed_world() > 1:
-            flat = torch.cat([b.to(self.buffers[0].device) for b in self.buffers])
+            chosen = [self.buffers[i] for i in indices] if indices is not None else self.buffers
+            flat = torch.cat([b.to(self.buffers[0].device) for b in chosen])
             dist.all_reduce(flat)
-            for buffer, part in zip(self.buffers, flat.split([b.numel() for b in self.buffers]), strict=True):
+            for buffer, part in zip(chosen, flat.split([b.numel() for b in chosen]), strict=True):
                 buffer.copy_(part)
         return self.buffers
 
@@ -181,7 +185,7 @@ class Recorder:
         for buffer in self.buffers:
             buffer.zero_()
         self.forwards = [0] * len(self.sources)
-        self.outside = [0] * len(self.sources)
+        self.recorded = self.outside = 0
         self._host_tokens = [0] * len(self.sources)
         self.decided = False
 

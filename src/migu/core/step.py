@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from .report import KeptRowsLog
@@ -22,14 +24,26 @@ class StepSelection:
         self.log = KeptRowsLog()
         self.keeps: list[torch.Tensor | None] | None = None
         self.fast_rows: dict[int, torch.Tensor] = {}
-        self._forwards: tuple[list[int], list[int]] = ([], [])
+        self._forwards: tuple[list[int], int] = ([], 0)
+        self._recorded = -1
+        self._lock = threading.Lock()  # autograd runs the hooks of each device on its own thread
 
     def decide(self, recorder: Recorder, sources: list[Source], strict: bool = False) -> list[torch.Tensor | None]:
         """The selection, made at the first call of the step; a training forward after it means it
-        saw part of the statistic (``strict``: forwards recomputed inside backward count too)."""
+        saw part of the statistic (``strict``: forwards recomputed inside backward count too).
+
+        A layer first recorded after that, inside backward (a block under reentrant gradient
+        checkpointing runs its forward without gradients, and records only when recomputed), gets
+        its rows at the next call, from its then complete statistic."""
+        with self._lock:
+            return self._decide(recorder, sources, strict)
+
+    def _decide(self, recorder: Recorder, sources: list[Source], strict: bool) -> list[torch.Tensor | None]:
+        first = self.keeps is None
         if self.keeps is None:
-            self.keeps = self._select(recorder, sources, recorder.gather(self.sync_distributed))
-            self._forwards = (list(recorder.forwards), list(recorder.outside))
+            self.keeps = [None] * len(sources)
+            self._forwards = (list(recorder.forwards), recorder.outside)
+            self._recorded = -1
             recorder.decided = True
         elif recorder.outside != self._forwards[1] or (strict and recorder.forwards != self._forwards[0]):
             raise RuntimeError(
@@ -37,33 +51,37 @@ class StepSelection:
                 "the choice missed part of the statistic: mask in backward only in the step's last backward, "
                 "and not under gradient checkpointing (it runs forwards inside backward)"
             )
+        if recorder.recorded != self._recorded:  # new layers recorded since the last call
+            self._recorded = recorder.recorded
+            late = [i for i, keep in enumerate(self.keeps) if keep is None and recorder.forwards[i]]
+            if late:  # the first time, every buffer is all-reduced: the same sizes on every rank
+                self._select(recorder, sources, late, None if first else late)
         return self.keeps
 
     def reset(self) -> None:
-        self.keeps, self._forwards = None, ([], [])
+        self.keeps, self._forwards, self._recorded = None, ([], 0), -1
         self.fast_rows.clear()
 
-    def _select(
-        self, recorder: Recorder, sources: list[Source], buffers: list[torch.Tensor]
-    ) -> list[torch.Tensor | None]:
+    def _select(self, recorder: Recorder, sources: list[Source], indices: list[int], reduce: list[int] | None) -> None:
+        """Choose the rows of the sources ``indices`` (all recorded), stacking layers of equal width;
+        the buffers of ``reduce`` (None: all) are first summed over ranks."""
+        assert self.keeps is not None
+        buffers = recorder.gather(self.sync_distributed, reduce)
         groups: dict[tuple[int, torch.device], list[int]] = {}
-        for i, buffer in enumerate(buffers):
-            if recorder.forwards[i]:
-                groups.setdefault((buffer.numel() - 1, buffer.device), []).append(i)
-        keeps: list[torch.Tensor | None] = [None] * len(buffers)
-        for indices in groups.values():
-            stats = torch.stack([buffers[i][:-1] for i in indices])
+        for i in indices:
+            groups.setdefault((buffers[i].numel() - 1, buffers[i].device), []).append(i)
+        for members in groups.values():
+            stats = torch.stack([buffers[i][:-1] for i in members])
             if self.selection == "random":
                 keep = random_keep(stats, self.threshold, self.generator)
             else:
                 keep = magnitude_keep(stats, self.threshold)
-            on_fast = [row for row, i in enumerate(indices) if i in recorder.fast_sources]
+            on_fast = [row for row, i in enumerate(members) if i in recorder.fast_sources]
             if on_fast:  # the fast path computes a fixed number of rows: with exact ties, fewer
                 rows = fast_rows(stats[on_fast], self.threshold)
                 keep[on_fast] &= torch.zeros_like(keep[on_fast]).scatter_(1, rows, True)
                 for k, row in enumerate(on_fast):
-                    self.fast_rows[indices[row]] = rows[k]
-            self.log.add([sources[i].name for i in indices], keep)
-            for row, i in enumerate(indices):
-                keeps[i] = keep[row]
-        return keeps
+                    self.fast_rows[members[row]] = rows[k]
+            self.log.add([sources[i].name for i in members], keep)
+            for row, i in enumerate(members):
+                self.keeps[i] = keep[row]
