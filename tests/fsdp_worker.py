@@ -46,6 +46,8 @@ def shard_rows(param: torch.Tensor, rank: int, world: int) -> torch.Tensor:
 def run(kind: str, mode: str, micro_batches: int, rank: int, world: int, **config) -> dict:
     model = build("bert", seed=0)
     mixed = config.pop("mixed", False)
+    # MIGU attached before fully_shard: it reads each weight from its module when it needs it
+    early = migu.attach(model, threshold=0.7, mask_mode=mode, **config) if config.pop("attach_first", False) else None
     if kind == "fsdp":
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed else None
         kwargs = {"mp_policy": policy} if policy else {}
@@ -56,9 +58,14 @@ def run(kind: str, mode: str, micro_batches: int, rank: int, world: int, **confi
     else:
         wrapped = DistributedDataParallel(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=0.01)
-    handle = migu.attach(
-        model, threshold=0.7, optimizer=opt, mask_mode=mode, micro_batches_per_step=micro_batches, **config
-    )
+    if early is not None:
+        handle = early
+        handle.attach_optimizer(opt)
+        handle.set_micro_batches_per_step(micro_batches)
+    else:
+        handle = migu.attach(
+            model, threshold=0.7, optimizer=opt, mask_mode=mode, micro_batches_per_step=micro_batches, **config
+        )
     record: dict = {"kept": [], "zero_grad": [], "unchanged": [], "fast": handle.fast_path_layers}
     targets = {t.name: t for s in handle.sources for t in s.targets}
     for step in range(STEPS):
@@ -114,6 +121,7 @@ SCENARIOS = {
     "fsdp_grad_in_backward": ("fsdp", "grad", 1, {"mask_timing": "in_backward"}),
     "fsdp_update_bf16_fast": ("fsdp", "update", 1, {"mixed": True}),
     "fsdp_grad_bf16": ("fsdp", "grad", 1, {"mixed": True, "fast_path": False}),
+    "fsdp_grad_attached_first": ("fsdp", "grad", 1, {"attach_first": True}),
 }
 
 
