@@ -240,7 +240,7 @@ def test_resume_from_a_whole_model_checkpoint_keeps_earlier_adapters(bench_dir, 
 
     config = _config(bench_dir, tmp_path, "inc_lora")
 
-    def old_format(model, state):  # what migu wrote before adapter-only checkpoints
+    def old_format(model, state, full=None):  # what migu wrote before adapter-only checkpoints
         state.pop("trained_parameters", None)
         state.pop("frozen_digest", None)
         return model.state_dict()

@@ -176,3 +176,28 @@ def test_a_state_written_by_an_older_migu_resumes(bench_dir, tmp_path):
     (run_dir / "state" / "progress.json").write_text(json.dumps(progress))
     resumed = run(config)
     assert resumed["accuracy_matrix"] == full["accuracy_matrix"]
+
+
+@pytest.mark.parametrize("model", ["tiny-bert", "tiny-llama"])
+def test_a_two_domain_corpus_run_fills_a_lower_is_better_perplexity_matrix(tmp_path, model):
+    root = tmp_path / "data"
+    for domain, words in (("d1", "cats purr and sleep in the sun"), ("d2", "stocks fell as markets closed")):
+        (root / domain).mkdir(parents=True)
+        for split in ("train", "test"):
+            rows = [{"text": f"{words} {i} {words}"} for i in range(6)]
+            (root / domain / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = run_config({
+        "model": model, "method": "finetune+migu", "output_dir": str(tmp_path / "out"), "progress": False,
+        "data": {"source": "jsonl", "kind": "corpus", "root": str(root), "order": ["d1", "d2"], "n_train": 4,
+                 "n_test": 3},
+        "train": {"lr": 1e-3, "batch_size": 2, "micro_batch_size": 2, "max_length": 16, "eval_batch_size": 2},
+    })  # fmt: skip
+    result = run(config)
+    assert "accuracy_matrix" not in result and result["kind"] == "corpus"
+    ppl = result["score_matrices"]["perplexity"]
+    assert ppl["higher_is_better"] is False and ppl["columns"] == ["d1", "d2"]
+    assert len(ppl["matrix"]) == 3 and all(len(r) == 2 and all(v > 1 for v in r) for r in ppl["matrix"])
+    loss = result["score_matrices"]["loss"]["matrix"]
+    assert ppl["matrix"] == [[pytest.approx(np.exp(v)) for v in row] for row in loss]
+    assert ppl["matrix"][1][0] < ppl["matrix"][0][0]  # training on d1 lowers d1's perplexity
+    assert result["metrics"] == result["score_metrics"]["loss"]

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from . import __version__
 
@@ -26,7 +27,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     raw = apply_overrides(load_yaml(args.config), args.overrides)
     configs = check_grid(raw)  # the whole grid, before its first run starts
-    done, busy = run_grid(configs, on_result=lambda config, result: print(format_matrix(result), flush=True))
+    # under torchrun / accelerate launch every rank runs the grid; only rank 0 prints
+    main_process = int(os.environ.get("RANK", "0")) == 0
+
+    def show(config: Any, result: dict[str, Any]) -> None:
+        if main_process:
+            print(format_matrix(result), flush=True)
+
+    done, busy = run_grid(configs, on_result=show)
+    if not main_process:
+        return 3 if busy else 0
     results = [r for _, r in done]
     score = choose_score(results) if results else None
     if len(done) > 1:

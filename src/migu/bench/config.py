@@ -75,6 +75,9 @@ class RunConfig:
     """Settings per method name, e.g. ``{migu: {threshold: 0.7}}``."""
     evaluation: str = "generate"
     """Decoders: ``generate`` (greedy, exact match; the paper's metric) or ``rank`` (candidates)."""
+    format: dict[str, Any] = field(default_factory=dict)
+    """Options of the task format, e.g. ``{layout: pack, mask_probability: 0.15}`` for corpus
+    tasks (see ``migu.train.lm``); by default the format's own."""
     evaluators: Any = None
     """Scores to compute, by evaluator name with optional settings (``[classification]``,
     ``{lm_loss: {}, lm_eval: {limit: 100}}``); by default the task kind's: ``classification``

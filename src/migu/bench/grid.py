@@ -56,6 +56,7 @@ def check_grid(raw: dict[str, Any]) -> list[RunConfig]:
 def check_runs(configs: Iterable[RunConfig]) -> None:
     """What ``run_config`` cannot see alone: each method spec and its effective settings, the
     evaluators for the data's task kind, the model's existence, MIGU's layer patterns."""
+    from ..data.sources import source_kind
     from ..evaluators import check_evaluators
     from ..methods.registry import build_methods
     from ..models.loading import TINY, model_config
@@ -63,7 +64,7 @@ def check_runs(configs: Iterable[RunConfig]) -> None:
     seen: set[str] = set()
     for config in configs:
         methods = build_methods(config.method, config.methods)
-        check_evaluators(config.evaluators, config.data.kind)
+        check_evaluators(config.evaluators, source_kind(config.data))
         key = json.dumps([config.model, config.method, config.methods], sort_keys=True, default=str)
         if key in seen:
             continue

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch import nn
@@ -115,7 +115,7 @@ def evaluate(setting: Setting, model: nn.Module, trained: int, when: str, final:
             if j not in wanted:
                 continue
             start = time.perf_counter()
-            ctx = _ctx(setting, f"{task.name} ({when})")
+            ctx = _ctx(setting, f"{task.name} ({when})", task)
             result = evaluator.evaluate(model, setting.fmt, eval_split(task, config.data.evaluate_on), ctx)
             for score, value in result.items():
                 values[score][j] = float(value)
@@ -132,10 +132,8 @@ def _brief(result: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def _ctx(setting: Setting, desc: str) -> EvalContext:
-    base = setting.eval_context
-    return EvalContext(base.batch_size, base.mixed_precision, base.progress, desc, base.tokenizer, base.arch,
-                       base.rank, base.world_size)  # fmt: skip
+def _ctx(setting: Setting, desc: str, task: Task | None = None) -> EvalContext:
+    return replace(setting.eval_context, desc=desc, task=task)
 
 
 def task_context_for(config: RunConfig, sequence: TaskSequence, index: int, fmt: Any = None) -> TaskContext:

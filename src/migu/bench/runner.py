@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import DistributedType
 
 from .. import metrics
 from ..data.sources import load_source
@@ -72,6 +73,7 @@ _ADDED_LATER: dict[tuple[str | None, str], Any] = {
     ("data", "evaluate_every"): "task",
     ("train", "dropout"): None,
     (None, "evaluators"): None,
+    (None, "format"): {},
 }
 
 
@@ -128,10 +130,11 @@ def _run(config: RunConfig, on_task_end: TaskHook | None, sequence: TaskSequence
             return done
         raise ValueError(f"{store.dir} holds results of a different config; choose another output_dir or name")
     torch.manual_seed(config.seed)  # pretrained loads are not seeded (weights missing from the files)
-    bundle = load_model(config.model, seed=config.seed)
+    bundle = load_model(config.model, seed=config.seed, kind=sequence.kind)
     if config.train.dropout is not None:
         set_dropout(bundle.model, config.train.dropout)
     options = {"evaluation": config.evaluation} if bundle.arch == "decoder" and sequence.kind == "options" else {}
+    options.update(config.format)
     fmt = make_format(bundle.arch, bundle.tokenizer, config.train.max_length, config.data.with_task_name,
                       kind=sequence.kind, **options)  # fmt: skip
     # methods' setup draws (adapters) whatever loading drew (a first-time conversion, a cache hit)
@@ -144,13 +147,20 @@ def _run(config: RunConfig, on_task_end: TaskHook | None, sequence: TaskSequence
     else:
         model = state.pop("_model")
         say(f"{store.dir.name}: resuming after task {state['completed']} of {len(sequence)}", is_main)
+    # evaluation is sharded over ranks, except under FSDP, where every forward is a collective
+    # (ranks with different numbers of batches would wait for each other forever): there every
+    # rank evaluates every example
+    sharded = accelerator.distributed_type != DistributedType.FSDP
+    rank, world = (accelerator.process_index, accelerator.num_processes) if sharded else (0, 1)
     eval_context = EvalContext(config.train.eval_batch_size, config.train.mixed_precision, bool(config.progress),
-                               "", bundle.tokenizer, bundle.arch, accelerator.process_index,
-                               accelerator.num_processes)  # fmt: skip
+                               "", bundle.tokenizer, bundle.arch, rank, world)  # fmt: skip
 
     def save(state: dict[str, Any], model: torch.nn.Module) -> None:
-        state["frozen_digest"] = _frozen_digest(model, state)
-        payload = {"model": _changed_state(model, state), "methods": methods.state_dict()}
+        full = full_state_dict(model)  # every rank takes part (FSDP gathers); rank 0 gets the tensors
+        if not accelerator.is_main_process:
+            return
+        state["frozen_digest"] = _frozen_digest(model, state, full)
+        payload = {"model": _changed_state(model, state, full), "methods": methods.state_dict()}
         store.save_progress(state, payload, f"after_task{state['completed']}.pt")
 
     setting = Setting(config, sequence, methods, evaluators, fmt, accelerator, eval_context, save,
@@ -259,22 +269,37 @@ def _summary(matrix: dict[str, Any]) -> dict[str, Any] | None:
         return None
 
 
-def _changed_state(model: Any, state: dict[str, Any]) -> dict[str, Any]:
-    """The model's state without the parameters no task has trained (a frozen base under LoRA is
-    loaded again from its source on resume): an adapter checkpoint, not a copy of the model. The
-    resume checks that source against ``_frozen_digest``."""
+def full_state_dict(model: torch.nn.Module) -> dict[str, Any]:
+    """The model's whole state as plain tensors: under FSDP2 (sharded DTensor weights) gathered to
+    CPU on rank 0 (a collective: every rank calls it; the others get an empty dict)."""
+    from torch.distributed.tensor import DTensor
+
+    if not any(isinstance(p, DTensor) for p in model.parameters()):
+        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def _changed_state(model: Any, state: dict[str, Any], full: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The model's state (``full``, by default ``model.state_dict()``) without the parameters no
+    task has trained (a frozen base under LoRA is loaded again from its source on resume): an
+    adapter checkpoint, not a copy of the model. The resume checks that source against
+    ``_frozen_digest``."""
     trained = set(state.get("trained_parameters", []))
     params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
-    return {k: v for k, v in model.state_dict().items() if k not in params or k in trained}
+    full = model.state_dict() if full is None else full
+    return {k: v for k, v in full.items() if k not in params or k in trained}
 
 
-def _frozen_digest(model: Any, state: dict[str, Any]) -> str:
+def _frozen_digest(model: Any, state: dict[str, Any], full: dict[str, Any] | None = None) -> str:
     """A hash of the parameters left out of checkpoints, to tell on resume that they are the same."""
     trained, digest = set(state.get("trained_parameters", ())), hashlib.sha256()
-    for name, param in model.named_parameters():
+    values = dict(model.named_parameters()) if full is None else full
+    for name, _ in model.named_parameters():
         if name not in trained:
             digest.update(name.encode())
-            digest.update(param.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            digest.update(values[name].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 

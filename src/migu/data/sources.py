@@ -52,6 +52,13 @@ def check_source(name: str) -> None:
         raise ValueError(f"data.source must be one of {', '.join(sorted(SOURCES))}; got {name!r}")
 
 
+def source_kind(data: Any) -> str:
+    """The task kind ``data`` will give: its source's only kind, or ``data.kind``."""
+    check_source(data.source)
+    kinds = SOURCES[data.source].kinds
+    return kinds[0] if len(kinds) == 1 else data.kind
+
+
 def load_source(data: Any, seed: int) -> TaskSequence:
     """The task sequence ``data`` (a ``DataConfig``) describes."""
     check_source(data.source)

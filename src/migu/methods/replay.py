@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from ..data.tasks import Example
+from ..data.tasks import Example, InstructionExample, TextExample
 from .base import Method, TaskContext
 
 
@@ -43,7 +43,19 @@ class Replay(Method):
         return {"memory": len(self.memory)}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"memory": [asdict(e) for e in self.memory]}
+        return {"memory": [{"type": type(e).__name__, **asdict(e)} for e in self.memory]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.memory = [Example(**{**e, "options": tuple(e["options"])}) for e in state.get("memory", [])]
+        self.memory = [_example(dict(e)) for e in state.get("memory", [])]
+
+
+_TYPES = {cls.__name__: cls for cls in (Example, TextExample, InstructionExample)}
+
+
+def _example(saved: dict[str, Any]) -> Any:
+    """An example of any task kind back from ``state_dict`` (older states hold options examples
+    without a type)."""
+    cls = _TYPES[saved.pop("type", "Example")]
+    if cls is Example:
+        saved["options"] = tuple(saved["options"])
+    return cls(**saved)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 import warnings
@@ -47,6 +48,18 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
         # parts of a model that a task's loss does not reach (BERT's pooler) must not stall DDP
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        raise ValueError(
+            f"{launched} processes were launched but Accelerate runs {accelerator.num_processes} as one group "
+            f"({accelerator.distributed_type}); on CPU, Accelerate's FSDP and DeepSpeed plugins need a GPU: launch "
+            "with `accelerate launch --cpu --num_processes N` or `torchrun --nproc_per_node N`"
+        )
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and accelerator.distributed_type != "FSDP":
+        raise ValueError(
+            f"an FSDP launch config, but Accelerate runs {accelerator.distributed_type} here (its FSDP plugin "
+            "needs a GPU): this run would not be sharded; launch without the FSDP config, or on a GPU"
+        )
     if config.micro_batch_size % accelerator.num_processes:
         raise ValueError(f"train.micro_batch_size ({config.micro_batch_size}) must be a multiple of the number of "
                          f"processes ({accelerator.num_processes}): each process trains on an equal slice")  # fmt: skip
