@@ -1,8 +1,8 @@
 """Evaluators by name: classification (accuracy, macro-F1), lm_loss (loss, perplexity), and the
 ones other modules register (``register_evaluator``)."""
 
-from . import classification, code_exec, lm, lm_eval_suite  # noqa: F401  (register the evaluators; lm-eval: on use)
-from . import end_task  # noqa: F401  (DAS end tasks: end_accuracy, end_macro_f1)
+# importing registers them: classification, lm_loss, pass_at_1, lm_eval (lm-eval loads on use), end_task (DAS)
+from . import classification, code_exec, end_task, lm, lm_eval_suite  # noqa: F401
 from .base import (
     DEFAULTS,
     REGISTRY,

@@ -1,10 +1,10 @@
 """The one training loop, the task formats per model kind, and evaluation."""
 
+from . import lm  # noqa: F401  (registers the corpus formats: masked LM, causal LM)
 from .config import TrainConfig
 from .evaluate import accuracy
 from .formats import DecoderFormat, EncoderDecoderFormat, EncoderFormat, make_format, normalize_answer
 from .instruct import InstructionFormat  # also registers the (instruction, decoder) format
-from . import lm  # noqa: F401  (registers the corpus formats: masked LM, causal LM)
 from .loop import make_accelerator, train_task
 
 __all__ = [
