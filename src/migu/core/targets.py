@@ -245,6 +245,12 @@ def find_sources(model: nn.Module, config: MiguConfig) -> list[Source]:
         and not any(re.search(p, n) for p in config.exclude)
     ]
     sources = [s for n, m in chosen for s in sources_for(n, m)]
+    partitioned = [t.name for s in sources for t in s.targets if hasattr(t.weight, "ds_shape") and not t.weight.numel()]
+    if partitioned:
+        raise ValueError(
+            f"the weights of {partitioned[0]} and {len(partitioned) - 1} other layer(s) are partitioned by DeepSpeed "
+            "ZeRO-3, so MIGU cannot see their rows: attach MIGU before accelerator.prepare / deepspeed.initialize"
+        )
     if not sources:
         reason = "after include/exclude" if chosen else f"in preset {config.layers!r}"
         raise ValueError(
