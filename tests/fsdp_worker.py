@@ -122,6 +122,7 @@ SCENARIOS = {
     "fsdp_update_bf16_fast": ("fsdp", "update", 1, {"mixed": True}),
     "fsdp_grad_bf16": ("fsdp", "grad", 1, {"mixed": True, "fast_path": False}),
     "fsdp_grad_attached_first": ("fsdp", "grad", 1, {"attach_first": True}),
+    "ddp_grad_in_backward": ("ddp", "grad", 1, {"mask_timing": "in_backward"}),
 }
 
 

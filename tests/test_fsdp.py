@@ -42,6 +42,7 @@ SCENARIOS = [
     "fsdp_update_bf16_fast",
     "fsdp_grad_bf16",
     "fsdp_grad_attached_first",
+    "ddp_grad_in_backward",
 ]
 
 
@@ -103,8 +104,11 @@ def test_kept_rows_and_parameters_equal_one_unsharded_process(ranks, scenario, m
     _assert_params_close(sharded["params"], params)
 
 
-@pytest.mark.parametrize("scenario", ["fsdp_grad_accum", "fsdp_grad", "fsdp_grad_fast", "fsdp_grad_in_backward",
-                                      "fsdp_grad_bf16", "fsdp_grad_attached_first"])  # fmt: skip
+GRAD_SCENARIOS = ["fsdp_grad_accum", "fsdp_grad", "fsdp_grad_fast", "fsdp_grad_in_backward", "fsdp_grad_bf16",
+                  "fsdp_grad_attached_first", "ddp_grad_in_backward"]  # fmt: skip
+
+
+@pytest.mark.parametrize("scenario", GRAD_SCENARIOS)
 def test_grad_mode_masked_rows_of_every_shard_get_zero_gradient(ranks, scenario):
     for rank in ranks:
         steps = rank[scenario]["zero_grad"]
@@ -139,6 +143,9 @@ def test_fast_path_and_in_backward_masking_equal_the_reference_under_fsdp(ranks)
     # attached before fully_shard: the fast path once the weights are sharded
     assert len(r0["fsdp_grad_attached_first"]["fast"]) == 13
     _assert_params_close(r0["fsdp_grad_attached_first"]["params"], r0["fsdp_grad"]["params"])
+    # and in-backward masking under DDP (the statistic all-reduced as the backward starts)
+    assert len(r0["ddp_grad_in_backward"]["fast"]) == 13
+    _assert_params_close(r0["ddp_grad_in_backward"]["params"], r0["fsdp_grad"]["params"])
     for step_fast, step_ref in zip(r0["fsdp_grad_fast"]["kept"], r0["fsdp_grad"]["kept"], strict=True):
         for layer in step_ref:
             assert torch.equal(step_fast[layer], step_ref[layer]), layer
