@@ -90,7 +90,8 @@ class Scripted:
     def __init__(self, answers):
         self.answers = answers
 
-    def generate(self, model, examples, max_new_tokens):
+    def generate(self, model, examples, max_new_tokens, stop=None):
+        assert stop is not None and stop(self.answers["correct"]) and not stop("```python\ndef f():")
         return [self.answers[e.prompt] for e in examples]
 
 

@@ -103,5 +103,8 @@ def test_lm_loss_evaluator_and_generation(bundle):
     scores = lm_loss.evaluate(model, fmt, examples(), EvalContext(batch_size=1))
     total, count = fmt.token_loss(model.eval(), fmt.batch(examples()))
     assert scores["loss"] == pytest.approx(float(total) / count, rel=1e-5)  # token-weighted, not batch-weighted
-    out = fmt.generate(model, examples(), max_new_tokens=3)
+    out = fmt.generate(model, examples(), max_new_tokens=6)
     assert len(out) == 2 and all(isinstance(o, str) for o in out)
+    first = fmt.generate(model, examples(), max_new_tokens=6, stop=lambda text: True)  # each row ends after a token
+    assert all(len(tok(f, add_special_tokens=False)["input_ids"]) <= 1 for f in first)
+    assert all(o.startswith(f) for o, f in zip(out, first, strict=True))  # greedy: the same first token

@@ -224,6 +224,14 @@ def run_programs(sources: Sequence[str], limits: SandboxLimits | None = None, wo
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)(?:```|\Z)", re.S)
 
 
+_CLOSED = re.compile(r"```[^\n]*\n.*?\n[ \t]*```", re.S)
+
+
+def has_code_block(text: str) -> bool:
+    """Whether ``text`` holds a closed fenced block that defines a function (generation stops there)."""
+    return any(re.search(r"^\s*def ", m.group(0), re.M) for m in _CLOSED.finditer(text))
+
+
 def extract_code(completion: str) -> str:
     """The code of a completion: its first fenced block that defines a function (else its first
     fenced block; an unclosed fence runs to the end), or the whole text when it has no fence."""
@@ -284,7 +292,7 @@ def completions(model: nn.Module, fmt: Any, examples: Sequence[InstructionExampl
             for start in tqdm(range(0, len(order), ctx.batch_size), desc=f"generate {ctx.desc}".strip(),
                               unit="batch", disable=not ctx.progress, leave=False):  # fmt: skip
                 chunk = order[start : start + ctx.batch_size]
-                texts = fmt.generate(model, [examples[i] for i in chunk], max_new_tokens)
+                texts = fmt.generate(model, [examples[i] for i in chunk], max_new_tokens, stop=has_code_block)
                 for i, text in zip(chunk, texts, strict=True):
                     out[i] = text
     finally:

@@ -15,12 +15,14 @@ next to the response; only a response longer than ``max_length - MIN_PROMPT`` to
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from ..data.tasks import InstructionExample
 from .formats import Batch, register_format
@@ -139,9 +141,16 @@ class InstructionFormat:
         return total, int((labels != -100).sum())
 
     @torch.no_grad()
-    def generate(self, model: nn.Module, examples: list[InstructionExample], max_new_tokens: int = 256) -> list[str]:
+    def generate(
+        self,
+        model: nn.Module,
+        examples: list[InstructionExample],
+        max_new_tokens: int = 256,
+        stop: Callable[[str], bool] | None = None,
+    ) -> list[str]:
         """Greedy responses to the examples' prompts (each cut to its last ``max_length`` tokens),
-        up to ``max_new_tokens`` each, decoded without special tokens."""
+        up to ``max_new_tokens`` each, decoded without special tokens; a response also ends as soon
+        as ``stop(text so far)`` is true (e.g. a closed code block: no tokens spent on prose after it)."""
         keep = self.max_length  # a longer prompt keeps its end (the question's end, the assistant header)
         prompts = [p[len(p) - keep :] if len(p) > keep else p for p in map(self.prompt_ids, examples)]
         width = max(len(p) for p in prompts)
@@ -151,8 +160,21 @@ class InstructionFormat:
         device = next(model.parameters()).device
         out = _unwrap(model).generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
                                       max_new_tokens=max_new_tokens, pad_token_id=pad,
-                                      eos_token_id=self.tokenizer.eos_token_id)  # fmt: skip
+                                      eos_token_id=self.tokenizer.eos_token_id,
+                                      stopping_criteria=StoppingCriteriaList([_TextStop(self.tokenizer, width, stop)])
+                                      if stop is not None else None)  # fmt: skip
         return self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+
+
+class _TextStop(StoppingCriteria):
+    """Ends each generated row once ``stop`` holds for its decoded new text."""
+
+    def __init__(self, tokenizer: Any, start: int, stop: Callable[[str], bool]) -> None:
+        self.tokenizer, self.start, self.stop = tokenizer, start, stop
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.start :], skip_special_tokens=True)
+        return torch.tensor([self.stop(t) for t in texts], dtype=torch.bool, device=input_ids.device)
 
 
 def instruction_format(
