@@ -36,6 +36,7 @@ from ..methods.registry import method_settings
 from ..models import load_model
 from ..train import make_accelerator, make_format
 from ..train.loop import set_dropout
+from ..train.sharding import migu_shards, shard_model
 from .config import RunConfig
 from .protocol import Setting, eval_split, run_sequence, say, task_context_for
 from .store import RESULTS, RunInProgress, RunStore, write_json
@@ -147,10 +148,12 @@ def _run(config: RunConfig, on_task_end: TaskHook | None, sequence: TaskSequence
     else:
         model = state.pop("_model")
         say(f"{store.dir.name}: resuming after task {state['completed']} of {len(sequence)}", is_main)
+    if migu_shards(accelerator):  # after a resume has loaded the unsharded weights
+        model = shard_model(model)
     # evaluation is sharded over ranks, except under FSDP, where every forward is a collective
     # (ranks with different numbers of batches would wait for each other forever): there every
     # rank evaluates every example
-    sharded = accelerator.distributed_type != DistributedType.FSDP
+    sharded = accelerator.distributed_type != DistributedType.FSDP and not migu_shards(accelerator)
     rank, world = (accelerator.process_index, accelerator.num_processes) if sharded else (0, 1)
     eval_context = EvalContext(config.train.eval_batch_size, config.train.mixed_precision, bool(config.progress),
                                "", bundle.tokenizer, bundle.arch, rank, world)  # fmt: skip

@@ -158,9 +158,10 @@ def varying_keys(runs: list[dict[str, Any]], by: tuple[str, ...]) -> tuple[str, 
     return tuple(k for k in by if len({config_value(r, k) for r in runs}) > 1)
 
 
-def format_matrix(run: dict[str, Any], score: str = ACCURACY) -> str:
+def format_matrix(run: dict[str, Any], score: str | None = None) -> str:
     """One score matrix as a table (rows: after training on; columns: task), with AA, BWT and
-    forgetting under it."""
+    forgetting under it; by default accuracy, else the run's first per-task score."""
+    score = choose_score([run], score)
     entry = score_matrices(run)[score]
     names = entry.get("columns") or run["sequence"]
     spec = ".1f" if score == ACCURACY else ".4g"

@@ -24,6 +24,7 @@ from ..methods.base import Method, TaskContext
 from ..methods.compose import MethodStack
 from .config import TrainConfig
 from .formats import Format
+from .sharding import check_all_sharded, fsdp_requested, is_sharded
 
 
 def cpu_has_native_bf16() -> bool:
@@ -55,11 +56,8 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
             f"({accelerator.distributed_type}); on CPU, Accelerate's FSDP and DeepSpeed plugins need a GPU: launch "
             "with `accelerate launch --cpu --num_processes N` or `torchrun --nproc_per_node N`"
         )
-    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and accelerator.distributed_type != "FSDP":
-        raise ValueError(
-            f"an FSDP launch config, but Accelerate runs {accelerator.distributed_type} here (its FSDP plugin "
-            "needs a GPU): this run would not be sharded; launch without the FSDP config, or on a GPU"
-        )
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not fsdp_requested():
+        raise ValueError("an FSDP launch config of version 1: migu supports FSDP2 (fsdp_version: 2)")
     if config.micro_batch_size % accelerator.num_processes:
         raise ValueError(f"train.micro_batch_size ({config.micro_batch_size}) must be a multiple of the number of "
                          f"processes ({accelerator.num_processes}): each process trains on an equal slice")  # fmt: skip
@@ -128,7 +126,12 @@ def train_task(
     steps = math.ceil(len(loader) / config.accumulation_steps) * config.epochs
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_scheduler(config.schedule, optimizer, int(config.warmup_ratio * steps), steps)
-    wrapped, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    if is_sharded(model):  # FSDP2 applied by migu (on CPU): Accelerate must not wrap it in DDP as well
+        check_all_sharded(model, f"method {stack.name!r} at task {ctx.task.name!r}")
+        wrapped = model
+        optimizer, loader = accelerator.prepare(optimizer, loader)
+    else:
+        wrapped, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     start, losses, done = time.perf_counter(), [], 0
     step_ends = [start]
     bar = tqdm(total=steps, desc=f"train {ctx.task.name}", unit="step", disable=not progress, leave=False)

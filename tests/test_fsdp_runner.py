@@ -1,0 +1,84 @@
+"""A sequence under FSDP2 on two CPU processes, launched with the committed Accelerate config:
+the loss matrix of one unsharded process, and a killed run resumes after its last finished task."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from migu.bench import run, run_config
+
+ROOT = Path(__file__).parents[1]
+
+
+def _corpus(root: Path) -> Path:
+    for domain, words in (("d1", "cats purr and sleep in the sun"), ("d2", "stocks fell as markets closed")):
+        (root / domain).mkdir(parents=True)
+        for split in ("train", "test"):
+            rows = [{"text": f"{words} {i} {words}"} for i in range(8)]
+            (root / domain / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def _raw(data: Path, out: Path) -> dict:
+    return {
+        "model": "tiny-llama", "method": "finetune+migu", "output_dir": str(out), "progress": False,
+        "data": {"source": "jsonl", "kind": "corpus", "root": str(data), "order": ["d1", "d2"], "n_train": 8,
+                 "n_test": 4},
+        # a micro-batch of 4 split over 2 ranks; no dropout (its masks are drawn per process)
+        "train": {"lr": 1e-3, "batch_size": 4, "micro_batch_size": 4, "max_length": 16, "eval_batch_size": 4,
+                  "dropout": 0.0},
+        "methods": {"migu": {"skip_first_task": False}},
+    }  # fmt: skip
+
+
+def _launch(config: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(ROOT / "configs" / "accelerate" / "fsdp_cpu.yaml"), "--main_process_port", "0", "-m", "migu", "run",
+           str(config)]  # fmt: skip
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_fsdp_on_two_cpu_processes_matches_one_process_and_resumes(tmp_path):
+    pytest.importorskip("accelerate.commands.launch")
+    data = _corpus(tmp_path / "data")
+    one = run(run_config(_raw(data, tmp_path / "one")))
+    config = run_config(_raw(data, tmp_path / "two"))
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump(config.to_dict()))
+    run_dir = tmp_path / "two" / config.run_name()
+    progress = run_dir / "state" / "progress.json"
+
+    proc = _launch(path)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if progress.is_file() and json.loads(progress.read_text())["completed"] >= 1:
+            ranks = [c for c in psutil.Process(proc.pid).children(recursive=True) if "migu" in " ".join(c.cmdline())]
+            os.kill(ranks[-1].pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0, "the run ended before a rank could be killed: " + err[-2000:]
+    assert not (run_dir / "results.json").exists()
+    assert json.loads(progress.read_text())["completed"] == 1
+
+    proc = _launch(path)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert "resuming after task 1 of 2" in err
+    two = json.loads((run_dir / "results.json").read_text())
+    assert two["resumed_at"] == [1] and not (run_dir / "run.lock").exists()
+    assert two["diagnostics"][0]["migu"]["masked"] and two["diagnostics"][1]["migu"]["masked"]
+    # the same global batches, sharded weights: the unsharded loss matrix up to float summation order
+    for a, b in zip(one["score_matrices"]["loss"]["matrix"], two["score_matrices"]["loss"]["matrix"], strict=True):
+        assert b == pytest.approx(a, rel=1e-4)
+    assert two["score_matrices"]["loss"]["matrix"][1] != one["score_matrices"]["loss"]["matrix"][0]  # it trained
