@@ -219,7 +219,7 @@ class MiguHandle:
             if c.mask_bias and target.bias is not None:
                 self.mask_grad(target, True, keep)
 
-    def _prepare_in_backward_step(self) -> None:
+    def _prepare_in_backward_step(self) -> None:  # the gradients were masked in the last backward
         start = self._start
         assert start is not None
         if not start.armed:
@@ -263,16 +263,12 @@ class MiguHandle:
             self._stale.add(id(param))
 
     def mask_in_next_backward(self) -> bool:
-        """Mask each gradient during the next backward, as soon as it is accumulated.
-
-        For a loop whose gradient clipping follows the last backward of a step with no room for
-        ``before_optimizer_step`` in between: call this before the step's last backward (its
-        forward completes the statistic). ``before_optimizer_step`` must still run: it masks what
-        that backward did not reach, and again what a later backward added to. One process only,
-        since the statistic would have to be reduced across ranks inside backward: returns False
-        (changing nothing) under torch.distributed, while paused or once the step is masked.
-        (Engines that keep no ``.grad``: ``mask_timing="in_backward"``.)
-        """
+        """Mask each gradient during the next backward, as soon as it is accumulated: for a loop
+        that clips right after the step's last backward; call it before that backward (its forward
+        completes the statistic). ``before_optimizer_step`` must still run: it masks what that
+        backward did not reach, and again what a later backward added to. One process: returns
+        False (changing nothing) under torch.distributed, while paused or once the step is masked.
+        (Engines that keep no ``.grad``, or several processes: ``mask_timing="in_backward"``.)"""
         if self._paused or self._masked or not self._accumulated.install():
             return False
         self._accumulated.armed = True
