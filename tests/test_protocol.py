@@ -8,6 +8,7 @@ import pytest
 from migu.artifacts import kept_row_masks
 from migu.bench import run, run_config
 from migu.methods.migu_method import Migu
+
 from test_runner import _config
 
 KINDS = {
@@ -94,6 +95,10 @@ def test_diagonal_schedule_evaluates_2t_minus_1_times_and_keeps_aa_bwt(bench_dir
     for key in ("aa", "bwt", "learning_accuracy"):
         assert diagonal["metrics"][key] == pytest.approx(full["metrics"][key])
     assert diagonal["metrics"]["forgetting"] is None
+    # the effective settings, defaults included, beside the config as given (which the fingerprint hashes)
+    assert diagonal["method_settings"]["migu"]["threshold"] == 0.7
+    assert diagonal["method_settings"]["migu"]["skip_first_task"] is True
+    assert diagonal["config"]["methods"] == {}
 
 
 def _data(bench_dir):

@@ -124,6 +124,17 @@ def test_evaluating_seen_tasks_only_keeps_every_metric_but_fwt(bench_dir, tmp_pa
     assert "–" in format_matrix(seen)
 
 
+def test_committed_results_keep_their_fingerprints():
+    # every committed run is still recognised as finished by this version's config
+    from migu.bench.runner import _fingerprint
+
+    files = sorted((Path(__file__).parents[1] / "benchmarks" / "results").rglob("results.json"))
+    assert files
+    for path in files:
+        saved = json.loads(path.read_text())
+        assert _fingerprint(run_config(saved["config"])) == saved["fingerprint"], path
+
+
 def test_a_setting_added_later_at_its_default_keeps_old_fingerprints(bench_dir, tmp_path):
     from migu.bench.runner import _fingerprint
 
@@ -132,7 +143,7 @@ def test_a_setting_added_later_at_its_default_keeps_old_fingerprints(bench_dir, 
     old = {k: v for k, v in config.to_dict().items() if k not in ("progress", "output_dir")}
     # what an earlier version hashed
     del old["data"]["evaluate_tasks"], old["data"]["kind"], old["data"]["evaluate_every"], old["evaluators"]
-    del old["train"]["dropout"]
+    del old["train"]["dropout"], old["format"]
     expected = hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:16]
     assert _fingerprint(config) == expected
     config.data.evaluate_tasks = "seen"

@@ -227,9 +227,6 @@ def _results(config: RunConfig, sequence: TaskSequence, methods: MethodStack, st
     per_task = {n: m for n, m in matrices.items() if m["columns"] == sequence.names and "/" not in n}
     summaries = {n: _summary(m) for n, m in per_task.items()}
     headline = "accuracy" if "accuracy" in summaries else next(iter(summaries), None)
-    effective = config.to_dict()
-    # what each method ran with, defaults included (the fingerprint hashes the settings as given)
-    effective["methods"] = {**effective["methods"], **method_settings(list(methods))}
     results: dict[str, Any] = {
         "model": config.model,
         "method": methods.name,
@@ -249,7 +246,9 @@ def _results(config: RunConfig, sequence: TaskSequence, methods: MethodStack, st
         "timings": state["timings"],
         "diagnostics": state["diagnostics"],
         "artifacts": store.artifact_index(),
-        "config": effective,
+        "config": config.to_dict(),  # as given: what the fingerprint hashes
+        # what each method ran with, defaults included (MIGU's threshold for the combination)
+        "method_settings": json.loads(json.dumps(method_settings(list(methods)), default=str)),
         "versions": versions(),
         "fingerprint": fingerprint,
         "started": state["started"],

@@ -119,11 +119,16 @@ def order_of(run: dict[str, Any]) -> str:
 def config_value(run: dict[str, Any], key: str) -> str:
     """A dotted config key of a run (``train.lr``, ``methods.migu.threshold``), as text; "-" if unset.
 
-    A method setting the run's file does not record (a default, in files written before the
-    effective settings were) is the default for the run's combination of methods, e.g. MIGU's
-    threshold from the paper's table (0.4 with replay)."""
+    A method setting is read from the effective settings the run records (``method_settings``),
+    else from its config; one neither records (files written before ``method_settings``) is the
+    default for the run's combination of methods, e.g. MIGU's threshold from the paper's table
+    (0.4 with replay)."""
+    parts = key.split(".")
+    recorded = run.get("method_settings", {})
+    if len(parts) == 3 and parts[0] == "methods" and parts[2] in recorded.get(parts[1], {}):
+        return str(recorded[parts[1]][parts[2]])  # the effective settings a run records
     value: Any = run.get("config", {})
-    for part in key.split("."):
+    for part in parts:
         if not isinstance(value, dict) or part not in value:
             return _default_setting(run, key)
         value = value[part]
