@@ -2,20 +2,15 @@
 the loss matrix of one unsharded process, and a killed run resumes after its last finished task."""
 
 import json
-import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 import yaml
 
 from migu.bench import run, run_config
 
-ROOT = Path(__file__).parents[1]
+from launch import ROOT, kill_a_rank_after, launch
 
 
 def _corpus(root: Path) -> Path:
@@ -40,12 +35,9 @@ def _raw(data: Path, out: Path) -> dict:
 
 
 def _launch(config: Path) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
-        [str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(ROOT / "configs" / "accelerate" / "fsdp_cpu.yaml"), "--main_process_port", "0", "-m", "migu", "run",
-           str(config)]  # fmt: skip
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    accelerate = ["accelerate.commands.launch", "--config_file", str(ROOT / "configs" / "accelerate" / "fsdp_cpu.yaml"),
+                  "--main_process_port", "0"]  # fmt: skip
+    return launch(*accelerate, args=[str(config)])
 
 
 def test_fsdp_on_two_cpu_processes_matches_one_process_and_resumes(tmp_path):
@@ -58,16 +50,7 @@ def test_fsdp_on_two_cpu_processes_matches_one_process_and_resumes(tmp_path):
     run_dir = tmp_path / "two" / config.run_name()
     progress = run_dir / "state" / "progress.json"
 
-    proc = _launch(path)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if progress.is_file() and json.loads(progress.read_text())["completed"] >= 1:
-            ranks = [c for c in psutil.Process(proc.pid).children(recursive=True) if "migu" in " ".join(c.cmdline())]
-            os.kill(ranks[-1].pid, signal.SIGKILL)
-            break
-        time.sleep(0.05)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode != 0, "the run ended before a rank could be killed: " + err[-2000:]
+    kill_a_rank_after(_launch(path), run_dir, tasks=1)
     assert not (run_dir / "results.json").exists()
     assert json.loads(progress.read_text())["completed"] == 1
 

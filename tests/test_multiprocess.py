@@ -1,29 +1,20 @@
 """A sequence on two CPU processes (gloo): same matrix as one process, one writer, resumable."""
 
 import json
-import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 import yaml
 
 from migu.bench import run
+
+from launch import kill_a_rank_after, launch
 from test_runner import _config
 
-HERE = Path(__file__).parent
 
-
-def _launch(config_path: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
-        [str(HERE.parent / "src"), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "migu", "run",
-           str(config_path), *extra]  # fmt: skip
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _launch(config_path: Path) -> subprocess.Popen:
+    return launch("torch.distributed.run", "--standalone", "--nproc_per_node=2", args=[str(config_path)])
 
 
 def test_two_processes_give_the_matrix_of_one_and_resume_after_a_killed_rank(bench_dir, tmp_path):
@@ -39,19 +30,9 @@ def test_two_processes_give_the_matrix_of_one_and_resume_after_a_killed_rank(ben
     run_dir = tmp_path / "two" / config.run_name()
 
     # kill one rank while it trains the second task; torchrun then stops the other
-    proc = _launch(path)
-    progress = run_dir / "state" / "progress.json"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if progress.is_file() and json.loads(progress.read_text())["completed"] >= 1:
-            ranks = [c for c in psutil.Process(proc.pid).children(recursive=True) if "migu" in " ".join(c.cmdline())]
-            os.kill(ranks[-1].pid, signal.SIGKILL)
-            break
-        time.sleep(0.05)
-    proc.communicate(timeout=120)
-    assert proc.returncode != 0, "the run ended before a rank could be killed"
+    kill_a_rank_after(_launch(path), run_dir, tasks=1)
     assert not (run_dir / "results.json").exists()
-    killed_at = json.loads(progress.read_text())["completed"]
+    killed_at = json.loads((run_dir / "state" / "progress.json").read_text())["completed"]
     assert 1 <= killed_at < 3
 
     proc = _launch(path)

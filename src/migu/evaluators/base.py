@@ -16,12 +16,14 @@ same scores and only rank 0 writes them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,26 @@ def build_evaluators(spec: Any, kind: str) -> list[Evaluator]:
         entry = REGISTRY[name]
         out.append(entry.factory(settings) if entry.config is not None else entry.factory())
     return out
+
+
+@contextmanager
+def evaluating(model: nn.Module, ctx: EvalContext) -> Iterator[None]:
+    """Eval mode, no gradients and (with ``mixed_precision=bf16``) autocast; the model's former
+    mode is restored however the block ends."""
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=ctx.mixed_precision == "bf16"):
+            yield
+    finally:
+        model.train(was_training)
+
+
+def batch_starts(count: int, ctx: EvalContext) -> Iterable[int]:
+    """The start of each evaluation batch of ``count`` items (a progress bar when asked)."""
+    return tqdm(range(0, count, ctx.batch_size), desc=f"eval {ctx.desc}".strip(), unit="batch",
+                disable=not ctx.progress, leave=False)  # fmt: skip
 
 
 def shard(items: Sequence[Any], ctx: EvalContext) -> list[Any]:

@@ -5,12 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..train.formats import normalize_answer
-from .base import EvalContext, ScoreSpec, gather, register_evaluator, shard
+from .base import EvalContext, ScoreSpec, batch_starts, evaluating, gather, register_evaluator, shard
 
 
 def macro_f1(gold: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) -> float:
@@ -28,22 +26,31 @@ def macro_f1(gold: Sequence[str], predicted: Sequence[str], labels: Sequence[str
 
 
 def predictions(model: nn.Module, fmt: Any, examples: Sequence[Any], ctx: EvalContext) -> list[str]:
-    """The format's answers, batched by length (less padding); the model's mode is restored."""
-    was_training = model.training
-    model.eval()
+    """The format's answers, batched by length (less padding)."""
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].text))
     answers: list[str] = [""] * len(examples)
-    try:
-        device = next(model.parameters()).device
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=ctx.mixed_precision == "bf16"):
-            for start in tqdm(range(0, len(order), ctx.batch_size), desc=f"eval {ctx.desc}".strip(), unit="batch",
-                              disable=not ctx.progress, leave=False):  # fmt: skip
-                chunk = order[start : start + ctx.batch_size]
-                for i, answer in zip(chunk, fmt.predict(model, [examples[i] for i in chunk]), strict=True):
-                    answers[i] = answer
-    finally:
-        model.train(was_training)
+    with evaluating(model, ctx):
+        for start in batch_starts(len(order), ctx):
+            chunk = order[start : start + ctx.batch_size]
+            for i, answer in zip(chunk, fmt.predict(model, [examples[i] for i in chunk]), strict=True):
+                answers[i] = answer
     return answers
+
+
+def label_scores(model: nn.Module, fmt: Any, examples: Sequence[Any], ctx: EvalContext) -> dict[str, float]:
+    """Accuracy and macro-F1 of the format's answers to ``examples``, sharded over ranks."""
+    if not examples:
+        raise ValueError(f"no examples to evaluate {ctx.desc}".strip())
+    local = shard(examples, ctx)
+    pairs = [(normalize_answer(e.label), normalize_answer(a))
+             for e, a in zip(local, predictions(model, fmt, local, ctx), strict=True)]  # fmt: skip
+    pairs = [p for part in gather(pairs, ctx) for p in part]
+    gold, predicted = [g for g, _ in pairs], [p for _, p in pairs]
+    labels = sorted({normalize_answer(o) for e in examples for o in e.options})
+    return {
+        "accuracy": 100.0 * sum(g == p for g, p in pairs) / len(pairs),
+        "macro_f1": macro_f1(gold, predicted, labels),
+    }
 
 
 class Classification:
@@ -56,18 +63,7 @@ class Classification:
         return [ScoreSpec("accuracy", True), ScoreSpec("macro_f1", True)]
 
     def evaluate(self, model: nn.Module, fmt: Any, examples: Sequence[Any] | None, ctx: EvalContext) -> dict[str, Any]:
-        if not examples:
-            raise ValueError(f"no examples to evaluate {ctx.desc}".strip())
-        local = shard(examples, ctx)
-        pairs = [(normalize_answer(e.label), normalize_answer(a))
-                 for e, a in zip(local, predictions(model, fmt, local, ctx), strict=True)]  # fmt: skip
-        pairs = [p for part in gather(pairs, ctx) for p in part]
-        gold, predicted = [g for g, _ in pairs], [p for _, p in pairs]
-        labels = sorted({normalize_answer(o) for e in examples for o in e.options})
-        return {
-            "accuracy": 100.0 * sum(g == p for g, p in pairs) / len(pairs),
-            "macro_f1": macro_f1(gold, predicted, labels),
-        }
+        return label_scores(model, fmt, examples or [], ctx)
 
 
 register_evaluator("classification", Classification, kinds=("options",))

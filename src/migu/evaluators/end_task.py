@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..train.formats import DecoderFormat, EncoderDecoderFormat, EncoderFormat, normalize_answer
-from .base import EvalContext, ScoreSpec, gather, register_evaluator, shard
-from .classification import macro_f1, predictions
+from ..train.formats import DecoderFormat, EncoderDecoderFormat, EncoderFormat
+from .base import EvalContext, ScoreSpec, register_evaluator
+from .classification import label_scores
 
 
 @dataclass
@@ -117,17 +117,9 @@ class EndTask:
             torch.manual_seed(seed)
             clone = end_task_model(model, ctx.arch)
             finetune(clone, options, train, cfg, ctx)
-            local = shard(test, ctx)
-            pairs = [(normalize_answer(e.label), normalize_answer(a))
-                     for e, a in zip(local, predictions(clone, options, local, ctx), strict=True)]  # fmt: skip
+            scores = label_scores(clone, options, test, ctx)
         del clone
-        pairs = [p for part in gather(pairs, ctx) for p in part]
-        gold, predicted = [g for g, _ in pairs], [p for _, p in pairs]
-        labels = sorted({normalize_answer(o) for e in test for o in e.options})
-        return {
-            "end_accuracy": 100.0 * sum(g == p for g, p in pairs) / len(pairs),
-            "end_macro_f1": macro_f1(gold, predicted, labels),
-        }
+        return {"end_accuracy": scores["accuracy"], "end_macro_f1": scores["macro_f1"]}
 
 
 def finetune(model: nn.Module, fmt: Any, examples: list[Any], cfg: EndTaskConfig, ctx: EvalContext) -> None:

@@ -6,11 +6,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from .base import EvalContext, ScoreSpec, gather, register_evaluator, shard
+from .base import EvalContext, ScoreSpec, batch_starts, evaluating, gather, register_evaluator, shard
 
 
 def token_loss_sum(model: nn.Module, fmt: Any, examples: Sequence[Any], ctx: EvalContext) -> tuple[float, int]:
@@ -18,19 +16,12 @@ def token_loss_sum(model: nn.Module, fmt: Any, examples: Sequence[Any], ctx: Eva
     if not hasattr(fmt, "token_loss"):
         raise ValueError(f"the {type(fmt).__name__} format has no token loss: lm_loss scores corpus or instruction "
                          "tasks")  # fmt: skip
-    was_training = model.training
-    model.eval()
     total, count = 0.0, 0
-    try:
-        device = next(model.parameters()).device
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=ctx.mixed_precision == "bf16"):
-            for start in tqdm(range(0, len(examples), ctx.batch_size), desc=f"eval {ctx.desc}".strip(), unit="batch",
-                              disable=not ctx.progress, leave=False):  # fmt: skip
-                loss, tokens = fmt.token_loss(model, fmt.batch(list(examples[start : start + ctx.batch_size])))
-                total += float(loss)
-                count += int(tokens)
-    finally:
-        model.train(was_training)
+    with evaluating(model, ctx):
+        for start in batch_starts(len(examples), ctx):
+            loss, tokens = fmt.token_loss(model, fmt.batch(list(examples[start : start + ctx.batch_size])))
+            total += float(loss)
+            count += int(tokens)
     return total, count
 
 
