@@ -17,6 +17,7 @@ import hashlib
 import json
 import platform
 import sys
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -87,7 +88,7 @@ def _fingerprint(config: RunConfig) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-TaskHook = Any  # Callable[[int, dict[str, Any]], None]
+TaskHook = Callable[[int, dict[str, Any]], None]
 
 
 def run(config: RunConfig, on_task_end: TaskHook | None = None) -> dict[str, Any]:

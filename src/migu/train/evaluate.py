@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..data.tasks import Example
-from .formats import Format, normalize_answer
+from .formats import Format
 
 
 def accuracy(
@@ -19,29 +17,11 @@ def accuracy(
     progress: bool = True,
     mixed_precision: str = "no",
 ) -> float:
-    """Percent of examples whose prediction equals the label (``normalize_answer`` on both).
+    """Percent of examples whose prediction equals the label (``normalize_answer`` on both): the
+    ``classification`` evaluator's accuracy, for callers outside a run. Examples are batched by
+    length (less padding); the model is put back in its former mode."""
+    from ..evaluators import EvalContext
+    from ..evaluators.classification import label_scores
 
-    Examples are batched by length (less padding); the model is put back in its former mode.
-    """
-    if not examples:
-        raise ValueError(f"no examples to evaluate {desc}".strip())
-    was_training = model.training
-    model.eval()
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].text))
-    correct = 0
-    try:
-        device = next(model.parameters()).device
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed_precision == "bf16"):
-            for start in tqdm(
-                range(0, len(order), batch_size),
-                desc=f"eval {desc}".strip(),
-                unit="batch",
-                disable=not progress,
-                leave=False,
-            ):
-                chunk = [examples[i] for i in order[start : start + batch_size]]
-                for example, answer in zip(chunk, fmt.predict(model, chunk), strict=True):
-                    correct += normalize_answer(answer) == normalize_answer(example.label)
-    finally:
-        model.train(was_training)
-    return 100.0 * correct / len(examples)
+    ctx = EvalContext(batch_size=batch_size, mixed_precision=mixed_precision, progress=progress, desc=desc)
+    return label_scores(model, fmt, examples, ctx)["accuracy"]
