@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import platform
 import statistics
@@ -32,6 +33,19 @@ import torch
 from torch import nn
 
 import migu
+
+
+def cpu_name() -> str:
+    """The CPU's model name and its wide-vector features, from lscpu."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor() or platform.machine()
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    flags = fields.get("Flags", "").split()
+    extras = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{fields.get('Model name', '?').strip()} ({', '.join(extras) or 'AVX2 only'})"
+
 
 Batch = Callable[[], dict]
 Loss = Callable[[nn.Module, dict], torch.Tensor]
@@ -135,12 +149,17 @@ def _loss(output: object) -> torch.Tensor:
     return hidden.float().pow(2).mean()
 
 
-def _prepare(variant: str, model: nn.Module, threshold: float) -> tuple[nn.Module, torch.optim.Optimizer]:
+def _prepare(
+    variant: str, model: nn.Module, threshold: float
+) -> tuple[nn.Module, torch.optim.Optimizer, migu.MiguHandle | None]:
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    handle = None
     if variant != "plain":
-        migu.attach(model, threshold=threshold, optimizer=opt, micro_batches_per_step=1, fast_path=variant == "migu")
-    return model, opt
+        handle = migu.attach(
+            model, threshold=threshold, optimizer=opt, micro_batches_per_step=1, fast_path=variant == "migu"
+        )
+    return model, opt, handle
 
 
 def _step(
@@ -153,25 +172,86 @@ def _step(
     opt.zero_grad(set_to_none=True)
 
 
+def flop_limit(model: nn.Module, batch: dict, loss_fn: Loss | None, threshold: float) -> dict[str, float]:
+    """The time ratio MIGU's fast path would reach if a step's time were its matmul FLOPs: the
+    weight-gradient FLOPs of the rows it skips (2 x tokens x in x out per fast-path layer, times
+    the share of rows dropped), against every matmul FLOP of a plain training step (forward and
+    backward, counted by torch's FlopCounterMode; the optimizer and elementwise work not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from migu.core import find_sources
+    from migu.core.targets import fast_path_layer
+
+    sources = [s for s in find_sources(model, migu.MiguConfig(threshold=threshold)) if fast_path_layer(s)]
+    tokens: dict[int, int] = {}
+    hooks = [
+        s.module.register_forward_hook(
+            lambda m, args, out, i=i: tokens.__setitem__(i, tokens.get(i, 0) + args[0].numel() // args[0].shape[-1])
+        )
+        for i, s in enumerate(sources)
+    ]
+    model.train()
+    with FlopCounterMode(display=False) as counter:
+        (loss_fn(model, batch) if loss_fn else _loss(model(**batch))).backward()
+    for hook in hooks:
+        hook.remove()
+    model.zero_grad(set_to_none=True)
+    total = counter.get_total_flops()
+    saved = 0.0
+    for i, source in enumerate(sources):
+        weight = source.targets[0].weight
+        rows = source.rows()
+        dropped = math.ceil(threshold * (rows - 1)) / rows
+        saved += dropped * 2 * tokens.get(i, 0) * weight.numel()
+    return {"flop_limit": (total - saved) / total, "matmul_gflop": total / 1e9}
+
+
 def measure_time(name: str, repeats: int, warmup: int, threshold: float) -> dict[str, float]:
     torch.manual_seed(0)
     model, make_batch, loss_fn = CASES[name]()
+    limit = flop_limit(copy.deepcopy(model), make_batch(), loss_fn, threshold)
     runs = {v: (*_prepare(v, copy.deepcopy(model), threshold), []) for v in VARIANTS}
     del model
     for i in range(warmup + repeats):
         batch = make_batch()  # the same batch for every variant within a repetition
-        for m, opt, times in runs.values():
+        for m, opt, _, times in runs.values():
             start = time.perf_counter()
             _step(m, opt, batch, name.endswith("_bf16"), loss_fn)
             if i >= warmup:
                 times.append(time.perf_counter() - start)
-    med = {v: statistics.median(t) for v, (_, _, t) in runs.items()}
+    med = {v: statistics.median(t) for v, (_, _, _, t) in runs.items()}
+    handle = runs["migu"][2]
+    kernels = sorted(set(handle.fast_path_kernels().values())) if handle is not None else []
     return {
         "time_ratio": med["migu"] / med["plain"],
         "dense_time_ratio": med["migu_dense"] / med["plain"],
         **{f"{v}_step_s": med[v] for v in VARIANTS},
         "repeats": repeats,
+        **limit,
+        "kernels": kernels,
     }
+
+
+def measure_rounds(name: str, rounds: int, repeats: int, warmup: int, threshold: float) -> dict[str, object]:
+    """``measure_time`` in ``rounds`` fresh processes: the median ratio, its spread, every round."""
+    per_round = []
+    for _ in range(rounds):
+        out = subprocess.run(
+            [sys.executable, __file__, "--time-child", name, str(repeats), str(warmup), str(threshold)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        per_round.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    row: dict[str, object] = {}
+    for key in ("time_ratio", "dense_time_ratio", *(f"{v}_step_s" for v in VARIANTS)):
+        values = [r[key] for r in per_round]
+        row[key] = statistics.median(values)
+        row[f"{key}_min"], row[f"{key}_max"] = min(values), max(values)
+    row["time_ratio_rounds"] = [r["time_ratio"] for r in per_round]
+    row["dense_time_ratio_rounds"] = [r["dense_time_ratio"] for r in per_round]
+    row.update({k: per_round[0][k] for k in ("flop_limit", "matmul_gflop", "repeats")})
+    row["kernels"] = sorted({k for r in per_round for k in r["kernels"]})
+    row["rounds"] = rounds
+    return row
 
 
 def _rss_kb(field: str) -> int:
@@ -199,7 +279,7 @@ def memory_child(name: str, variant: str, threshold: float) -> None:
     _load_library_code(name.endswith("_bf16"))
     torch.manual_seed(0)
     model, make_batch, loss_fn = CASES[name]()
-    model, opt = _prepare(variant, model, threshold)
+    model, opt, _ = _prepare(variant, model, threshold)
     batch = make_batch()
     before = _rss_kb("VmRSS:")
     with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current size
@@ -230,27 +310,49 @@ def measure_memory(name: str, threshold: float) -> dict[str, float]:
     }
 
 
-TARGETS = {"block_d1024": (0.90, 1.05), "minilm_full": (1.00, 1.05), "smollm2_lora": (1.03, None)}
+# the speed issue's targets: (fast path / plain, dense path / plain); peak memory <= 1.02 everywhere
+TARGETS = {
+    "block_d1024": (0.85, 1.03),
+    "minilm_full": (0.92, 1.03),
+    "smollm2_lora": (1.00, 1.03),
+    "block_d1024_bf16": (1.00, 1.03),
+    "minilm_full_bf16": (1.00, 1.03),
+}
+
+
+def _cell(row: dict, key: str, target: float | None) -> str:
+    value = row.get(key)
+    if value is None:
+        return ""
+    text = f"{value:.3f}"
+    if f"{key}_min" in row:
+        text += f" [{row[f'{key}_min']:.3f}-{row[f'{key}_max']:.3f}]"
+    return text + ("" if target is None else (" ✓" if value <= target else " ✗"))
 
 
 def table(path: str) -> str:
-    """The markdown table of a results file, with the issue's targets."""
+    """The markdown table of a results file, with the issue's targets: medians over rounds with
+    their [min-max], the FLOP limit of the fast path."""
     with open(path) as f:
         results = json.load(f)
+    meta = results.get("_meta", {})
     lines = [
-        "| case | plain step (s) | MIGU / plain time | target | dense MIGU / plain time | target "
-        "| MIGU / plain peak memory | dense MIGU / plain peak memory |",
-        "|---|---|---|---|---|---|---|---|",
+        f"{meta.get('cpu', meta.get('machine', '?'))}, {meta.get('date', '?')}, torch {meta.get('torch', '?')}",
+        "",
+        "| case | plain step (s) | MIGU / plain time [min-max] | target | FLOP limit | dense MIGU / plain [min-max] "
+        "| target | MIGU / plain peak memory | dense / plain peak memory | rounds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         if name.startswith("_"):
             continue
         fast_target, dense_target = TARGETS.get(name, (None, None))
-        mark = lambda v, t: f"{v:.3f}" + ("" if t is None else (" ✓" if v <= t else " ✗"))  # noqa: E731
+        limit = r.get("flop_limit")
         lines.append(
-            f"| `{name}` | {r['plain_step_s']:.3f} | {mark(r['time_ratio'], fast_target)} | "
-            f"{fast_target or ''} | {mark(r['dense_time_ratio'], dense_target)} | {dense_target or ''} | "
-            f"{mark(r['memory_ratio'], 1.02)} | {mark(r['dense_memory_ratio'], 1.02)} |"
+            f"| `{name}` | {r['plain_step_s']:.3f} | {_cell(r, 'time_ratio', fast_target)} | {fast_target or ''} | "
+            f"{'' if limit is None else f'{limit:.3f}'} | {_cell(r, 'dense_time_ratio', dense_target)} | "
+            f"{dense_target or ''} | {_cell(r, 'memory_ratio', 1.02)} | {_cell(r, 'dense_memory_ratio', 1.02)} | "
+            f"{r.get('rounds', 1)} |"
         )
     return "\n".join(lines)
 
@@ -259,6 +361,10 @@ def main(argv: list[str] | None = None) -> None:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--memory-child":
         memory_child(sys.argv[2], sys.argv[3], float(sys.argv[4]))
         return
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--time-child":
+        name, repeats, warmup, threshold = sys.argv[2:6]
+        print(json.dumps(measure_time(name, int(repeats), int(warmup), float(threshold))))
+        return
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--table":
         print(table(sys.argv[2]))
         return
@@ -266,6 +372,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cases", default=DEFAULT, help=f"comma list of {', '.join(CASES)}")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="independent rounds (fresh processes) per case")
     parser.add_argument("--threshold", type=float, default=0.7)
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     parser.add_argument("--no-time", action="store_true", help="measure memory only (time kept from --out)")
@@ -285,7 +392,8 @@ def main(argv: list[str] | None = None) -> None:
             row = dict(results.get(name, {}))  # type: ignore[call-overload]
         else:
             # keep the memory columns of an earlier run (with their own memory_date)
-            row = {**results.get(name, {}), **measure_time(name, args.repeats, args.warmup, args.threshold)}  # type: ignore[dict-item]
+            timed = measure_rounds(name, args.rounds, args.repeats, args.warmup, args.threshold)
+            row = {**results.get(name, {}), **timed}  # type: ignore[dict-item]
         if not args.no_memory:
             row.update(measure_memory(name, args.threshold))
         row["memory_date" if args.no_time else "date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -294,6 +402,7 @@ def main(argv: list[str] | None = None) -> None:
         results["_meta"] = {
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+            "cpu": cpu_name(),
             "torch": torch.__version__,
             "threshold": args.threshold,
             "command": " ".join(sys.argv),

@@ -227,3 +227,78 @@ def test_process_group_started_after_attaching_gets_dense_gradients(monkeypatch)
     monkeypatch.setattr(statistics, "distributed_world", lambda: 2)
     out.pow(2).mean().backward()
     assert (layer.weight.grad.abs().sum(1) > 0).all()
+
+
+KERNELS = ("gather", "index_select", "dense")
+
+
+def _params(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "bert"])
+@pytest.mark.parametrize("autocast", [False, True])
+def test_every_kernel_gives_the_same_parameters(arch, autocast):
+    # the calibrated choice may pick any kernel for any layer: each must give the same bits, and
+    # the reference path's parameters (to rounding; bit-identical on the machines measured)
+    runs = {}
+    for kernel in (*KERNELS, "auto"):
+        model = build(arch)
+        assert _train(model, 3, autocast, micro_batches_per_step=1, fast_path_kernel=kernel)
+        runs[kernel] = _params(model)
+    reference = build(arch)
+    _train(reference, 3, autocast, micro_batches_per_step=1, fast_path=False)
+    for kernel, params in runs.items():
+        assert all(torch.equal(p, q) for p, q in zip(params, runs["gather"], strict=True)), kernel
+    tol = {"rtol": 2e-2, "atol": 2e-4} if autocast else {"rtol": 1e-5, "atol": 1e-6}
+    for p, q in zip(runs["auto"], _params(reference), strict=True):
+        torch.testing.assert_close(p, q, **tol)
+
+
+def test_calibrated_choice_mixing_kernels_per_layer(monkeypatch):
+    # force a different kernel per layer shape (as timing would on some machine): same result
+    from migu.core.fastpath import KERNEL_FUNCTIONS, KernelChoice
+
+    picks = iter(KERNELS * 10)
+
+    def calibrate(self, key, args):
+        self.chosen[key] = next(picks)
+        return KERNEL_FUNCTIONS[self.chosen[key]](*args)
+
+    fixed = build("llama")
+    _train(fixed, 3, False, micro_batches_per_step=1, fast_path_kernel="dense")
+    monkeypatch.setattr(KernelChoice, "_calibrate", calibrate)
+    mixed = build("llama")
+    handle = migu.attach(mixed, threshold=0.7, micro_batches_per_step=1)
+    opt = torch.optim.SGD(mixed.parameters(), lr=0.05, momentum=0.9, weight_decay=0.01)
+    handle.attach_optimizer(opt)
+    for step in range(3):
+        mixed(**batch("llama", seed=step)).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    chosen = handle.fast_path_kernels()
+    handle.remove()
+    assert len(set(chosen.values())) > 1, chosen
+    for p, q in zip(_params(mixed), _params(fixed), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_auto_times_each_shape_once():
+    from migu.core.fastpath import KernelChoice
+
+    choice = KernelChoice("auto")
+    g, xs = torch.randn(300, 64), torch.randn(300, 32)
+    rows = torch.tensor([1, 5, 9, 40])
+    first = choice.weight_grad(g, xs, rows, False, torch.float32)
+    (key,) = choice.chosen
+    assert key[3] == 512 and set(choice.timings[key]) == set(KERNELS)  # 300 tokens -> bucket 512
+    again = choice.weight_grad(g[:280], xs[:280], rows, False, torch.float32)  # same bucket: no new timing
+    assert list(choice.chosen) == [key]
+    expected = g.t() @ xs
+    assert torch.equal(first[rows], expected[rows]) and not first[[0, 2, 63]].any()
+    assert torch.equal(again[rows], (g[:280].t() @ xs[:280])[rows])
+
+
+def test_unknown_kernel_is_refused():
+    with pytest.raises(ValueError, match="fast_path_kernel"):
+        migu.MiguConfig(fast_path_kernel="fastest")

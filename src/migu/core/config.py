@@ -100,6 +100,14 @@ class MiguConfig:
     keeps exactly ``rows - ceil(T * (rows - 1))`` of them (and ``report``/``kept_masks`` list the
     rows it kept)."""
 
+    fast_path_kernel: str = "auto"
+    """How the fast path computes the kept rows' weight gradient: ``gather`` or ``index_select``
+    (copy the kept columns of the output gradient, multiply for those rows only) or ``dense``
+    (the full product, dropped rows zeroed). ``auto`` (default) times the three on the first
+    backward of each layer shape (shape, dtype, kept rows, tokens rounded up to a power of two)
+    and keeps the fastest: a one-time cost of a few extra products per shape. Every kernel
+    computes each kept row by the same product, so the choice changes speed, not results."""
+
     measure_update_leak: bool = False
     """Diagnostic: measure the share of each step's squared weight update that lands on masked
     rows (Adam momentum and weight decay in ``grad`` mode; 0 in ``update`` mode); read it with
@@ -125,6 +133,7 @@ class MiguConfig:
         _choice("mask_mode", self.mask_mode, ("grad", "update", "observe"))
         _choice("mask_timing", self.mask_timing, ("step", "in_backward"))
         _choice("selection", self.selection, ("magnitude", "random"))
+        _choice("fast_path_kernel", self.fast_path_kernel, ("auto", "gather", "index_select", "dense"))
         if self.micro_batches_per_step is not None and (
             isinstance(self.micro_batches_per_step, bool)
             or not isinstance(self.micro_batches_per_step, int)

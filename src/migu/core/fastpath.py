@@ -8,17 +8,127 @@ statistic of every forward before it, so the result equals the reference path (d
 then mask) whenever all of a step's forwards come before its backward: one micro-batch per
 optimizer step, any number of forwards in it. The handle falls back to the reference path
 otherwise (gradient accumulation, distributed statistic, random selection, LoRA layers).
+
+How the kept rows' gradient is computed is a kernel choice (``MiguConfig.fast_path_kernel``):
+``gather`` or ``index_select`` (copy the kept columns of the output gradient, then a matmul of
+the kept rows only) or ``dense`` (the full matmul, then the dropped rows zeroed). Which is
+fastest depends on the CPU, the dtype and the layer's shape (measured: ``index_select`` is 4x
+faster than ``gather`` in fp32 on an AVX2 EPYC and 3x slower in bf16), so ``auto`` times the
+three on the real tensors at the first backward of each (shape, dtype, kept rows, tokens rounded
+up to a power of two) and uses the fastest from then on, as cuDNN's benchmark mode does for
+convolutions. All three compute every kept row by the same product, so they give the same bits.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from .profiling import FAST_GRAD, scope
+
 CHUNK_VALUES = 1 << 19
 MIN_CHUNK_ROWS = 256
+KERNELS = ("gather", "index_select", "dense")
+
+
+class KernelChoice:
+    """The fast path's kernel per layer shape: fixed, or timed once per shape (``auto``)."""
+
+    def __init__(self, kernel: str = "auto", trials: int = 2) -> None:
+        if kernel != "auto" and kernel not in KERNELS:
+            raise ValueError(f"fast_path_kernel must be auto or one of {', '.join(KERNELS)}; got {kernel!r}")
+        self.kernel = kernel
+        self.trials = trials
+        self.chosen: dict[tuple, str] = {}  # shape key -> kernel
+        self.timings: dict[tuple, dict[str, float]] = {}  # shape key -> kernel -> best seconds
+
+    @staticmethod
+    def key(g: torch.Tensor, xs: torch.Tensor, kept: int, rows_last: bool) -> tuple:
+        tokens = 1 << max(0, int(g.shape[0] - 1).bit_length())
+        return (g.device.type, g.dtype, rows_last, tokens, xs.shape[1], g.shape[1], kept)
+
+    def weight_grad(
+        self, g: torch.Tensor, xs: torch.Tensor, rows: torch.Tensor, rows_last: bool, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """The weight gradient ([out, in], or [in, out] for Conv1D) in ``dtype``, computed in
+        ``g``'s, with zeros outside ``rows``."""
+        args = (g, xs, rows, rows_last, dtype)
+        if rows.numel() == g.shape[1]:
+            return _dense(g, xs, None, rows_last, dtype)
+        if self.kernel != "auto":
+            return KERNEL_FUNCTIONS[self.kernel](*args)
+        key = self.key(g, xs, rows.numel(), rows_last)
+        kernel = self.chosen.get(key)
+        if kernel is not None:
+            return KERNEL_FUNCTIONS[kernel](*args)
+        return self._calibrate(key, args)
+
+    def _calibrate(self, key: tuple, args: tuple) -> torch.Tensor:
+        g = args[0]
+        best: dict[str, float] = {}
+        result = None
+        for _ in range(self.trials):  # the first call of a shape pays one-time set-up costs
+            for name in KERNELS:
+                _synchronize(g)
+                start = time.perf_counter()
+                result = KERNEL_FUNCTIONS[name](*args)
+                _synchronize(g)
+                best[name] = min(best.get(name, float("inf")), time.perf_counter() - start)
+        self.timings[key] = best
+        self.chosen[key] = min(best, key=best.__getitem__)
+        assert result is not None
+        return result
+
+
+def _synchronize(t: torch.Tensor) -> None:
+    if t.device.type == "cuda":
+        torch.cuda.synchronize(t.device)
+
+
+def _product(g: torch.Tensor, xs: torch.Tensor, rows_last: bool) -> torch.Tensor:
+    # one orientation for every kernel: a row of g^T x is computed alike whichever rows are asked
+    # for (a column subset of x^T g is not, in MKL); Conv1D keeps its weight as [in, out]
+    grad = g.t() @ xs
+    return grad.t() if rows_last else grad
+
+
+def _dense(
+    g: torch.Tensor, xs: torch.Tensor, rows: torch.Tensor | None, rows_last: bool, dtype: torch.dtype
+) -> torch.Tensor:
+    grad = _product(g, xs, rows_last).to(dtype)
+    if rows is not None:
+        dropped = torch.ones(g.shape[1], dtype=torch.bool, device=g.device)
+        dropped[rows] = False
+        grad.masked_fill_(dropped.view(1, -1) if rows_last else dropped.view(-1, 1), 0)
+    return grad
+
+
+def _rows(select: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+    def kernel(
+        g: torch.Tensor, xs: torch.Tensor, rows: torch.Tensor, rows_last: bool, dtype: torch.dtype
+    ) -> torch.Tensor:
+        shape = (xs.shape[1], g.shape[1]) if rows_last else (g.shape[1], xs.shape[1])
+        grad = torch.zeros(shape, dtype=dtype, device=g.device)
+        # the kept rows in chunks, so that the copied gradient columns and their product stay
+        # small temporaries (peak memory as plain finetuning); but not thinner than
+        # MIN_CHUNK_ROWS rows, below which the matmuls lose their efficiency on long batches
+        step = max(MIN_CHUNK_ROWS, CHUNK_VALUES // g.shape[0])
+        for part in rows.split(step):
+            grad.index_copy_(1 if rows_last else 0, part, _product(select(g, part), xs, rows_last).to(dtype))
+        return grad
+
+    return kernel
+
+
+KERNEL_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
+    # gather with an expanded index: fast in bf16, where index_select along dim 1 is slow
+    "gather": _rows(lambda g, part: torch.gather(g, 1, part.expand(g.shape[0], -1))),
+    "index_select": _rows(lambda g, part: g.index_select(1, part)),
+    "dense": _dense,
+}
 
 
 class RowSparseLinear(torch.autograd.Function):
@@ -33,10 +143,12 @@ class RowSparseLinear(torch.autograd.Function):
         y: torch.Tensor,
         rows_last: bool,
         kept_rows: Callable[[], torch.Tensor],
+        kernels: KernelChoice,
     ) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
         ctx.rows_last = rows_last
         ctx.kept_rows = kept_rows
+        ctx.kernels = kernels
         ctx.has_bias = bias is not None
         ctx.compute_dtype = y.dtype
         # a fresh tensor on y's storage, not a view of an input: the model may modify it in
@@ -45,28 +157,17 @@ class RowSparseLinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        x, weight = ctx.saved_tensors
-        dtype = ctx.compute_dtype  # under autocast the layer ran in bf16: so do its gradients
-        w = weight.to(dtype)
-        g = grad.reshape(-1, grad.shape[-1]).to(dtype)
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = (g @ (w.t() if ctx.rows_last else w)).reshape(*grad.shape[:-1], -1).to(x.dtype)
-        if ctx.needs_input_grad[1]:
-            xs = x.reshape(-1, x.shape[-1]).to(dtype)
-            grad_w = torch.zeros_like(weight)
-            # the kept rows in chunks, so that the gathered gradient columns and their product
-            # stay small temporaries (peak memory as plain finetuning); but not thinner than
-            # MIN_CHUNK_ROWS rows, below which the matmuls lose their efficiency on long batches
-            step = max(MIN_CHUNK_ROWS, CHUNK_VALUES // g.shape[0])
-            for rows in ctx.kept_rows().split(step):
-                # gather with an expanded index: several times faster than index_select along
-                # dim 1, most of all in bf16 (index_select there costs as much as the matmul)
-                kept = torch.gather(g, 1, rows.expand(g.shape[0], -1))
-                if ctx.rows_last:  # Conv1D: weight [in, out], output channels are columns
-                    grad_w.index_copy_(1, rows, (xs.t() @ kept).to(weight.dtype))
-                else:
-                    grad_w.index_copy_(0, rows, (kept.t() @ xs).to(weight.dtype))
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = g.sum(0).to(weight.dtype)
-        return grad_x, grad_w, grad_b, None, None, None
+        with scope(FAST_GRAD):
+            x, weight = ctx.saved_tensors
+            dtype = ctx.compute_dtype  # under autocast the layer ran in bf16: so do its gradients
+            g = grad.reshape(-1, grad.shape[-1]).to(dtype)
+            grad_x = grad_w = grad_b = None
+            if ctx.needs_input_grad[0]:
+                w = weight.to(dtype)
+                grad_x = (g @ (w.t() if ctx.rows_last else w)).reshape(*grad.shape[:-1], -1).to(x.dtype)
+            if ctx.needs_input_grad[1]:
+                xs = x.reshape(-1, x.shape[-1]).to(dtype)
+                grad_w = ctx.kernels.weight_grad(g, xs, ctx.kept_rows(), ctx.rows_last, weight.dtype)
+            if ctx.has_bias and ctx.needs_input_grad[2]:
+                grad_b = g.sum(0).to(weight.dtype)
+            return grad_x, grad_w, grad_b, None, None, None, None

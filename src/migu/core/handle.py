@@ -13,6 +13,8 @@ from torch.utils.hooks import RemovableHandle
 
 from .backward import AccumulatedMasking, BackwardStart, shaped
 from .config import MiguConfig
+from .fastpath import KernelChoice
+from .profiling import MASK, RESTORE, scope
 from .report import LayerReport
 from .sharding import is_sharded, local, local_mask
 from .statistics import Recorder, distributed_world
@@ -47,6 +49,7 @@ class MiguHandle:
         self._recorder: Recorder | None = None
         self._start: BackwardStart | None = None
         self._accumulated = AccumulatedMasking(self)
+        self._kernels = KernelChoice(config.fast_path_kernel)  # kept across refresh()
         self._attach()
         if optimizer is not None:
             self.attach_optimizer(optimizer)
@@ -56,6 +59,7 @@ class MiguHandle:
         self._recorder = Recorder(self.model, self.sources, self.config.ignore_padding)
         self._recorder.enabled = not self._paused
         self._recorder.choose_rows = self._choose_fast_rows
+        self._recorder.kernels = self._kernels
         self._start = BackwardStart(self, self.model)
         self._fast_eligible = {i for i, s in enumerate(self.sources) if fast_path_layer(s)}
         self._update_fast_path()
@@ -81,6 +85,16 @@ class MiguHandle:
     def fast_path_layers(self) -> list[str]:
         """Layers on the fast path now (empty when the reference path applies)."""
         return [self.sources[i].name for i in sorted(self._live().fast_sources)]
+
+    def fast_path_kernels(self) -> dict[str, str]:
+        """The kernel the fast path uses per layer shape so far (``fast_path_kernel``), keyed
+        ``"<device> <dtype> <tokens> x <in> -> <out>, <kept> kept"`` (tokens rounded up to a power
+        of two); with ``auto``, the shapes timed so far."""
+        out = {}
+        for (device, dtype, rows_last, tokens, width_in, width_out, kept), kernel in self._kernels.chosen.items():
+            name = f"{device} {str(dtype).removeprefix('torch.')} {tokens} x {width_in} -> {width_out}, {kept} kept"
+            out[name + (" (Conv1D)" if rows_last else "")] = kernel
+        return out
 
     def set_micro_batches_per_step(self, count: int | None) -> None:
         """Declare the forward/backward passes per optimizer step (1 enables the fast path)."""
@@ -207,10 +221,16 @@ class MiguHandle:
                 )
         keeps = self.decide()
         self._masked = True
+        with scope(MASK):
+            self._mask_step(with_grad, keeps)
+
+    def _mask_step(self, with_grad: list[tuple[int, Target]], keeps: list[torch.Tensor | None]) -> None:
+        c = self.config
         for i, target in with_grad:
             keep = keeps[i]
             assert keep is not None  # every source with a gradient was recorded (checked above)
-            self._updates.save(target, shaped(target, keep))
+            with scope(RESTORE):
+                self._updates.save(target, shaped(target, keep))
             # multiply by 1 or 0, as the official code. On the fast path the layer's own gradient
             # has zero masked rows already, but a loss term on the weights themselves (an EWC or
             # L2 penalty, O-LoRA's orthogonality) adds to every row: masking again keeps the paths
@@ -320,7 +340,8 @@ class MiguHandle:
 
     def after_optimizer_step(self) -> None:
         """Restore masked rows (``update`` mode) and reset the statistic for the next step."""
-        self._updates.after_step()
+        with scope(RESTORE):
+            self._updates.after_step()
         self._reset_step()
         self._live().reset()
         self._update_fast_path()

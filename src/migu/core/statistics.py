@@ -16,7 +16,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from .fastpath import RowSparseLinear
+from .fastpath import KernelChoice, RowSparseLinear
+from .profiling import STATISTIC, WRAP, scope
 from .targets import Side, Source
 
 CHUNK_VALUES = 1 << 20
@@ -58,6 +59,7 @@ class Recorder:
         self.fast_sources: set[int] = set()
         self.fast_world = 1
         self.choose_rows: Callable[[int], torch.Tensor | None] = lambda index: None
+        self.kernels = KernelChoice()  # the fast path's kernel per layer shape (set by the handle)
         self.decided = False  # this step's rows are chosen: a training forward now comes too late
         self._derived: dict[Side, torch.Tensor | None] = {}
         self._explicit: dict[Side, torch.Tensor | None] = {}
@@ -103,9 +105,11 @@ class Recorder:
     def _hook(self, index: int):
         def record(module: nn.Module, args: tuple, output: Any) -> Any:
             if self.enabled and module.training and torch.is_grad_enabled():
-                self._record(index, output)
+                with scope(STATISTIC):
+                    self._record(index, output)
                 if index in self.fast_sources and args and isinstance(output, torch.Tensor):
-                    return self._fast_output(index, module, args[0], output)
+                    with scope(WRAP):
+                        return self._fast_output(index, module, args[0], output)
             return None
 
         return record
@@ -119,7 +123,13 @@ class Recorder:
             )
         target = self.sources[index].targets[0]  # read now: under FSDP2 the unsharded weight
         return RowSparseLinear.apply(
-            x, target.weight, target.bias, output.detach(), target.rows_last, lambda: self._kept_rows(index)
+            x,
+            target.weight,
+            target.bias,
+            output.detach(),
+            target.rows_last,
+            lambda: self._kept_rows(index),
+            self.kernels,
         )
 
     def world_changed(self) -> bool:

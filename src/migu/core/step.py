@@ -6,6 +6,7 @@ import threading
 
 import torch
 
+from .profiling import SELECT, scope
 from .report import KeptRowsLog
 from .selection import fast_rows, magnitude_keep, random_keep
 from .statistics import Recorder
@@ -35,7 +36,7 @@ class StepSelection:
         A layer first recorded after that, inside backward (a block under reentrant gradient
         checkpointing runs its forward without gradients, and records only when recomputed), gets
         its rows at the next call, from its then complete statistic."""
-        with self._lock:
+        with self._lock, scope(SELECT):
             return self._decide(recorder, sources, strict)
 
     def _decide(self, recorder: Recorder, sources: list[Source], strict: bool) -> list[torch.Tensor | None]:
