@@ -1,0 +1,155 @@
+"""Time MIGU against plain finetuning on your GPU: plain, MIGU's fast path and MIGU's dense
+(reference) path, bf16 autocast, for the d=1024 block stack of ``speed.py`` and a ~125M Llama
+built from a config (random weights, no download).
+
+    python benchmarks/gpu_speed_check.py                 # one GPU, about 1-3 minutes
+    python benchmarks/gpu_speed_check.py --decoder 1b    # a ~1.1B Llama instead (16+ GB of memory)
+
+Each variant is a copy of the same model with its own AdamW; the three take interleaved steps
+on the same batches (forward, backward, optimizer step), timed with ``torch.cuda.synchronize``,
+median of ``--steps`` after ``--warmup``; the whole measurement is repeated ``--rounds`` times
+(new copies each round) and the median ratio is printed with its min-max. Also printed: the
+fast path's kernel choices (``fast_path_kernel="auto"``) and the peak memory of each variant.
+It prints a markdown table; paste it into an issue with ``nvidia-smi -L``'s line.
+
+Without a GPU (``--device cpu --tiny``) it runs the same code on tiny sizes: what the test
+suite checks. It has not been run on a GPU by the project yet (no GPU in its sessions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import migu
+
+sys.path.insert(0, str(Path(__file__).parent))
+from speed import BlockStack
+
+VARIANTS = ("plain", "migu", "migu_dense")
+DECODERS = {  # hidden, intermediate, layers, heads, kv heads
+    "125m": (768, 2048, 12, 12, 4),
+    "1b": (2048, 5632, 22, 32, 4),
+    "tiny": (64, 128, 2, 4, 2),
+}
+
+
+def block_case(device: torch.device, tiny: bool) -> tuple[nn.Module, Callable[[], dict], Callable]:
+    d, tokens = (64, 256) if tiny else (1024, 16 * 128)
+    model = BlockStack(d, 4 * d, 2).to(device)
+    x = torch.randn(tokens // 128 or 1, min(tokens, 128), d, device=device)
+    return model, lambda: {"x": x}, lambda m, b: m(**b).float().pow(2).mean()
+
+
+def decoder_case(
+    device: torch.device, size: str, batch: int, seq: int
+) -> tuple[nn.Module, Callable[[], dict], Callable]:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hidden, inter, layers, heads, kv = DECODERS[size]
+    config = LlamaConfig(vocab_size=32000 if size != "tiny" else 256, hidden_size=hidden, intermediate_size=inter,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv,
+                         max_position_embeddings=max(seq, 128))  # fmt: skip
+    model = LlamaForCausalLM(config).to(device)
+    ids = torch.randint(0, config.vocab_size, (batch, seq), device=device)
+    return model, lambda: {"input_ids": ids, "labels": ids}, lambda m, b: m(**b).loss
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def one_round(case, device: torch.device, steps: int, warmup: int, threshold: float) -> dict[str, object]:
+    model, make_batch, loss_fn = case
+    runs = {}
+    for variant in VARIANTS:
+        m = copy.deepcopy(model).train()
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-5)
+        handle = None
+        if variant != "plain":
+            handle = migu.attach(m, threshold=threshold, optimizer=opt, micro_batches_per_step=1,
+                                 fast_path=variant == "migu")  # fmt: skip
+        runs[variant] = (m, opt, handle, [])
+    peak = {}
+    for i in range(warmup + steps):
+        batch = make_batch()
+        for variant, (m, opt, _, times) in runs.items():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            _sync(device)
+            start = time.perf_counter()
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                loss = loss_fn(m, batch)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            _sync(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+            if device.type == "cuda":
+                peak[variant] = max(peak.get(variant, 0), torch.cuda.max_memory_allocated(device))
+    step = {v: statistics.median(t) for v, (_, _, _, t) in runs.items()}
+    handle = runs["migu"][2]
+    return {
+        "step_s": step,
+        "time_ratio": step["migu"] / step["plain"],
+        "dense_time_ratio": step["migu_dense"] / step["plain"],
+        "kernels": sorted(set(handle.fast_path_kernels().values())) if handle else [],
+        "peak_gb": {v: p / 2**30 for v, p in peak.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> list[str]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--decoder", default="125m", choices=[k for k in DECODERS if k != "tiny"])
+    parser.add_argument("--tiny", action="store_true", help="tiny sizes (to check the script without a GPU)")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threshold", type=float, default=0.7)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("no CUDA device here; use --device cpu --tiny to check the script")
+    size = "tiny" if args.tiny else args.decoder
+    cases = {
+        "block_d1024" if not args.tiny else "block_tiny": lambda: block_case(device, args.tiny),
+        f"llama_{size}": lambda: decoder_case(device, size, 2 if args.tiny else 8, 32 if args.tiny else 512),
+    }
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{device} (check run)"
+    lines = [f"{name}, torch {torch.__version__}, bf16 autocast, T = {args.threshold}", "",
+             "| case | plain step (ms) | MIGU / plain [min-max] | dense / plain [min-max] | kernels "
+             "| peak GB plain / MIGU |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for case_name, build in cases.items():
+        torch.manual_seed(0)
+        case = build()
+        rounds = [one_round(case, device, args.steps, args.warmup, args.threshold) for _ in range(args.rounds)]
+        fast = [float(r["time_ratio"]) for r in rounds]  # type: ignore[arg-type]
+        dense = [float(r["dense_time_ratio"]) for r in rounds]  # type: ignore[arg-type]
+        plain_ms = 1000 * statistics.median(r["step_s"]["plain"] for r in rounds)  # type: ignore[index]
+        kernels = sorted({k for r in rounds for k in r["kernels"]})  # type: ignore[attr-defined]
+        peak = rounds[-1]["peak_gb"]
+        memory = f"{peak['plain']:.2f} / {peak['migu']:.2f}" if peak else "n/a"  # type: ignore[index]
+        lines.append(
+            f"| {case_name} | {plain_ms:.1f} | {statistics.median(fast):.3f} [{min(fast):.3f}-{max(fast):.3f}] | "
+            f"{statistics.median(dense):.3f} [{min(dense):.3f}-{max(dense):.3f}] | {', '.join(kernels)} | {memory} |"
+        )
+        print(lines[-1], flush=True)
+        del case
+    print("\n".join(lines))
+    return lines
+
+
+if __name__ == "__main__":
+    main()

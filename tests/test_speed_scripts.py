@@ -1,0 +1,59 @@
+"""The speed benchmark's scripts run end to end on tiny sizes (their numbers are not tested here:
+they are measurements, made by their own commands on a quiet machine)."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def test_gpu_speed_check_runs_on_cpu_tiny():
+    lines = _load("gpu_speed_check").main(
+        ["--device", "cpu", "--tiny", "--steps", "2", "--warmup", "1", "--rounds", "2"]
+    )
+    rows = [line for line in lines if line.startswith("| block_tiny") or line.startswith("| llama_tiny")]
+    assert len(rows) == 2
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert float(cells[1]) > 0 and float(cells[2].split()[0]) > 0  # step time, ratio
+
+
+def test_flop_limit_of_a_block_matches_a_hand_count():
+    speed = _load("speed")
+    torch.manual_seed(0)
+    d, tokens = 32, 64
+    model = speed.BlockStack(d, 4 * d, 1)
+    x = torch.randn(1, tokens, d)  # no gradient for x: the first layers compute no input gradient
+    limit = speed.flop_limit(model, {"x": x}, None, 0.5)
+    shapes = [(d, d)] * 4 + [(d, 4 * d), (4 * d, d)]  # q, k, v, o, up, down as (in, out)
+    weight_grad = sum(2 * tokens * i * o for i, o in shapes)
+    forward = weight_grad
+    input_grad = weight_grad - 3 * 2 * tokens * d * d  # q, k and v read x, which needs no gradient
+    total = forward + weight_grad + input_grad
+    saved = sum(2 * tokens * i * o * (-(-0.5 * (o - 1) // 1)) / o for i, o in shapes)
+    assert limit["flop_limit"] == pytest.approx((total - saved) / total)
+
+
+def test_profile_breakdown_charges_migu_scopes():
+    profile_step = _load("profile_step")
+    out = profile_step.profile_case("block_width256_tokens1024", steps=1, warmup=1, repeats=1, threshold=0.7)
+    assert set(out) == {"plain", "migu", "migu_dense"}
+    assert not any(k.startswith(("statistic", "fast.", "mask")) for k in out["plain"]["parts_ms"])
+    migu_parts = out["migu"]["parts_ms"]
+    assert migu_parts["statistic"] > 0 and migu_parts["fast.weight_grad: matmul"] > 0
+    assert "fast.weight_grad: matmul" not in out["migu_dense"]["parts_ms"] and out["migu_dense"]["parts_ms"]["mask"] > 0
