@@ -377,6 +377,9 @@ def report_markdown(
         effect = effect_table(runs, component, by, score)
         if effect:
             parts += [f"\n## With and without {component} (paired: same order and seed; mean ± std)\n", effect]
+    from .domains import domain_sections  # (domains builds on this module)
+
+    parts += domain_sections(runs, by, timings)
     if timings:
         parts += ["\n## Wall time per run\n", timing_table(runs, by)]
     if matrices:
