@@ -231,7 +231,14 @@ def build_masked_lm(bundle: ModelBundle, source: str | Path | None,
                    if not n.startswith(hf.base_model_prefix + ".")]  # fmt: skip
     else:
         dtype = next(bundle.model.parameters()).dtype
-        hf, info = tf.AutoModelForMaskedLM.from_pretrained(source, output_loading_info=True, dtype=dtype)
+        # the head's weights are missing by design (warmed up below): transformers' load report
+        # and its tied-weights warning about them would only alarm the user
+        verbosity = tf.logging.get_verbosity()
+        tf.logging.set_verbosity_error()
+        try:
+            hf, info = tf.AutoModelForMaskedLM.from_pretrained(source, output_loading_info=True, dtype=dtype)
+        finally:
+            tf.logging.set_verbosity(verbosity)
         missing = sorted(info["missing_keys"])
     model = MaskedLM(hf)
     params = dict(model.named_parameters(remove_duplicate=False))
