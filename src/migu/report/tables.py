@@ -196,7 +196,8 @@ def summary_table(runs: list[dict[str, Any]], by: tuple[str, ...] = (), score: s
         groups[(run["model"], order_of(run), label_of(run, by))].append(run)
     for run in runs:
         groups[(run["model"], "all orders", label_of(run, by))].append(run)
-    lines = ["| model | order | method | AA | BWT | forgetting | new-task acc. | seeds | minutes/run |",
+    learned = "new-task acc." if score == ACCURACY else f"new-task {score}"
+    lines = [f"| model | order | method | AA | BWT | forgetting | {learned} | seeds | minutes/run |",
              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     orders = {order_of(r) for r in runs}
     for (model, order, method), members in sorted(groups.items()):
