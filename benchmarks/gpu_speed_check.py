@@ -3,13 +3,15 @@
 built from a config (random weights, no download).
 
     python benchmarks/gpu_speed_check.py                 # one GPU, about 1-3 minutes
-    python benchmarks/gpu_speed_check.py --decoder 1b    # a ~1.1B Llama instead (16+ GB of memory)
+    python benchmarks/gpu_speed_check.py --decoder 1b    # a ~1.1B Llama instead (24+ GB of memory)
 
-Each variant is a copy of the same model with its own AdamW; the three take interleaved steps
-on the same batches (forward, backward, optimizer step), timed with ``torch.cuda.synchronize``,
-median of ``--steps`` after ``--warmup``; the whole measurement is repeated ``--rounds`` times
-(new copies each round) and the median ratio is printed with its min-max. Also printed: the
-fast path's kernel choices (``fast_path_kernel="auto"``) and the peak memory of each variant.
+The model is built once on the CPU; each variant is a copy of it moved to the GPU alone, with
+its own AdamW (fp32 weights, gradients and Adam state: ~18 GB for the 1.1B model, plus
+activations), timed over the same batches (forward, backward, optimizer step; synchronized),
+median of ``--steps`` after ``--warmup``, then freed; the three variants are repeated
+``--rounds`` times and the median ratio is printed with its min-max. Also printed: the fast
+path's kernels (``fast_path_kernel="auto"`` keeps ``gather`` on a GPU: it times kernels only
+on CPUs) and each variant's peak memory.
 It prints a markdown table; paste it into an issue with ``nvidia-smi -L``'s line.
 
 Without a GPU (``--device cpu --tiny``) it runs the same code on tiny sizes: what the test
@@ -44,7 +46,7 @@ DECODERS = {  # hidden, intermediate, layers, heads, kv heads
 
 def block_case(device: torch.device, tiny: bool) -> tuple[nn.Module, Callable[[], dict], Callable]:
     d, tokens = (64, 256) if tiny else (1024, 16 * 128)
-    model = BlockStack(d, 4 * d, 2).to(device)
+    model = BlockStack(d, 4 * d, 2)  # on the CPU: each variant takes its own copy to the device
     x = torch.randn(tokens // 128 or 1, min(tokens, 128), d, device=device)
     return model, lambda: {"x": x}, lambda m, b: m(**b).float().pow(2).mean()
 
@@ -58,7 +60,7 @@ def decoder_case(
     config = LlamaConfig(vocab_size=32000 if size != "tiny" else 256, hidden_size=hidden, intermediate_size=inter,
                          num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv,
                          max_position_embeddings=max(seq, 128))  # fmt: skip
-    model = LlamaForCausalLM(config).to(device)
+    model = LlamaForCausalLM(config)  # on the CPU: each variant takes its own copy to the device
     ids = torch.randint(0, config.vocab_size, (batch, seq), device=device)
     return model, lambda: {"input_ids": ids, "labels": ids}, lambda m, b: m(**b).loss
 
@@ -68,43 +70,50 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def one_round(case, device: torch.device, steps: int, warmup: int, threshold: float) -> dict[str, object]:
+def time_variant(case, variant: str, device: torch.device, steps: int, warmup: int, threshold: float) -> dict:
+    """One variant alone on the device: median step seconds, peak memory, the kernels chosen."""
     model, make_batch, loss_fn = case
-    runs = {}
-    for variant in VARIANTS:
-        m = copy.deepcopy(model).train()
-        opt = torch.optim.AdamW(m.parameters(), lr=1e-5)
-        handle = None
-        if variant != "plain":
-            handle = migu.attach(m, threshold=threshold, optimizer=opt, micro_batches_per_step=1,
-                                 fast_path=variant == "migu")  # fmt: skip
-        runs[variant] = (m, opt, handle, [])
-    peak = {}
+    m = copy.deepcopy(model).to(device).train()
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-5)
+    handle = None
+    if variant != "plain":
+        handle = migu.attach(m, threshold=threshold, optimizer=opt, micro_batches_per_step=1,
+                             fast_path=variant == "migu")  # fmt: skip
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
     for i in range(warmup + steps):
         batch = make_batch()
-        for variant, (m, opt, _, times) in runs.items():
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            _sync(device)
-            start = time.perf_counter()
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                loss = loss_fn(m, batch)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            _sync(device)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-            if device.type == "cuda":
-                peak[variant] = max(peak.get(variant, 0), torch.cuda.max_memory_allocated(device))
-    step = {v: statistics.median(t) for v, (_, _, _, t) in runs.items()}
-    handle = runs["migu"][2]
+        _sync(device)
+        start = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss = loss_fn(m, batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    out = {
+        "step_s": statistics.median(times),
+        "peak_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "kernels": sorted(set(handle.fast_path_kernels().values())) if handle else [],
+    }
+    del m, opt, handle
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
+def one_round(case, device: torch.device, steps: int, warmup: int, threshold: float) -> dict[str, object]:
+    runs = {v: time_variant(case, v, device, steps, warmup, threshold) for v in VARIANTS}
+    step = {v: r["step_s"] for v, r in runs.items()}
     return {
         "step_s": step,
         "time_ratio": step["migu"] / step["plain"],
         "dense_time_ratio": step["migu_dense"] / step["plain"],
-        "kernels": sorted(set(handle.fast_path_kernels().values())) if handle else [],
-        "peak_gb": {v: p / 2**30 for v, p in peak.items()},
+        "kernels": runs["migu"]["kernels"],
+        "peak_gb": {v: r["peak_gb"] for v, r in runs.items() if r["peak_gb"] is not None},
     }
 
 

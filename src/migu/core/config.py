@@ -103,10 +103,12 @@ class MiguConfig:
     fast_path_kernel: str = "auto"
     """How the fast path computes the kept rows' weight gradient: ``gather`` or ``index_select``
     (copy the kept columns of the output gradient, multiply for those rows only) or ``dense``
-    (the full product, dropped rows zeroed). ``auto`` (default) times the three on the first
-    backward of each layer shape (shape, dtype, kept rows, tokens rounded up to a power of two)
-    and keeps the fastest: a one-time cost of a few extra products per shape. Every kernel
-    computes each kept row by the same product, so the choice changes speed, not results."""
+    (the full product, dropped rows zeroed). ``auto`` (default): on a CPU, the three are timed
+    on the first backward of each layer shape (shape, dtypes, kept rows, tokens rounded up to a
+    power of two) and the fastest is kept, a one-time cost of a few extra products per shape;
+    elsewhere ``gather``. On the CPUs tested every kernel gives the same bits (each kept row is a
+    row of one product g^T x of at least 4 rows), so there the choice changes speed, not
+    results; set a kernel to make a run's arithmetic independent of timing on any device."""
 
     measure_update_leak: bool = False
     """Diagnostic: measure the share of each step's squared weight update that lands on masked

@@ -13,14 +13,19 @@ How the kept rows' gradient is computed is a kernel choice (``MiguConfig.fast_pa
 ``gather`` or ``index_select`` (copy the kept columns of the output gradient, then a matmul of
 the kept rows only) or ``dense`` (the full matmul, then the dropped rows zeroed). Which is
 fastest depends on the CPU, the dtype and the layer's shape (measured: ``index_select`` is 4x
-faster than ``gather`` in fp32 on an AVX2 EPYC and 3x slower in bf16), so ``auto`` times the
-three on the real tensors at the first backward of each (shape, dtype, kept rows, tokens rounded
-up to a power of two) and uses the fastest from then on, as cuDNN's benchmark mode does for
-convolutions. All three compute every kept row by the same product, so they give the same bits.
+faster than ``gather`` in fp32 on an AVX2 EPYC and 3x slower in bf16), so on a CPU ``auto``
+times the three on the real tensors at the first backward of each (shape, dtypes, kept rows,
+tokens rounded up to a power of two) and uses the fastest from then on, as cuDNN's benchmark
+mode does for convolutions. Every kernel computes a kept row as a row of one product g^T x of
+at least MIN_ROWS rows (MKL sums a product of 1-3 rows by another route, which rounds
+differently in fp32; fewer kept rows than that go to ``dense``), so on the CPUs tested they give
+the same bits (tests/test_fastpath.py). On other devices ``auto`` does not time: cuBLAS may round
+a product of a subset of rows differently, and a timed choice would make results depend on timing.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -31,7 +36,9 @@ from .profiling import FAST_GRAD, scope
 
 CHUNK_VALUES = 1 << 19
 MIN_CHUNK_ROWS = 256
+MIN_ROWS = 4  # fewest rows in one product (module docstring)
 KERNELS = ("gather", "index_select", "dense")
+UNTIMED = "gather"  # what auto uses where it does not time (not a CPU)
 
 
 class KernelChoice:
@@ -44,11 +51,12 @@ class KernelChoice:
         self.trials = trials
         self.chosen: dict[tuple, str] = {}  # shape key -> kernel
         self.timings: dict[tuple, dict[str, float]] = {}  # shape key -> kernel -> best seconds
+        self._lock = threading.Lock()  # autograd runs each device's backward on its own thread
 
     @staticmethod
-    def key(g: torch.Tensor, xs: torch.Tensor, kept: int, rows_last: bool) -> tuple:
+    def key(g: torch.Tensor, xs: torch.Tensor, kept: int, rows_last: bool, dtype: torch.dtype) -> tuple:
         tokens = 1 << max(0, int(g.shape[0] - 1).bit_length())
-        return (g.device.type, g.dtype, rows_last, tokens, xs.shape[1], g.shape[1], kept)
+        return (str(g.device), g.dtype, dtype, rows_last, tokens, xs.shape[1], g.shape[1], kept)
 
     def weight_grad(
         self, g: torch.Tensor, xs: torch.Tensor, rows: torch.Tensor, rows_last: bool, dtype: torch.dtype
@@ -57,35 +65,43 @@ class KernelChoice:
         ``g``'s, with zeros outside ``rows``."""
         args = (g, xs, rows, rows_last, dtype)
         if rows.numel() == g.shape[1]:
-            return _dense(g, xs, None, rows_last, dtype)
+            return _all_rows(g, xs, rows_last, dtype)
+        if rows.numel() < MIN_ROWS:
+            return _dense(*args)
         if self.kernel != "auto":
             return KERNEL_FUNCTIONS[self.kernel](*args)
-        key = self.key(g, xs, rows.numel(), rows_last)
+        if g.device.type != "cpu":
+            return KERNEL_FUNCTIONS[UNTIMED](*args)
+        key = self.key(g, xs, rows.numel(), rows_last, dtype)
         kernel = self.chosen.get(key)
-        if kernel is not None:
-            return KERNEL_FUNCTIONS[kernel](*args)
-        return self._calibrate(key, args)
+        if kernel is None:
+            kernel = self._calibrate(key, args)
+        return KERNEL_FUNCTIONS[kernel](*args)
 
-    def _calibrate(self, key: tuple, args: tuple) -> torch.Tensor:
-        g = args[0]
-        best: dict[str, float] = {}
-        result = None
-        for _ in range(self.trials):  # the first call of a shape pays one-time set-up costs
-            for name in KERNELS:
-                _synchronize(g)
-                start = time.perf_counter()
-                result = KERNEL_FUNCTIONS[name](*args)
-                _synchronize(g)
-                best[name] = min(best.get(name, float("inf")), time.perf_counter() - start)
-        self.timings[key] = best
-        self.chosen[key] = min(best, key=best.__getitem__)
-        assert result is not None
-        return result
+    def _calibrate(self, key: tuple, args: tuple) -> str:
+        """Time every kernel on the real tensors (``trials`` rounds, alternating their order; the
+        first call of a shape pays one-time set-up costs) and remember the fastest. Each result
+        is dropped before the next kernel runs, so the peak is one extra gradient, as in training."""
+        with self._lock:
+            if key in self.chosen:  # another thread timed it meanwhile
+                return self.chosen[key]
+            best = dict.fromkeys(KERNELS, float("inf"))
+            for trial in range(self.trials):
+                for name in KERNELS if trial % 2 == 0 else KERNELS[::-1]:
+                    start = time.perf_counter()
+                    try:
+                        KERNEL_FUNCTIONS[name](*args)
+                    except torch.OutOfMemoryError:
+                        continue  # a kernel that does not fit is never chosen
+                    best[name] = min(best[name], time.perf_counter() - start)
+            self.timings[key] = best
+            self.chosen[key] = min(best, key=best.__getitem__)
+            return self.chosen[key]
 
 
-def _synchronize(t: torch.Tensor) -> None:
-    if t.device.type == "cuda":
-        torch.cuda.synchronize(t.device)
+def _all_rows(g: torch.Tensor, xs: torch.Tensor, rows_last: bool, dtype: torch.dtype) -> torch.Tensor:
+    """Every row kept (MIGU paused after the forward): the plain gradient, laid out as the weight."""
+    return (xs.t() @ g if rows_last else g.t() @ xs).to(dtype)
 
 
 def _product(g: torch.Tensor, xs: torch.Tensor, rows_last: bool) -> torch.Tensor:
@@ -98,7 +114,8 @@ def _product(g: torch.Tensor, xs: torch.Tensor, rows_last: bool) -> torch.Tensor
 def _dense(
     g: torch.Tensor, xs: torch.Tensor, rows: torch.Tensor | None, rows_last: bool, dtype: torch.dtype
 ) -> torch.Tensor:
-    grad = _product(g, xs, rows_last).to(dtype)
+    # contiguous, as the weight: autograd would otherwise copy a transposed (Conv1D) gradient
+    grad = _product(g, xs, rows_last).to(dtype).contiguous()
     if rows is not None:
         dropped = torch.ones(g.shape[1], dtype=torch.bool, device=g.device)
         dropped[rows] = False
@@ -106,17 +123,18 @@ def _dense(
     return grad
 
 
-def _rows(select: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+def _rows(select: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[..., torch.Tensor]:
     def kernel(
         g: torch.Tensor, xs: torch.Tensor, rows: torch.Tensor, rows_last: bool, dtype: torch.dtype
     ) -> torch.Tensor:
         shape = (xs.shape[1], g.shape[1]) if rows_last else (g.shape[1], xs.shape[1])
         grad = torch.zeros(shape, dtype=dtype, device=g.device)
-        # the kept rows in chunks, so that the copied gradient columns and their product stay
-        # small temporaries (peak memory as plain finetuning); but not thinner than
-        # MIN_CHUNK_ROWS rows, below which the matmuls lose their efficiency on long batches
-        step = max(MIN_CHUNK_ROWS, CHUNK_VALUES // g.shape[0])
-        for part in rows.split(step):
+        # the kept rows in chunks of equal size, so that the copied gradient columns and their
+        # product stay small temporaries (peak memory as plain finetuning); none thinner than
+        # MIN_CHUNK_ROWS rows (the matmuls lose their efficiency on long batches) unless all are
+        chunks = -(-rows.numel() // max(MIN_CHUNK_ROWS, CHUNK_VALUES // g.shape[0]))
+        chunks = max(1, min(chunks, rows.numel() // MIN_ROWS))  # and none under MIN_ROWS rows
+        for part in rows.tensor_split(chunks):
             grad.index_copy_(1 if rows_last else 0, part, _product(select(g, part), xs, rows_last).to(dtype))
         return grad
 
@@ -157,17 +175,17 @@ class RowSparseLinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        with scope(FAST_GRAD):
-            x, weight = ctx.saved_tensors
-            dtype = ctx.compute_dtype  # under autocast the layer ran in bf16: so do its gradients
-            g = grad.reshape(-1, grad.shape[-1]).to(dtype)
-            grad_x = grad_w = grad_b = None
-            if ctx.needs_input_grad[0]:
-                w = weight.to(dtype)
-                grad_x = (g @ (w.t() if ctx.rows_last else w)).reshape(*grad.shape[:-1], -1).to(x.dtype)
-            if ctx.needs_input_grad[1]:
+        x, weight = ctx.saved_tensors
+        dtype = ctx.compute_dtype  # under autocast the layer ran in bf16: so do its gradients
+        g = grad.reshape(-1, grad.shape[-1]).to(dtype)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            w = weight.to(dtype)
+            grad_x = (g @ (w.t() if ctx.rows_last else w)).reshape(*grad.shape[:-1], -1).to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            with scope(FAST_GRAD):  # what differs from plain autograd: the weight gradient
                 xs = x.reshape(-1, x.shape[-1]).to(dtype)
                 grad_w = ctx.kernels.weight_grad(g, xs, ctx.kept_rows(), ctx.rows_last, weight.dtype)
-            if ctx.has_bias and ctx.needs_input_grad[2]:
-                grad_b = g.sum(0).to(weight.dtype)
-            return grad_x, grad_w, grad_b, None, None, None, None
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = g.sum(0).to(weight.dtype)
+        return grad_x, grad_w, grad_b, None, None, None, None

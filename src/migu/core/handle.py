@@ -91,7 +91,9 @@ class MiguHandle:
         ``"<device> <dtype> <tokens> x <in> -> <out>, <kept> kept"`` (tokens rounded up to a power
         of two); with ``auto``, the shapes timed so far."""
         out = {}
-        for (device, dtype, rows_last, tokens, width_in, width_out, kept), kernel in self._kernels.chosen.items():
+        for (device, dtype, _, rows_last, tokens, width_in, width_out, kept), kernel in list(
+            self._kernels.chosen.items()
+        ):
             name = f"{device} {str(dtype).removeprefix('torch.')} {tokens} x {width_in} -> {width_out}, {kept} kept"
             out[name + (" (Conv1D)" if rows_last else "")] = kernel
         return out

@@ -13,7 +13,7 @@ import torch
 
 STATISTIC = "migu.statistic"  # |output| summed over tokens, in the forward hook
 WRAP = "migu.fast.wrap"  # handing the output to the fast path's autograd function
-FAST_GRAD = "migu.fast.weight_grad"  # the fast path's backward: input, weight and bias gradients
+FAST_GRAD = "migu.fast.weight_grad"  # the fast path's weight gradient (its kernel) in backward
 SELECT = "migu.select"  # ranking the rows of a step
 MASK = "migu.mask"  # masking gradients before the optimizer step
 RESTORE = "migu.restore"  # update mode: saving and restoring masked rows
