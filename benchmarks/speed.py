@@ -111,6 +111,26 @@ def minilm_cl_case(task: str = "amazon", batch: int = 64, batches: int = 8) -> C
     return bundle.model, lambda: next(queue), fmt.loss
 
 
+def minilm_cpt_case(batch: int = 32, batches: int = 4) -> Case:
+    """The continual pre-training step (configs/cpu/cpt_minilm.yaml): the packaged MiniLM with its
+    MLM head learning 32 real yelp passages of the das_cpu source by masked LM, up to 128 tokens,
+    a new batch each step."""
+    from itertools import cycle
+
+    from migu.bench.config import DataConfig
+    from migu.data.sources import load_source
+    from migu.models import load_model
+    from migu.train.formats import make_format
+
+    root = os.environ.get("MIGU_CL_BENCHMARK", DataConfig.root)
+    data = DataConfig(source="das_cpu", root=root, order=["yelp"], n_train=batch * batches, n_test=8)
+    texts = load_source(data, seed=0).tasks[0].train
+    bundle = load_model("minilm", kind="corpus")
+    fmt = make_format(bundle.arch, bundle.tokenizer, 128, kind="corpus")
+    queue = cycle([fmt.batch(texts[i : i + batch]) for i in range(0, len(texts), batch)])
+    return bundle.model, lambda: next(queue), fmt.loss
+
+
 def smollm2_lora_case(batch: int = 8, seq: int = 128) -> Case:
     from peft import LoraConfig, get_peft_model
 
@@ -133,6 +153,8 @@ CASES: dict[str, Callable[[], Case]] = {
     "minilm_full_bf16": minilm_case,
     # the step of the CPU-scale CL benchmark (batch 64 of real text, label scoring), fp32 and bf16
     "minilm_cl_b64": minilm_cl_case,
+    # the continual pre-training step (MLM on real passages), as configs/cpu/cpt_minilm.yaml trains
+    "minilm_cpt": minilm_cpt_case,
     "minilm_cl_b64_bf16": minilm_cl_case,
 }
 DEFAULT = "block_d1024,minilm_full,smollm2_lora,block_d512_tokens512,block_d512_tokens2048,block_d512_tokens8192,"
