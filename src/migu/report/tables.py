@@ -249,8 +249,9 @@ def paired_table(runs: list[dict[str, Any]], baseline: str, by: tuple[str, ...] 
         d["first"].append(a["final_accuracy"][0] - b["final_accuracy"][0])
     if not diffs:
         return ""
+    first = "acc." if score == ACCURACY else score
     lines = [
-        f"| model | method | ΔAA vs {baseline} | ΔBWT | Δ first-task final acc. | pairs |",
+        f"| model | method | ΔAA vs {baseline} | ΔBWT | Δ first-task final {first} | pairs |",
         "|---|---|---|---|---|---|",
     ]
     for (model, method), d in sorted(diffs.items()):
