@@ -17,7 +17,7 @@ from migu.data.das_cpu import _Domain, build_task, das_cpu_sequence
 from migu.data.sources import load_jsonl_task
 from migu.data.tasks import Example, Task, TextExample
 from migu.evaluators import EvalContext
-from migu.evaluators.end_task import EndTask, EndTaskConfig
+from migu.evaluators.end_task import EndTask, EndTaskConfig, end_task_model
 from migu.methods import TaskContext, build_methods
 from migu.methods.derpp import Derpp, DerppConfig
 from migu.models import load_model
@@ -258,6 +258,26 @@ def test_end_task_finetunes_a_copy(tokenizer):
     llama = load_model("tiny-llama")
     decoder_ctx = EvalContext(batch_size=4, tokenizer=llama.tokenizer, arch="decoder", task=task)
     assert evaluator.evaluate(llama.model, None, task.test, decoder_ctx)["end_macro_f1"] >= 0
+
+
+def test_end_task_copy_leaves_migu_with_the_run(tokenizer):
+    # the continually trained model carries MIGU's hooks: the end task's copy must not (it failed
+    # to copy them, and would have recorded into the run's statistic), and the run keeps them
+    import migu
+
+    model = tiny_mlm(tokenizer)
+    handle = migu.attach(model, threshold=0.5, micro_batches_per_step=1)
+    hooks = [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()]
+    statistic = {k: v.clone() for k, v in handle.statistics().items()}
+    task = _end_task_domain()
+    ctx = EvalContext(batch_size=4, tokenizer=tokenizer, arch="encoder", task=task)
+    clone = end_task_model(model, "encoder")
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in clone.modules())
+    scores = EndTask(EndTaskConfig(epochs=1, batch_size=4, lr=1e-3)).evaluate(model, None, task.test, ctx)
+    assert 0 <= scores["end_accuracy"] <= 100
+    assert [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()] == hooks
+    assert all(torch.equal(v, statistic[k]) for k, v in handle.statistics().items())
+    handle.remove()
 
 
 def test_end_task_errors(tokenizer):

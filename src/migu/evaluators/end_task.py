@@ -65,10 +65,23 @@ def options_format(arch: str, tokenizer: Any, max_length: int) -> Any:
     raise ValueError(f"end_task: unknown model kind {arch!r}")
 
 
+def plain_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` without the module hooks attached to it: those of the continual
+    run (MIGU's statistic, a method's bookkeeping) belong to the model being trained, and would
+    record into (or fail to copy with) the run's own state. The model itself is untouched."""
+    memo: dict[int, Any] = {}
+    for module in model.modules():
+        for name, value in vars(module).items():
+            if "hooks" in name and isinstance(value, dict) and value:
+                memo[id(value)] = type(value)()
+    return copy.deepcopy(model, memo)
+
+
 def end_task_model(model: nn.Module, arch: str) -> nn.Module:
-    """A trainable deep copy of ``model`` for an end task: adapters merged, the MLM head dropped
-    (encoders train their bare encoder), every parameter trainable."""
-    clone = copy.deepcopy(model)
+    """A trainable deep copy of ``model`` for an end task, without the run's hooks (``plain_copy``):
+    adapters merged, the MLM head dropped (encoders train their bare encoder), every parameter
+    trainable."""
+    clone = plain_copy(model)
     while hasattr(clone, "module") and isinstance(clone.module, nn.Module):  # DDP-style wrappers
         clone = clone.module
     if hasattr(clone, "merge_and_unload"):  # PEFT: the adapters become part of the weights
