@@ -103,12 +103,13 @@ class MiguConfig:
     fast_path_kernel: str = "auto"
     """How the fast path computes the kept rows' weight gradient: ``gather`` or ``index_select``
     (copy the kept columns of the output gradient, multiply for those rows only) or ``dense``
-    (the full product, dropped rows zeroed). ``auto`` (default): on a CPU, the three are timed
-    on the first backward of each layer shape (shape, dtypes, kept rows, tokens rounded up to a
-    power of two) and the fastest is kept, a one-time cost of a few extra products per shape;
-    elsewhere ``gather``. On the CPUs tested every kernel gives the same bits (each kept row is a
-    row of one product g^T x of at least 4 rows), so there the choice changes speed, not
-    results; set a kernel to make a run's arithmetic independent of timing on any device."""
+    (the full product, dropped rows zeroed). ``auto`` (default): on a CPU, ``gather`` and
+    ``index_select`` are timed on the first backward of each layer shape (shape, dtypes, kept
+    rows, tokens rounded up to a power of two) and the faster is kept, a one-time cost of a few
+    extra products per shape; elsewhere ``gather``. The two hand the same tensor to the same
+    matmul, so the choice changes speed, never results. ``dense`` (never chosen by ``auto``)
+    may differ from them in the last bits where a multi-threaded BLAS splits a full product
+    differently from a product of some rows."""
 
     measure_update_leak: bool = False
     """Diagnostic: measure the share of each step's squared weight update that lands on masked

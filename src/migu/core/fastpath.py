@@ -11,16 +11,16 @@ otherwise (gradient accumulation, distributed statistic, random selection, LoRA 
 
 How the kept rows' gradient is computed is a kernel choice (``MiguConfig.fast_path_kernel``):
 ``gather`` or ``index_select`` (copy the kept columns of the output gradient, then a matmul of
-the kept rows only) or ``dense`` (the full matmul, then the dropped rows zeroed). Which is
-fastest depends on the CPU, the dtype and the layer's shape (measured: ``index_select`` is 4x
+the kept rows only) or ``dense`` (the full matmul, then the dropped rows zeroed). Which copy is
+faster depends on the CPU, the dtype and the layer's shape (measured: ``index_select`` is 4x
 faster than ``gather`` in fp32 on an AVX2 EPYC and 3x slower in bf16), so on a CPU ``auto``
-times the three on the real tensors at the first backward of each (shape, dtypes, kept rows,
-tokens rounded up to a power of two) and uses the fastest from then on, as cuDNN's benchmark
-mode does for convolutions. Every kernel computes a kept row as a row of one product g^T x of
-at least MIN_ROWS rows (MKL sums a product of 1-3 rows by another route, which rounds
-differently in fp32; fewer kept rows than that go to ``dense``), so on the CPUs tested they give
-the same bits (tests/test_fastpath.py). On other devices ``auto`` does not time: cuBLAS may round
-a product of a subset of rows differently, and a timed choice would make results depend on timing.
+times the two on the real tensors at the first backward of each (shape, dtypes, kept rows,
+tokens rounded up to a power of two) and uses the faster from then on, as cuDNN's benchmark
+mode does for convolutions. Both hand the same tensor to the same matmul, so the choice never
+changes a bit of the result. ``dense`` is not timed: a product of all rows is not bit-equal to
+one of some rows in general (MKL with several threads splits the two differently; with one
+thread they agreed in every case tried, except products of 1-3 rows, which never occur here:
+fewer kept rows go dense on every kernel, and chunks are split evenly with at least MIN_ROWS).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ CHUNK_VALUES = 1 << 19
 MIN_CHUNK_ROWS = 256
 MIN_ROWS = 4  # fewest rows in one product (module docstring)
 KERNELS = ("gather", "index_select", "dense")
+TIMED = ("gather", "index_select")  # what auto chooses from: the same bits (module docstring)
 UNTIMED = "gather"  # what auto uses where it does not time (not a CPU)
 
 
@@ -79,15 +80,15 @@ class KernelChoice:
         return KERNEL_FUNCTIONS[kernel](*args)
 
     def _calibrate(self, key: tuple, args: tuple) -> str:
-        """Time every kernel on the real tensors (``trials`` rounds, alternating their order; the
+        """Time the kernels of TIMED on the real tensors (``trials`` rounds, alternating their order; the
         first call of a shape pays one-time set-up costs) and remember the fastest. Each result
         is dropped before the next kernel runs, so the peak is one extra gradient, as in training."""
         with self._lock:
             if key in self.chosen:  # another thread timed it meanwhile
                 return self.chosen[key]
-            best = dict.fromkeys(KERNELS, float("inf"))
+            best = dict.fromkeys(TIMED, float("inf"))
             for trial in range(self.trials):
-                for name in KERNELS if trial % 2 == 0 else KERNELS[::-1]:
+                for name in TIMED if trial % 2 == 0 else TIMED[::-1]:
                     start = time.perf_counter()
                     try:
                         KERNEL_FUNCTIONS[name](*args)
