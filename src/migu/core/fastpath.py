@@ -79,6 +79,14 @@ class KernelChoice:
             kernel = self._calibrate(key, args)
         return KERNEL_FUNCTIONS[kernel](*args)
 
+    def describe(self) -> dict[str, str]:
+        """``{"<device> <dtype> <tokens> x <in> -> <out>, <kept> kept": kernel}`` of the shapes seen."""
+        out = {}
+        for (device, dtype, _, rows_last, tokens, width_in, width_out, kept), kernel in list(self.chosen.items()):
+            name = f"{device} {str(dtype).removeprefix('torch.')} {tokens} x {width_in} -> {width_out}, {kept} kept"
+            out[name + (" (Conv1D)" if rows_last else "")] = kernel
+        return out
+
     def _calibrate(self, key: tuple, args: tuple) -> str:
         """Time the kernels of TIMED on the real tensors (``trials`` rounds, alternating their order; the
         first call of a shape pays one-time set-up costs) and remember the fastest. Each result

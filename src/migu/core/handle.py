@@ -14,7 +14,7 @@ from torch.utils.hooks import RemovableHandle
 from .backward import AccumulatedMasking, BackwardStart, shaped
 from .config import MiguConfig
 from .fastpath import KernelChoice
-from .profiling import MASK, RESTORE, scope
+from .profiling import HOOKS, MASK, RESTORE, scope, scoped_call
 from .report import LayerReport
 from .sharding import is_sharded, local, local_mask
 from .statistics import Recorder, distributed_world
@@ -87,16 +87,9 @@ class MiguHandle:
         return [self.sources[i].name for i in sorted(self._live().fast_sources)]
 
     def fast_path_kernels(self) -> dict[str, str]:
-        """The kernel the fast path uses per layer shape so far (``fast_path_kernel``), keyed
-        ``"<device> <dtype> <tokens> x <in> -> <out>, <kept> kept"`` (tokens rounded up to a power
-        of two); with ``auto``, the shapes timed so far."""
-        out = {}
-        for (device, dtype, _, rows_last, tokens, width_in, width_out, kept), kernel in list(
-            self._kernels.chosen.items()
-        ):
-            name = f"{device} {str(dtype).removeprefix('torch.')} {tokens} x {width_in} -> {width_out}, {kept} kept"
-            out[name + (" (Conv1D)" if rows_last else "")] = kernel
-        return out
+        """The kernel the fast path uses per layer shape so far (``fast_path_kernel``; with
+        ``auto``, the shapes timed so far), keyed by a readable description of the shape."""
+        return self._kernels.describe()
 
     def set_micro_batches_per_step(self, count: int | None) -> None:
         """Declare the forward/backward passes per optimizer step (1 enables the fast path)."""
@@ -182,8 +175,8 @@ class MiguHandle:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"attach_optimizer needs a torch.optim.Optimizer, got {type(optimizer).__name__}")
         self._optimizer_hooks += [
-            optimizer.register_step_pre_hook(lambda *_: self.before_optimizer_step()),
-            optimizer.register_step_post_hook(lambda *_: self.after_optimizer_step()),
+            optimizer.register_step_pre_hook(lambda *_: scoped_call(HOOKS, self.before_optimizer_step)),
+            optimizer.register_step_post_hook(lambda *_: scoped_call(HOOKS, self.after_optimizer_step)),
         ]
 
     def before_optimizer_step(self) -> None:

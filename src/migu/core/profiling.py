@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
@@ -17,6 +18,7 @@ FAST_GRAD = "migu.fast.weight_grad"  # the fast path's weight gradient (its kern
 SELECT = "migu.select"  # ranking the rows of a step
 MASK = "migu.mask"  # masking gradients before the optimizer step
 RESTORE = "migu.restore"  # update mode: saving and restoring masked rows
+HOOKS = "migu.optimizer_hooks"  # the rest of MIGU's work around optimizer.step() (bookkeeping)
 
 
 def scope(name: str) -> AbstractContextManager[object]:
@@ -24,3 +26,9 @@ def scope(name: str) -> AbstractContextManager[object]:
     if torch._C._autograd._profiler_enabled():
         return torch.profiler.record_function(name)
     return nullcontext()
+
+
+def scoped_call(name: str, function: Callable[[], None]) -> None:
+    """Call ``function`` inside ``scope(name)``."""
+    with scope(name):
+        function()
