@@ -224,13 +224,14 @@ class MiguHandle:
         for i, target in with_grad:
             keep = keeps[i]
             assert keep is not None  # every source with a gradient was recorded (checked above)
+            mask = shaped(target, keep)
             with scope(RESTORE):
-                self._updates.save(target, shaped(target, keep))
+                self._updates.save(target, mask)
             # multiply by 1 or 0, as the official code. On the fast path the layer's own gradient
             # has zero masked rows already, but a loss term on the weights themselves (an EWC or
             # L2 penalty, O-LoRA's orthogonality) adds to every row: masking again keeps the paths
             # equal at the price of one pass over the gradient (a few percent of the saved work)
-            self.mask_grad(target, False, shaped(target, keep))
+            self.mask_grad(target, False, mask)
             if c.mask_bias and target.bias is not None:
                 self.mask_grad(target, True, keep)
 
