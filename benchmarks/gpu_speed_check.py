@@ -34,7 +34,7 @@ from torch import nn
 import migu
 
 sys.path.insert(0, str(Path(__file__).parent))
-from speed import BlockStack
+from speed import BlockStack, _step
 
 VARIANTS = ("plain", "migu", "migu_dense")
 DECODERS = {  # hidden, intermediate, layers, heads, kv heads
@@ -86,11 +86,7 @@ def time_variant(case, variant: str, device: torch.device, steps: int, warmup: i
         batch = make_batch()
         _sync(device)
         start = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            loss = loss_fn(m, batch)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        _step(m, opt, batch, bf16=True, loss_fn=loss_fn, device_type=device.type)
         _sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - start)

@@ -185,9 +185,16 @@ def _prepare(
 
 
 def _step(
-    model: nn.Module, opt: torch.optim.Optimizer, batch: dict, bf16: bool = False, loss_fn: Loss | None = None
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    batch: dict,
+    bf16: bool = False,
+    loss_fn: Loss | None = None,
+    device_type: str = "cpu",
 ) -> None:
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    """One training step as every speed script times it: forward (bf16 autocast or not), backward,
+    optimizer step, gradients freed."""
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
         loss = loss_fn(model, batch) if loss_fn else _loss(model(**batch))
     loss.backward()
     opt.step()
