@@ -1,4 +1,5 @@
-"""The task-sequence protocol: before each task, train, evaluate, save; resumable at task ends.
+"""The task-sequence protocol: before each task, train, evaluate, save; resumable at task ends
+and, for tasks of several epochs, at epoch ends.
 
 ``run_sequence`` knows nothing of files (the ``RunStore`` does) nor of how the model, methods and
 evaluators were chosen (``runner.run``); it fills one score matrix per score name, in the shape
@@ -22,6 +23,7 @@ from ..evaluators import EvalContext, Evaluator
 from ..methods import TaskContext
 from ..methods.compose import MethodStack
 from ..train import train_task
+from ..train.loop import EpochState
 from .config import RunConfig
 
 
@@ -81,9 +83,16 @@ class Setting:
     fmt: Any
     accelerator: Any
     eval_context: EvalContext
-    save: Callable[[dict[str, Any], nn.Module], None]
-    """Save the state and the model at a task end (the store's; a no-op off the main process)."""
+    save: Callable[[dict[str, Any], nn.Module, EpochState | None], None]
+    """Save the state, the model and the methods at a task end, or within a task after an epoch
+    (with the training's ``EpochState``); the store's, a no-op off the main process."""
     save_artifacts: Callable[[int, str, str, dict[str, Any]], None]
+    resume_in_task: Callable[[nn.Module, dict[str, Any]], EpochState | None] = lambda model, state: None
+    """For a state saved within task ``state["completed"]``: load that checkpoint into the model
+    (built for the task: its ``before_task`` has run) and the methods, and return where training
+    stands; None otherwise."""
+    epoch_checkpoints: bool = True
+    """Save within tasks of several epochs (off where the optimizer's state is sharded)."""
 
 
 def evaluate(setting: Setting, model: nn.Module, trained: int, when: str, final: bool
@@ -174,16 +183,25 @@ def run_sequence(setting: Setting, model: nn.Module, state: dict[str, Any],
         examples = methods.train_examples(task.train, ctx)
         state["trained_parameters"] = sorted(set(state.get("trained_parameters", ())) | {
             n for n, p in model.named_parameters(remove_duplicate=False) if p.requires_grad})  # fmt: skip
-        say(f"task {index + 1}/{total} {task.name}: training on {len(examples)} examples", is_main)
+        resume = setting.resume_in_task(model, state)
+        if resume is None:
+            say(f"task {index + 1}/{total} {task.name}: training on {len(examples)} examples", is_main)
+        else:
+            say(f"task {index + 1}/{total} {task.name}: resuming after epoch {resume.epoch}", is_main)
 
-        def epoch_end(epoch: int, index: int = index, model: nn.Module = model, name: str = task.name) -> None:
+        def epoch_end(epoch: EpochState, index: int = index, model: nn.Module = model, name: str = task.name) -> None:
             if curves is not None:
-                values, specs = evaluate(setting, model, index + 1, f"{name} epoch {epoch}", final=False)
+                values, specs = evaluate(setting, model, index + 1, f"{name} epoch {epoch.epoch}", final=False)
                 curves.add_row(values, specs)
-                state["curve_points"].append({"task_index": index, "epoch": epoch})
+                state["curve_points"].append({"task_index": index, "epoch": epoch.epoch})
+                state["curves"] = curves.to_state()
+            if setting.epoch_checkpoints:
+                setting.save(state, model, epoch)
 
         trained = train_task(model, setting.fmt, examples, methods, ctx, config.train, setting.accelerator,
-                             config.progress, on_epoch_end=epoch_end)  # fmt: skip
+                             config.progress, on_epoch_end=epoch_end, resume=resume)  # fmt: skip
+        if resume is not None:
+            trained["resumed_after_epoch"] = resume.epoch
         say(f"task {index + 1}/{total} {task.name}: {trained['steps']} steps in {trained['seconds']:.1f} s, "
             f"mean loss {trained['mean_loss']:.4f}", is_main)  # fmt: skip
         state["diagnostics"].append(methods.after_task(model, ctx))
@@ -201,7 +219,7 @@ def run_sequence(setting: Setting, model: nn.Module, state: dict[str, Any],
         state["timings"].append(trained)
         state["scores"] = board.to_state()
         state["completed"] = index + 1
-        setting.save(state, model)
+        setting.save(state, model, None)
         if on_task_end is not None:
             on_task_end(index, state)
     return model

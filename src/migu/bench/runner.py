@@ -3,8 +3,10 @@
 The only place that turns a config into objects (tasks from a data source, the model, the
 composed methods, the evaluators, the format) and a finished protocol into results.json. The run
 folder is a ``RunStore``; the task loop is ``protocol.run_sequence``. State is saved at task
-boundaries, so a killed run restarts after its last finished task and ends with the same numbers
-as an uninterrupted one (every task's randomness is seeded from the seed and the task's position).
+boundaries and, in tasks of several epochs, at epoch ends (with the optimizer's state; not where
+that state is sharded: FSDP, DeepSpeed), so a killed run restarts after its last finished task or
+epoch and ends with the same numbers as an uninterrupted one (every task's and epoch's randomness
+is seeded from the seed and its position).
 
 Several processes (``accelerate launch`` or ``torchrun``): every rank runs this same code; each
 trains on its slice of every batch, MIGU's statistic is summed over ranks, evaluation is sharded
@@ -36,7 +38,7 @@ from ..methods.compose import MethodStack
 from ..methods.registry import method_settings
 from ..models import load_model
 from ..train import make_accelerator, make_format
-from ..train.loop import set_dropout
+from ..train.loop import EpochState, set_dropout
 from ..train.sharding import migu_shards, shard_model
 from .config import RunConfig
 from .protocol import Setting, eval_split, run_sequence, say, task_context_for
@@ -159,16 +161,33 @@ def _run(config: RunConfig, on_task_end: TaskHook | None, sequence: TaskSequence
     eval_context = EvalContext(config.train.eval_batch_size, config.train.mixed_precision, bool(config.progress),
                                "", bundle.tokenizer, bundle.arch, rank, world)  # fmt: skip
 
-    def save(state: dict[str, Any], model: torch.nn.Module) -> None:
+    def save(state: dict[str, Any], model: torch.nn.Module, epoch: EpochState | None) -> None:
         full = full_state_dict(model)  # every rank takes part (FSDP gathers); rank 0 gets the tensors
         if not accelerator.is_main_process:
             return
         state["frozen_digest"] = _frozen_digest(model, state, full)
         payload = {"model": _changed_state(model, state, full), "methods": methods.state_dict()}
-        store.save_progress(state, payload, f"after_task{state['completed']}.pt")
+        if epoch is None:
+            state.pop("in_task", None)
+            name = f"after_task{state['completed']}.pt"
+        else:  # within task `completed` (0-based): its weights, methods and optimizer after `epoch`
+            state["in_task"] = {"epoch": epoch.epoch}
+            payload["epoch"] = epoch.to_dict()
+            name = f"task{state['completed'] + 1}_epoch{epoch.epoch}.pt"
+        store.save_progress(state, payload, name)
 
+    def resume_in_task(model: torch.nn.Module, state: dict[str, Any]) -> EpochState | None:
+        if "in_task" not in state:
+            return None
+        checkpoint = _load_into(store, model, methods, state)  # the task's before_task has just run
+        del state["in_task"]  # (on disk until the next save)
+        return EpochState(**checkpoint["epoch"])
+
+    # FSDP and DeepSpeed shard the optimizer's state: there a run resumes at task ends only
+    unsharded = (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
+    epoch_checkpoints = accelerator.distributed_type in unsharded and not migu_shards(accelerator)
     setting = Setting(config, sequence, methods, evaluators, fmt, accelerator, eval_context, save,
-                      store.save_artifacts)  # fmt: skip
+                      store.save_artifacts, resume_in_task, epoch_checkpoints)  # fmt: skip
     model = run_sequence(setting, model, state, on_task_end)
     results = _results(config, sequence, methods, state, fingerprint, store)
     store.write_results(results)
@@ -204,21 +223,28 @@ def _resume(store: RunStore, fingerprint: str, config: RunConfig, sequence: Task
         columns = sequence.names
         state["scores"] = {"specs": {"accuracy": {"higher_is_better": True, "columns": columns}},
                            "rows": {"accuracy": state.pop("rows")}}  # fmt: skip
-    state["resumed_at"].append(state["completed"])
+    state["resumed_at"].append(state["completed"])  # (within a task: its timing says after which epoch)
     for index in range(state["completed"]):  # rebuild structure (e.g. adapters), then load
         model = methods.before_task(model, task_context_for(config, sequence, index))
+    if "in_task" not in state:  # (within a task: loaded once that task's before_task has run)
+        _load_into(store, model, methods, state)
+    state["_model"] = model
+    return state
+
+
+def _load_into(store: RunStore, model: torch.nn.Module, methods: MethodStack, state: dict[str, Any]) -> Any:
+    """Load the state's checkpoint into the rebuilt model and the methods; returns the checkpoint."""
     checkpoint = store.load_checkpoint(state["checkpoint"])
     if "trained_parameters" not in state:  # a checkpoint of the whole model (older migu)
         state["trained_parameters"] = sorted(checkpoint["model"])
     if state.get("frozen_digest") not in (None, _frozen_digest(model, state)):
         raise ValueError(
-            f"{store.dir}: the weights no task trained (loaded again from {config.model!r}) differ "
+            f"{store.dir}: the weights no task trained (loaded again from the model's source) differ "
             "from those of the interrupted run: the model source changed; restore it or delete that folder"
         )
     _load_checkpoint(model, checkpoint["model"], state, store.state_dir / state["checkpoint"])
     methods.load_state_dict(checkpoint["methods"])
-    state["_model"] = model
-    return state
+    return checkpoint
 
 
 def _results(config: RunConfig, sequence: TaskSequence, methods: MethodStack, state: dict[str, Any],

@@ -14,9 +14,10 @@ from torch.utils.hooks import RemovableHandle
 from .backward import AccumulatedMasking, BackwardStart, shaped
 from .config import MiguConfig
 from .fastpath import KernelChoice
+from .gradmask import GradMasks
 from .profiling import HOOKS, MASK, RESTORE, scope, scoped_call
 from .report import LayerReport
-from .sharding import is_sharded, local, local_mask
+from .sharding import is_sharded
 from .statistics import Recorder, distributed_world
 from .step import StepSelection
 from .targets import Source, Target, fast_path_layer, find_sources
@@ -43,8 +44,7 @@ class MiguHandle:
         self._masked = False
         self._updates = UpdateKeeper(config.mask_mode == "update", config.measure_update_leak, config.mask_bias)
         self._optimizer_hooks: list[RemovableHandle] = []
-        self._done: set[tuple[int, bool]] = set()  # (id(target), bias?) masked this step
-        self._stale: set[int] = set()  # id() of gradients that grew again after being masked
+        self._grads = GradMasks()
         self._step = StepSelection(config.threshold, config.selection, config.seed, config.sync_distributed)
         self._recorder: Recorder | None = None
         self._start: BackwardStart | None = None
@@ -147,21 +147,11 @@ class MiguHandle:
 
     def statistics(self) -> dict[str, torch.Tensor]:
         """The statistic accumulated so far in this step, per source (sum or mean over tokens)."""
-        recorder = self._live()
-        recorder.flush_tokens()
-        out = {}
-        for source, buffer in zip(self.sources, recorder.buffers, strict=True):
-            values = buffer[:-1].clone()
-            if self.config.reduction == "mean":
-                values /= buffer[-1].clamp(min=1)
-            out[source.name] = values
-        return out
+        return self._live().statistics(self.config.reduction == "mean")
 
     def token_counts(self) -> dict[str, float]:
         """Tokens counted so far in this step, per source (real tokens only with ignore_padding)."""
-        recorder = self._live()
-        recorder.flush_tokens()
-        return {s.name: float(b[-1]) for s, b in zip(self.sources, recorder.buffers, strict=True)}
+        return self._live().token_counts()
 
     # -- the step ------------------------------------------------------------------------------
     def attach_optimizer(self, optimizer: Any) -> None:
@@ -261,22 +251,12 @@ class MiguHandle:
                 self._updates.save(target, shaped(target, keep))
 
     def mask_grad(self, target: Target, bias: bool, shaped: torch.Tensor, in_backward: bool = False) -> None:
-        """Multiply the weight's (or bias's) gradient by the 0/1 mask, unless this step did; a
-        sharded gradient (FSDP2) by the rows of the mask this rank owns."""
-        param = target.bias if bias else target.weight
-        grad = None if param is None else param.grad
-        if grad is None or (not in_backward and (id(target), bias) in self._done and id(param) not in self._stale):
-            return
-        mask = local_mask(grad, shaped)
-        local(grad).mul_(mask.to(grad.dtype))
-        self._done.add((id(target), bias))
-        if in_backward:
-            self._stale.discard(id(param))
+        """Multiply the weight's (or bias's) gradient by the 0/1 mask, unless this step did."""
+        self._grads.apply(target, bias, shaped, in_backward)
 
     def mark_stale(self, param: torch.Tensor, entries: list[tuple[int, Target, bool]]) -> None:
         """A backward added to a gradient masked in an earlier one: mask it again at the step."""
-        if any((id(t), b) in self._done for _, t, b in entries):
-            self._stale.add(id(param))
+        self._grads.mark_stale(param, entries)
 
     def mask_in_next_backward(self) -> bool:
         """Mask each gradient during the next backward, as soon as it is accumulated: for a loop
@@ -329,8 +309,7 @@ class MiguHandle:
         self._masked = False
         self._accumulated.armed = False
         self._step.reset()
-        self._done.clear()
-        self._stale.clear()
+        self._grads.clear()
         if self._start is not None:
             self._start.reset()
 
@@ -362,6 +341,17 @@ class MiguHandle:
     def reseed(self, seed: int) -> None:
         """Restart the generator of the ``random`` selection (e.g. per task, for resumable runs)."""
         self._step.generator.manual_seed(seed)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What carries over from step to step (the ``random`` selection's generator, the kept-rows
+        record behind ``report``, the update leak), so that a run saved between two steps and
+        loaded into a handle on the same model continues exactly (``load_state_dict``)."""
+        return {"selection": self._step.state_dict(), "updates": self._updates.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        device = next((t.weight.device for s in self.sources for t in s.targets), torch.device("cpu"))
+        self._step.load_state_dict(state["selection"], device)
+        self._updates.load_state_dict(state["updates"], device)
 
     def reset_report(self) -> None:
         """Forget the masking history (e.g. at the start of a new task)."""

@@ -52,6 +52,15 @@ class KeptRowsLog:
     def clear(self) -> None:
         self._layers.clear()
 
+    def state_dict(self) -> dict[str, dict[str, Any]]:
+        """The record so far, on the CPU (``load_state_dict`` continues it)."""
+        return {name: {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in d.items()}
+                for name, d in self._layers.items()}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, dict[str, Any]], device: torch.device) -> None:
+        self._layers = {name: {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in d.items()}
+                        for name, d in state.items()}  # fmt: skip
+
     def masks(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Per layer with at least one selection: (kept at the last step, ever kept), bool, CPU."""
         return {name: (_cpu(d["last"]), _cpu(d["ever"])) for name, d in self._layers.items()}

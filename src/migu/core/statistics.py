@@ -191,6 +191,18 @@ class Recorder:
                 self.buffers[index][-1:].add_(float(tokens))
                 self._host_tokens[index] = 0
 
+    def statistics(self, mean: bool) -> dict[str, torch.Tensor]:
+        """The statistic so far, per source: the sums, or (``mean``) the sums over the tokens counted."""
+        self.flush_tokens()
+        out = {}
+        for source, buffer in zip(self.sources, self.buffers, strict=True):
+            out[source.name] = buffer[:-1] / buffer[-1].clamp(min=1) if mean else buffer[:-1].clone()
+        return out
+
+    def token_counts(self) -> dict[str, float]:
+        self.flush_tokens()
+        return {s.name: float(b[-1]) for s, b in zip(self.sources, self.buffers, strict=True)}
+
     def reset(self) -> None:
         for buffer in self.buffers:
             buffer.zero_()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import torch
 
@@ -58,6 +59,14 @@ class StepSelection:
             if late:  # the first time, every buffer is all-reduced: the same sizes on every rank
                 self._select(recorder, sources, late, None if first else late)
         return self.keeps
+
+    def state_dict(self) -> dict[str, Any]:
+        """What outlives a step: the random selection's generator and the kept-rows record."""
+        return {"generator": self.generator.get_state(), "log": self.log.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        self.generator.set_state(state["generator"])
+        self.log.load_state_dict(state["log"], device)
 
     def reset(self) -> None:
         self.keeps, self._forwards, self._recorded = None, ([], 0), -1

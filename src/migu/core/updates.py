@@ -62,6 +62,13 @@ class UpdateKeeper:
         masked, total = self._leak[0].tolist()
         return masked / total if total > 0 else 0.0
 
+    def state_dict(self) -> dict[str, torch.Tensor | None]:
+        return {"leak": self._leak[0].cpu() if self._leak else None}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor | None], device: torch.device) -> None:
+        leak = state.get("leak")
+        self._leak = [leak.to(device)] if leak is not None else []
+
     def clear_leak(self) -> None:
         self._leak.clear()
 

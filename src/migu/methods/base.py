@@ -74,7 +74,9 @@ class Method:
         return {}
 
     def state_dict(self) -> dict[str, Any]:
-        """What must survive a restart at a task boundary (besides the model's weights)."""
+        """What must survive a restart (besides the model's weights): at a task boundary, and at an
+        epoch end within a task (saved then, loaded after the task's ``before_task`` has run again),
+        so that the continued run equals an uninterrupted one."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -208,8 +208,13 @@ class Derpp(Method):
         return {"buffer": len(self.buffer), "seen": self.seen}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"buffer": self.buffer, "seen": self.seen}
+        # within a task also the stream of its examples and the generator (a task boundary restarts both)
+        stream = {"task": self._task, "stream": self._stream, "cursor": self._cursor, "rng": self._rng.getstate()}
+        return {"buffer": self.buffer, "seen": self.seen, **stream}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.buffer = list(state.get("buffer", []))
         self.seen = int(state.get("seen", 0))
+        if "rng" in state:
+            self._task, self._stream, self._cursor = state["task"], list(state["stream"]), state["cursor"]
+            self._rng.setstate(state["rng"])

@@ -69,6 +69,15 @@ class Migu(Method):
             self.handle.resume()
         return model
 
+    def state_dict(self) -> dict[str, Any]:
+        """Within a task: the random selection's generator and the kept-rows record (at a task
+        boundary ``before_task`` reseeds and clears both)."""
+        return {"handle": self.handle.state_dict()} if self.handle is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.handle is not None and "handle" in state:
+            self.handle.load_state_dict(state["handle"])
+
     def before_optimizer_step(self, model: nn.Module, ctx: TaskContext) -> None:
         assert self.handle is not None
         self.handle.before_optimizer_step()

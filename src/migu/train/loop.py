@@ -9,7 +9,7 @@ import time
 import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from itertools import pairwise
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -90,6 +90,25 @@ def epoch_seed(seed: int, index: int, epoch: int) -> int:
     return 1000 * seed + index + 7_919_000 * epoch
 
 
+@dataclass
+class EpochState:
+    """A task's training after ``epoch`` of its epochs: what continues it exactly
+    (``train_task(resume=...)``) together with the model's weights and the methods' state."""
+
+    epoch: int
+    steps: int
+    losses: torch.Tensor
+    """The loss of every micro-batch so far, as trained."""
+    step_seconds: list[float]
+    seconds: float
+    """Training time so far; the epoch-end callbacks (evaluations, saves) are not counted."""
+    optimizer: dict[str, Any] = field(repr=False)
+    scheduler: dict[str, Any] = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
 def train_task(
     model: nn.Module,
     fmt: Format,
@@ -99,15 +118,19 @@ def train_task(
     config: TrainConfig,
     accelerator: Accelerator,
     progress: bool = True,
-    on_epoch_end: Callable[[int], None] | None = None,
+    on_epoch_end: Callable[[EpochState], None] | None = None,
+    resume: EpochState | None = None,
 ) -> dict[str, Any]:
     """Train on one task: a fresh AdamW over the trainable parameters, ``config.epochs`` passes
     over the (seeded, shuffled) examples; each epoch's data order and dropout are seeded by
-    ``epoch_seed``. ``on_epoch_end(epoch)`` is called after every epoch but the last (e.g. to
-    evaluate a learning curve). Under several processes each rank trains on its slice of every
-    micro-batch (Accelerate's ``split_batches``), so the global batch is that of one process.
+    ``epoch_seed``. ``on_epoch_end(state)`` is called after every epoch but the last (e.g. to
+    evaluate a learning curve, or to save ``state`` with the model and the methods' state);
+    ``resume`` (such a state, loaded into a model and methods restored to that moment) continues
+    the task after its ``resume.epoch`` epochs with the same results as an uninterrupted run.
+    Under several processes each rank trains on its slice of every micro-batch (Accelerate's
+    ``split_batches``), so the global batch is that of one process.
     Methods' moments are called with ``model`` itself, never with the wrapper that trains it.
-    Returns step count, mean loss, seconds and the median seconds per optimizer step."""
+    Returns step count, mean loss, training seconds and the median seconds per optimizer step."""
     stack = methods if isinstance(methods, MethodStack) else MethodStack(methods)
     if not examples:
         raise ValueError(f"task {ctx.task.name!r} has no training examples")
@@ -132,11 +155,20 @@ def train_task(
         optimizer, loader = accelerator.prepare(optimizer, loader)
     else:
         wrapped, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    start, losses, done = time.perf_counter(), [], 0
-    step_ends = [start]
-    bar = tqdm(total=steps, desc=f"train {ctx.task.name}", unit="step", disable=not progress, leave=False)
+    losses: list[torch.Tensor] = []
+    step_seconds: list[float] = []
+    done, first_epoch, trained_before = 0, 0, 0.0
+    if resume is not None:
+        optimizer.load_state_dict(resume.optimizer)
+        scheduler.load_state_dict(resume.scheduler)
+        losses, step_seconds = list(resume.losses.unbind()), list(resume.step_seconds)
+        done, first_epoch, trained_before = resume.steps, resume.epoch, resume.seconds
+    bar = tqdm(total=steps, initial=done, desc=f"train {ctx.task.name}", unit="step", disable=not progress,
+               leave=False)  # fmt: skip
     wrapped.train()
-    for epoch in range(config.epochs):
+    start = last = time.perf_counter()
+    outside = 0.0  # seconds spent in on_epoch_end
+    for epoch in range(first_epoch, config.epochs):
         if epoch:  # the first epoch keeps the draws made since the task's seeding
             generator.manual_seed(epoch_seed(ctx.seed, ctx.index, epoch))
             torch.manual_seed(epoch_seed(ctx.seed, ctx.index, epoch))
@@ -161,20 +193,27 @@ def train_task(
                     stack.after_optimizer_step(model, ctx)
                     scheduler.step()
                     done += 1
-                    step_ends.append(time.perf_counter())
+                    now = time.perf_counter()
+                    step_seconds.append(now - last)
+                    last = now
                     bar.update(1)
                     bar.set_postfix(loss=f"{float(losses[-1]):.3f}")
                 optimizer.zero_grad(set_to_none=True)
         if on_epoch_end is not None and epoch + 1 < config.epochs:
+            paused = time.perf_counter()
             wrapped.eval()
-            on_epoch_end(epoch + 1)
+            on_epoch_end(EpochState(epoch + 1, done, torch.stack(losses), step_seconds,
+                                    trained_before + paused - start - outside, optimizer.state_dict(),
+                                    scheduler.state_dict()))  # fmt: skip
             wrapped.train()
+            last = time.perf_counter()
+            outside += last - paused
     bar.close()
     accelerator.free_memory()
     return {
         "steps": done,
         "examples": len(examples) * config.epochs,
         "mean_loss": float(torch.stack(losses).float().mean()),
-        "seconds": time.perf_counter() - start,
-        "median_step_seconds": statistics.median(b - a for a, b in pairwise(step_ends)) if done else 0.0,
+        "seconds": trained_before + time.perf_counter() - start - outside,
+        "median_step_seconds": statistics.median(step_seconds) if step_seconds else 0.0,
     }
