@@ -22,7 +22,7 @@ def _config(bench_dir, out, method, every, batch):
         "method": method,
         "seed": 0,
         "data": {"root": str(bench_dir), "order": "tiny", "n_train": 16, "n_test": 8, "evaluate_every": every},
-        "methods": {"migu": {"threshold": 0.5}},
+        "methods": {"migu": {"threshold": 0.5}, "replay": {"fraction": 0.25}},
         "train": {"lr": 1e-3, "batch_size": batch, "micro_batch_size": 4, "max_length": 32, "eval_batch_size": 8,
                   "epochs": 3, "schedule": "linear"},
         "output_dir": str(out),
@@ -44,13 +44,18 @@ def _kill_after(monkeypatch, checkpoint):
 def _same(a, b):
     for key in ("score_matrices", "diagnostics", "curves"):
         assert a.get(key) == b.get(key), key
-    assert [t.get("mean_loss") for t in a["timings"]] == [t.get("mean_loss") for t in b["timings"]]
-    assert [t.get("steps") for t in a["timings"]] == [t.get("steps") for t in b["timings"]]
+    for field in ("mean_loss", "steps", "examples"):
+        assert [t.get(field) for t in a["timings"]] == [t.get(field) for t in b["timings"]], field
 
 
 @pytest.mark.parametrize(
     ("method", "every", "batch"),
-    [("finetune+random_update", "task", 8), ("derpp+migu", "epoch", 8), ("lora+migu", "epoch", 4)],
+    [
+        ("finetune+random_update", "task", 8),
+        ("derpp+migu", "epoch", 8),
+        ("lora+migu", "epoch", 4),
+        ("finetune+replay", "task", 8),
+    ],
 )
 def test_killed_within_a_task_resumes_after_its_epoch(bench_dir, tmp_path, monkeypatch, method, every, batch):
     full = run(_config(bench_dir, tmp_path / "a", method, every, batch))

@@ -180,10 +180,10 @@ def run_sequence(setting: Setting, model: nn.Module, state: dict[str, Any],
         task = sequence[index]
         ctx = task_context(setting, index)
         model = methods.before_task(model, ctx)
-        examples = methods.train_examples(task.train, ctx)
         state["trained_parameters"] = sorted(set(state.get("trained_parameters", ())) | {
             n for n, p in model.named_parameters(remove_duplicate=False) if p.requires_grad})  # fmt: skip
-        resume = setting.resume_in_task(model, state)
+        resume = setting.resume_in_task(model, state)  # before train_examples: the methods' state first
+        examples = methods.train_examples(task.train, ctx)
         if resume is None:
             say(f"task {index + 1}/{total} {task.name}: training on {len(examples)} examples", is_main)
         else:

@@ -107,7 +107,8 @@ class RunStore:
         return read_json(path, "unfinished run's state folder") if path.is_file() else None
 
     def load_checkpoint(self, name: str) -> Any:
-        return torch.load(self.state_dir / name, weights_only=False)
+        # on the CPU: every rank reads the file rank 0 wrote; loading moves tensors to their devices
+        return torch.load(self.state_dir / name, map_location="cpu", weights_only=False)
 
     def save_progress(self, state: dict[str, Any], checkpoint: Any, name: str) -> None:
         """The checkpoint first, under a name of its own, then the progress that points to it;

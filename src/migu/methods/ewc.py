@@ -57,6 +57,9 @@ class Ewc(Method):
                 f"EWC: none of the {len(self.fisher)} parameters its Fisher was computed for (e.g. "
                 f"{next(iter(self.fisher))!r}) is in the model it is asked to regularise"
             )
+        for n, p in named.items():  # a resumed run loads them on the CPU
+            if n in self.fisher and self.fisher[n].device != p.device:
+                self.fisher[n], self.anchor[n] = self.fisher[n].to(p.device), self.anchor[n].to(p.device)
         terms = [(self.fisher[n] * (p - self.anchor[n]).pow(2)).sum()
                  for n, p in named.items() if n in self.fisher and p.requires_grad]  # fmt: skip
         if not terms:  # e.g. under inc_lora: the parameters it protects are frozen and cannot move

@@ -130,7 +130,8 @@ def train_task(
     Under several processes each rank trains on its slice of every micro-batch (Accelerate's
     ``split_batches``), so the global batch is that of one process.
     Methods' moments are called with ``model`` itself, never with the wrapper that trains it.
-    Returns step count, mean loss, training seconds and the median seconds per optimizer step."""
+    Returns step count, mean loss, training seconds, the median seconds per optimizer step and the
+    seconds spent in ``on_epoch_end`` (in this process: not those before a resume)."""
     stack = methods if isinstance(methods, MethodStack) else MethodStack(methods)
     if not examples:
         raise ValueError(f"task {ctx.task.name!r} has no training examples")
@@ -161,7 +162,7 @@ def train_task(
     if resume is not None:
         optimizer.load_state_dict(resume.optimizer)
         scheduler.load_state_dict(resume.scheduler)
-        losses, step_seconds = list(resume.losses.unbind()), list(resume.step_seconds)
+        losses, step_seconds = list(resume.losses.to(accelerator.device).unbind()), list(resume.step_seconds)
         done, first_epoch, trained_before = resume.steps, resume.epoch, resume.seconds
     bar = tqdm(total=steps, initial=done, desc=f"train {ctx.task.name}", unit="step", disable=not progress,
                leave=False)  # fmt: skip
@@ -202,7 +203,7 @@ def train_task(
         if on_epoch_end is not None and epoch + 1 < config.epochs:
             paused = time.perf_counter()
             wrapped.eval()
-            on_epoch_end(EpochState(epoch + 1, done, torch.stack(losses), step_seconds,
+            on_epoch_end(EpochState(epoch + 1, done, torch.stack(losses).cpu(), step_seconds,
                                     trained_before + paused - start - outside, optimizer.state_dict(),
                                     scheduler.state_dict()))  # fmt: skip
             wrapped.train()
@@ -216,4 +217,5 @@ def train_task(
         "mean_loss": float(torch.stack(losses).float().mean()),
         "seconds": trained_before + time.perf_counter() - start - outside,
         "median_step_seconds": statistics.median(step_seconds) if step_seconds else 0.0,
+        "epoch_end_seconds": outside,
     }
