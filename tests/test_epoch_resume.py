@@ -52,7 +52,7 @@ def _same(a, b):
     ("method", "every", "batch"),
     [
         ("finetune+random_update", "task", 8),
-        ("derpp+migu", "epoch", 8),
+        ("derpp+migu", "task", 8),
         ("lora+migu", "epoch", 4),
         ("finetune+replay", "task", 8),
     ],
