@@ -350,3 +350,31 @@ def test_auto_times_each_shape_once(kernel_calls):
 def test_unknown_kernel_is_refused():
     with pytest.raises(ValueError, match="fast_path_kernel"):
         migu.MiguConfig(fast_path_kernel="fastest")
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2"])
+def test_fast_path_statistic_equals_the_reference_paths(arch):
+    """The fast path computes its statistic in the forward hook that wraps the layer's output, the
+    same pass the reference path records with: equal bits, and equal to |x W^T + b| summed over
+    the tokens, computed here directly from each layer's input."""
+    fast, reference = build(arch), build(arch)
+    inputs = {}
+    for name, module in reference.named_modules():
+        if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D":
+            module.register_forward_hook(lambda m, args, out, name=name: inputs.__setitem__(name, args[0].detach()))
+    handles = [migu.attach(m, threshold=0.7, micro_batches_per_step=1, fast_path=f)
+               for m, f in ((fast, True), (reference, False))]  # fmt: skip
+    for model in (fast, reference):
+        model(**batch(arch, seed=0)).loss.backward()
+    assert handles[0].fast_path_layers and not handles[1].fast_path_layers
+    on_fast, on_reference = handles[0].statistics(), handles[1].statistics()
+    assert on_fast.keys() == on_reference.keys()
+    for name, value in on_fast.items():
+        assert torch.equal(value, on_reference[name]), name
+        module = reference.get_submodule(name)
+        x = inputs[name].reshape(-1, inputs[name].shape[-1])
+        if isinstance(module, torch.nn.Linear):
+            direct = torch.nn.functional.linear(x, module.weight, module.bias)
+        else:  # GPT-2's Conv1D: weight [in, out]
+            direct = x @ module.weight + module.bias
+        torch.testing.assert_close(value, direct.abs().sum(0), rtol=1e-5, atol=1e-5, msg=name)
