@@ -157,7 +157,7 @@ def overlap_figures(runs: list[tuple[dict[str, Any], Score]], out: Path, layer: 
                       0.0, 1.0, "{:.2f}")  # fmt: skip
                 rows += [[figdata.method_label(run), ov.layer, name, a, b, values[i, j]]
                          for i, a in enumerate(ov.tasks) for j, b in enumerate(ov.tasks)]  # fmt: skip
-        fig.suptitle(f"Rows updated ({which}) on task i vs task j: {model} / {order} / seed {seed}", fontsize=10)
+        fig.suptitle(f"Rows updated ({which}) on task i vs task j\n{model} / {order} / seed {seed}", fontsize=10)
         path = out / f"overlap_{slug(f'{model}_{order}_seed{seed}')}.png"
         write_csv(path.with_suffix(".csv"), ["method", "layer", "metric", "task_i", "task_j", "value"], rows)
         paths.append(save(fig, path))
