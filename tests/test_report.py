@@ -104,3 +104,26 @@ def test_effect_of_migu_pairs_each_method_with_itself_without_migu(tmp_path, cap
         (tmp_path / f"r{i}" / "results.json").write_text(json.dumps(run))
     assert main(["report", str(tmp_path), "--baseline", "", "--effect-of", "migu"]) == 0
     assert "With and without migu" in capsys.readouterr().out
+
+
+def test_runs_that_are_not_seeds_of_each_other_are_refused(tmp_path, capsys):
+    """Two runs of one method, order and seed that differ in a setting would be averaged as two
+    seeds: the report stops with one line naming the keys for --by, and works with them."""
+    runs = [
+        _run("finetune+migu", 0, [84.0, 90.0], name="x", methods={"migu": {"threshold": 0.7}}),
+        _run("finetune+migu", 0, [76.0, 88.0], name="y", methods={"migu": {"threshold": 0.5, "layers": "ffn"}}),
+    ]
+    for i, run in enumerate(runs):
+        (tmp_path / str(i)).mkdir()
+        (tmp_path / str(i) / "results.json").write_text(json.dumps(run))
+    assert main(["report", str(tmp_path), "--baseline", ""]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "2 runs of finetune+migu (m, o1, seed 0) would be averaged as seeds" in err[0]
+    assert "they differ in methods.migu.layers, methods.migu.threshold: add --by KEY" in err[0]
+    assert main(["report", str(tmp_path), "--baseline", "", "--by", "methods.migu.threshold"]) == 0
+    assert "finetune+migu [methods.migu.threshold=0.5]" in capsys.readouterr().out
+    # a copy of a run beside it
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / "results.json").write_text(json.dumps(runs[0]))
+    assert main(["report", str(tmp_path / "0"), str(tmp_path / "copy"), "--baseline", ""]) == 2
+    assert "the same run given twice?" in capsys.readouterr().err

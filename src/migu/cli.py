@@ -23,6 +23,7 @@ USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryEr
 def cmd_run(args: argparse.Namespace) -> int:
     from .bench import apply_overrides, load_yaml
     from .bench.grid import check_grid, run_grid
+    from .report.figdata import variant_keys
     from .report.tables import choose_score, format_matrix, report_markdown, summary_of
 
     raw = apply_overrides(load_yaml(args.config), args.overrides)
@@ -39,8 +40,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 3 if busy else 0
     results = [r for _, r in done]
     score = choose_score(results) if results else None
-    if len(done) > 1:
-        print(report_markdown(results, baseline=results[0]["method"], score=score))
+    if len(done) > 1:  # a grid over settings (train.lr=1e-4,3e-4) shows each value as a variant
+        by = tuple(variant_keys(results))
+        print(report_markdown(results, baseline=results[0]["method"], score=score, by=by))
     for config, result in done:
         m = summary_of(result, score or "accuracy")
         where = Path(config.output_dir) / config.run_name() / "results.json"
@@ -53,11 +55,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report.tables import check_options, choose_score, load_results, report_markdown
+    from .report.checks import check_options
+    from .report.tables import choose_score, load_results, report_markdown
 
     runs = load_results(args.paths)
     score = choose_score(runs, args.score)
-    check_options(runs, args.baseline, tuple(args.by), tuple(args.effect_of))
+    check_options(runs, args.baseline, tuple(args.by), tuple(args.effect_of), score)
     baseline = "finetune" if args.baseline is None else args.baseline or None
     print(report_markdown(runs, baseline, matrices=args.matrices, by=tuple(args.by), timings=args.timings,
                           effect_of=tuple(args.effect_of), score=score))  # fmt: skip

@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import metrics
 from ..artifacts import kept_row_masks, read_index
-from .tables import find_results, order_of
+from .tables import find_results, flat_config, order_of
 
 REQUIRED = ("model", "method", "seed", "sequence")
 # config keys that never tell variants apart (bookkeeping) or are shown in a label already
@@ -97,21 +97,6 @@ def summarisable(runs: list[tuple[dict[str, Any], Score]], name: str) -> list[tu
     if not out:
         raise NoMatchingRuns(f"score {name!r} has no AA/BWT in any run (a suite's own columns, or entries not "
                              "evaluated): only the matrix figure shows it")  # fmt: skip
-    return out
-
-
-def flat_config(run: dict[str, Any]) -> dict[str, str]:
-    """The run's config as dotted keys (``methods.migu.threshold``) -> values as text."""
-    out: dict[str, str] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(value, f"{prefix}{key}.")
-        else:
-            out[prefix[:-1]] = json.dumps(node) if isinstance(node, list | tuple) else str(node)
-
-    walk(run.get("config", {}), "")
     return out
 
 

@@ -320,25 +320,19 @@ def timing_table(runs: list[dict[str, Any]], by: tuple[str, ...] = ()) -> str:
     return "\n".join(lines) + "\n"
 
 
-def check_options(
-    runs: list[dict[str, Any]], baseline: str | None = None, by: tuple[str, ...] = (), effect_of: tuple[str, ...] = ()
-) -> None:
-    """A ``--baseline``, ``--by`` or ``--effect-of`` that matches no run is a ValueError naming
-    the option (a typo would otherwise print a table without the part that was asked for)."""
-    methods = sorted({r["method"] for r in runs})
-    if baseline and baseline not in methods:
-        raise ValueError(f"--baseline {baseline}: no run has this method; methods: {', '.join(methods)}")
-    for key in by:
-        if all(config_value(r, key) == "-" for r in runs):
-            raise ValueError(
-                f"--by {key}: no run sets this config key (keys look like train.lr, methods.migu.threshold)"
-            )
-    components = sorted({c for m in methods for c in m.split("+")})
-    for component in effect_of:
-        if component not in components:
-            raise ValueError(
-                f"--effect-of {component}: no run's method includes it; components: {', '.join(components)}"
-            )
+def flat_config(run: dict[str, Any]) -> dict[str, str]:
+    """The run's config as dotted keys (``methods.migu.threshold``) -> values as text."""
+    out: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            out[prefix[:-1]] = json.dumps(node) if isinstance(node, list | tuple) else str(node)
+
+    walk(run.get("config", {}), "")
+    return out
 
 
 def report_markdown(
