@@ -4,7 +4,8 @@
     python benchmarks/speed.py --table benchmarks/results/speed/speed.json    # markdown table
 
 Time: one process per case; a plain model and identical copies with MIGU attached through their
-optimizers take interleaved training steps (forward, backward, AdamW step), median of
+optimizers take interleaved training steps (forward, backward, AdamW step as ``train.optim`` or
+``--optim`` makes it), median of
 ``--repeats`` steps each after warm-up. ``migu`` is the default (fast path: the loop declares one
 micro-batch per optimizer step); ``migu_dense`` forces the reference path (dense weight
 gradients, then masking). Memory: each variant runs alone in a fresh subprocess (glibc mmap threshold
@@ -33,6 +34,10 @@ import torch
 from torch import nn
 
 import migu
+from migu.train import TrainConfig, make_optimizer
+from migu.train.config import OPTIMIZERS
+
+OPTIM = TrainConfig().optim
 
 
 def cpu_name() -> str:
@@ -172,10 +177,11 @@ def _loss(output: object) -> torch.Tensor:
 
 
 def _prepare(
-    variant: str, model: nn.Module, threshold: float
+    variant: str, model: nn.Module, threshold: float, optim: str = OPTIM
 ) -> tuple[nn.Module, torch.optim.Optimizer, migu.MiguHandle | None]:
+    """The variant's model and optimizer, as migu's training loop makes it (``train.optim``)."""
     model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], TrainConfig(lr=1e-5, optim=optim))
     handle = None
     if variant != "plain":
         handle = migu.attach(
@@ -235,11 +241,11 @@ def flop_limit(model: nn.Module, batch: dict, loss_fn: Loss | None, threshold: f
     return {"flop_limit": (total - saved) / total, "matmul_gflop": total / 1e9}
 
 
-def measure_time(name: str, repeats: int, warmup: int, threshold: float) -> dict[str, float]:
+def measure_time(name: str, repeats: int, warmup: int, threshold: float, optim: str = OPTIM) -> dict[str, float]:
     torch.manual_seed(0)
     model, make_batch, loss_fn = CASES[name]()
     limit = flop_limit(copy.deepcopy(model), make_batch(), loss_fn, threshold)
-    runs = {v: (*_prepare(v, copy.deepcopy(model), threshold), []) for v in VARIANTS}
+    runs = {v: (*_prepare(v, copy.deepcopy(model), threshold, optim), []) for v in VARIANTS}
     del model
     for i in range(warmup + repeats):
         batch = make_batch()  # the same batch for every variant within a repetition
@@ -261,12 +267,14 @@ def measure_time(name: str, repeats: int, warmup: int, threshold: float) -> dict
     }
 
 
-def measure_rounds(name: str, rounds: int, repeats: int, warmup: int, threshold: float) -> dict[str, object]:
+def measure_rounds(
+    name: str, rounds: int, repeats: int, warmup: int, threshold: float, optim: str = OPTIM
+) -> dict[str, object]:
     """``measure_time`` in ``rounds`` fresh processes: the median ratio, its spread, every round."""
     per_round = []
     for _ in range(rounds):
         out = subprocess.run(
-            [sys.executable, __file__, "--time-child", name, str(repeats), str(warmup), str(threshold)],
+            [sys.executable, __file__, "--time-child", name, str(repeats), str(warmup), str(threshold), optim],
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         per_round.append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -280,6 +288,7 @@ def measure_rounds(name: str, rounds: int, repeats: int, warmup: int, threshold:
     row.update({k: per_round[0][k] for k in ("flop_limit", "matmul_gflop", "repeats")})
     row["kernels"] = sorted({k for r in per_round for k in r["kernels"]})
     row["rounds"] = rounds
+    row["optim"] = optim
     return row
 
 
@@ -303,12 +312,12 @@ def _load_library_code(bf16: bool) -> None:
             opt.step()
 
 
-def memory_child(name: str, variant: str, threshold: float) -> None:
+def memory_child(name: str, variant: str, threshold: float, optim: str = OPTIM) -> None:
     """Run in a subprocess: print the peak memory growth of 3 training steps (kB)."""
     _load_library_code(name.endswith("_bf16"))
     torch.manual_seed(0)
     model, make_batch, loss_fn = CASES[name]()
-    model, opt, _ = _prepare(variant, model, threshold)
+    model, opt, _ = _prepare(variant, model, threshold, optim)
     batch = make_batch()
     before = _rss_kb("VmRSS:")
     with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current size
@@ -318,14 +327,14 @@ def memory_child(name: str, variant: str, threshold: float) -> None:
     print(json.dumps({"peak_growth_kb": _rss_kb("VmHWM:") - before}))
 
 
-def measure_memory(name: str, threshold: float) -> dict[str, float]:
+def measure_memory(name: str, threshold: float, optim: str = OPTIM) -> dict[str, float]:
     growth = {}
     # glibc's adaptive mmap threshold keeps freed blocks resident at random, which makes RSS peaks
     # vary by about 5% from run to run; a fixed threshold makes them repeatable to the kilobyte
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
     for variant in VARIANTS:
         out = subprocess.run(
-            [sys.executable, __file__, "--memory-child", name, variant, str(threshold)],
+            [sys.executable, __file__, "--memory-child", name, variant, str(threshold), optim],
             env=env,
             capture_output=True,
             text=True,
@@ -336,6 +345,7 @@ def measure_memory(name: str, threshold: float) -> dict[str, float]:
         "memory_ratio": growth["migu"] / growth["plain"],
         "dense_memory_ratio": growth["migu_dense"] / growth["plain"],
         **{f"{v}_peak_growth_mb": growth[v] / 1024 for v in VARIANTS},
+        "memory_optim": optim,
     }
 
 
@@ -369,8 +379,8 @@ def table(path: str) -> str:
         f"{meta.get('cpu', meta.get('machine', '?'))}, {meta.get('date', '?')}, torch {meta.get('torch', '?')}",
         "",
         "| case | plain step (s) | MIGU / plain time [min-max] | target | FLOP limit | dense MIGU / plain [min-max] "
-        "| target | MIGU / plain peak memory | dense / plain peak memory | rounds |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| target | MIGU / plain peak memory | dense / plain peak memory | rounds | optimizer |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         if name.startswith("_"):
@@ -381,18 +391,18 @@ def table(path: str) -> str:
             f"| `{name}` | {r['plain_step_s']:.3f} | {_cell(r, 'time_ratio', fast_target)} | {fast_target or ''} | "
             f"{'' if limit is None else f'{limit:.3f}'} | {_cell(r, 'dense_time_ratio', dense_target)} | "
             f"{dense_target or ''} | {_cell(r, 'memory_ratio', 1.02)} | {_cell(r, 'dense_memory_ratio', 1.02)} | "
-            f"{r.get('rounds', 1)} |"
+            f"{r.get('rounds', 1)} | {r.get('optim', 'adamw_torch')} |"  # rows before train.optim: torch's loop
         )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--memory-child":
-        memory_child(sys.argv[2], sys.argv[3], float(sys.argv[4]))
+        memory_child(sys.argv[2], sys.argv[3], float(sys.argv[4]), sys.argv[5])
         return
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--time-child":
-        name, repeats, warmup, threshold = sys.argv[2:6]
-        print(json.dumps(measure_time(name, int(repeats), int(warmup), float(threshold))))
+        name, repeats, warmup, threshold, optim = sys.argv[2:7]
+        print(json.dumps(measure_time(name, int(repeats), int(warmup), float(threshold), optim)))
         return
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--table":
         print(table(sys.argv[2]))
@@ -403,6 +413,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3, help="independent rounds (fresh processes) per case")
     parser.add_argument("--threshold", type=float, default=0.7)
+    parser.add_argument("--optim", default=OPTIM, choices=OPTIMIZERS, help="AdamW implementation (train.optim)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     parser.add_argument("--no-time", action="store_true", help="measure memory only (time kept from --out)")
     parser.add_argument("--out", help="write the results as JSON here (updated after every case)")
@@ -421,10 +432,10 @@ def main(argv: list[str] | None = None) -> None:
             row = dict(results.get(name, {}))  # type: ignore[call-overload]
         else:
             # keep the memory columns of an earlier run (with their own memory_date)
-            timed = measure_rounds(name, args.rounds, args.repeats, args.warmup, args.threshold)
+            timed = measure_rounds(name, args.rounds, args.repeats, args.warmup, args.threshold, args.optim)
             row = {**results.get(name, {}), **timed}  # type: ignore[dict-item]
         if not args.no_memory:
-            row.update(measure_memory(name, args.threshold))
+            row.update(measure_memory(name, args.threshold, args.optim))
         row["memory_date" if args.no_time else "date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         results[name] = row
         print(name, json.dumps(row), flush=True)

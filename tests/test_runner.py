@@ -2,9 +2,11 @@
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from migu.bench import RunConfig, RunInProgress, apply_overrides, load_yaml, run, run_config
@@ -143,9 +145,10 @@ def test_a_setting_added_later_at_its_default_keeps_old_fingerprints(bench_dir, 
     old = {k: v for k, v in config.to_dict().items() if k not in ("progress", "output_dir")}
     # what an earlier version hashed
     del old["data"]["evaluate_tasks"], old["data"]["kind"], old["data"]["evaluate_every"], old["evaluators"]
-    del old["train"]["dropout"], old["format"]
+    del old["train"]["dropout"], old["train"]["optim"], old["format"]
     expected = hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:16]
     assert _fingerprint(config) == expected
+    assert _fingerprint(replace(config, train=replace(config.train, optim="adamw_torch_fused"))) != expected
     config.data.evaluate_tasks = "seen"
     assert _fingerprint(config) != expected
     with pytest.raises(ValueError, match="evaluate_tasks must be all, seen or diagonal"):
@@ -174,6 +177,8 @@ def test_bad_config_values():
         run_config({"lr": 1e-4})
     with pytest.raises(ValueError, match="unknown key"):
         run_config({"modle": "minilm"})
+    with pytest.raises(ValueError, match="train.optim must be one of adamw_torch, adamw_torch_fused; got 'adam'"):
+        run_config({"train": {"optim": "adam"}})
     with pytest.raises(ValueError, match="must be a multiple of micro_batch_size"):
         run_config({"train": {"batch_size": 64, "micro_batch_size": 24}})
     with pytest.raises(ValueError, match=r"unknown method\(s\) \['magic'\]"):
@@ -250,3 +255,17 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch, recwarn, native):
     loop.make_accelerator(TrainConfig(mixed_precision="no"))
     slow = [w for w in recwarn if "without native bf16" in str(w.message)]
     assert len(slow) == (0 if native else 1)
+
+
+def test_fused_adamw_trains_as_torch_default_up_to_rounding(bench_dir, tmp_path):
+    from migu.train import TrainConfig, make_optimizer
+
+    layer = torch.nn.Linear(4, 4)
+    assert make_optimizer(list(layer.parameters()), TrainConfig(optim="adamw_torch_fused")).defaults["fused"]
+    assert not make_optimizer(list(layer.parameters()), TrainConfig()).defaults["fused"]
+    train = {"lr": 1e-3, "batch_size": 8, "micro_batch_size": 4, "max_length": 32, "eval_batch_size": 8}
+    loop = run(_config(bench_dir, tmp_path / "loop"))
+    fused = run(_config(bench_dir, tmp_path / "fused", train={**train, "optim": "adamw_torch_fused"}))
+    assert fused["config"]["train"]["optim"] == "adamw_torch_fused"
+    losses = [[t["mean_loss"] for t in r["timings"] if t["task"] is not None] for r in (loop, fused)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)

@@ -76,6 +76,7 @@ _ADDED_LATER: dict[tuple[str | None, str], Any] = {
     ("data", "kind"): "options",
     ("data", "evaluate_every"): "task",
     ("train", "dropout"): None,
+    ("train", "optim"): "adamw_torch",
     (None, "evaluators"): None,
     (None, "format"): {},
 }

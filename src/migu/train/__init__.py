@@ -5,7 +5,7 @@ from .config import TrainConfig
 from .evaluate import accuracy
 from .formats import DecoderFormat, EncoderDecoderFormat, EncoderFormat, make_format, normalize_answer
 from .instruct import InstructionFormat  # also registers the (instruction, decoder) format
-from .loop import make_accelerator, train_task
+from .loop import make_accelerator, make_optimizer, train_task
 
 __all__ = [
     "DecoderFormat",
@@ -16,6 +16,7 @@ __all__ = [
     "accuracy",
     "make_accelerator",
     "make_format",
+    "make_optimizer",
     "normalize_answer",
     "train_task",
 ]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused")
+
 
 @dataclass
 class TrainConfig:
@@ -11,6 +13,11 @@ class TrainConfig:
     or 1e-3 (LoRA), batch 64, one epoch per task."""
 
     lr: float = 1e-4
+    optim: str = "adamw_torch"
+    """AdamW's implementation, by Transformers' names: ``adamw_torch`` is ``torch.optim.AdamW``
+    as torch defaults it (on a CPU a loop over the parameters; every committed result used it);
+    ``adamw_torch_fused`` updates all parameters in one kernel, the same update up to rounding
+    and several times faster on a CPU (``make_optimizer``; Transformers' default on torch >= 2.8)."""
     schedule: str = "constant"
     """``constant``, ``linear`` or ``cosine`` decay over each task's steps."""
     warmup_ratio: float = 0.0
@@ -42,6 +49,8 @@ class TrainConfig:
             raise ValueError(f"train.dropout must be in [0, 1), got {self.dropout}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.optim not in OPTIMIZERS:
+            raise ValueError(f"train.optim must be one of {', '.join(OPTIMIZERS)}; got {self.optim!r}")
         if self.schedule not in ("constant", "linear", "cosine"):
             raise ValueError(f"schedule must be constant, linear or cosine; got {self.schedule!r}")
         if not 0 <= self.warmup_ratio < 1:

@@ -37,6 +37,16 @@ def cpu_has_native_bf16() -> bool:
         return True
 
 
+def make_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    """A fresh AdamW over ``params`` as ``config.optim`` names it. On a CPU torch's default is a
+    loop over the parameters that allocates temporaries the size of each one every step (two of
+    47 MB for MiniLM's embedding matrix, page-faulted anew whenever the allocator has returned
+    them to the system); ``adamw_torch_fused`` updates in place in one kernel (BENCHMARKS.md,
+    "Speed per CPU")."""
+    fused = True if config.optim == "adamw_torch_fused" else None
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
+
+
 def make_accelerator(config: TrainConfig) -> Accelerator:
     """Accelerate handles devices, processes and accumulation; bf16 autocast is ours (``autocast``),
     so that the model's ``forward`` is left as it is. Batches are split across processes
@@ -148,7 +158,7 @@ def train_task(
         collate_fn=fmt.batch,
     )
     steps = math.ceil(len(loader) / config.accumulation_steps) * config.epochs
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(params, config)
     scheduler = get_scheduler(config.schedule, optimizer, int(config.warmup_ratio * steps), steps)
     if is_sharded(model):  # FSDP2 applied by migu (on CPU): Accelerate must not wrap it in DDP as well
         check_all_sharded(model, f"method {stack.name!r} at task {ctx.task.name!r}")
