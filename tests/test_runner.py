@@ -177,7 +177,7 @@ def test_bad_config_values():
         run_config({"lr": 1e-4})
     with pytest.raises(ValueError, match="unknown key"):
         run_config({"modle": "minilm"})
-    with pytest.raises(ValueError, match="train.optim must be one of adamw_torch, adamw_torch_fused; got 'adam'"):
+    with pytest.raises(ValueError, match=r"train\.optim must be one of adamw_torch, adamw_torch_fused; got 'adam'"):
         run_config({"train": {"optim": "adam"}})
     with pytest.raises(ValueError, match="must be a multiple of micro_batch_size"):
         run_config({"train": {"batch_size": 64, "micro_batch_size": 24}})
