@@ -75,7 +75,7 @@ def time_variant(case, variant: str, device: torch.device, steps: int, warmup: i
     """One variant alone on the device: median step seconds, peak memory, the kernels chosen."""
     model, make_batch, loss_fn = case
     m = copy.deepcopy(model).to(device).train()
-    opt = make_optimizer(list(m.parameters()), TrainConfig(lr=1e-5))  # as migu's loop: fused AdamW
+    opt = make_optimizer(list(m.parameters()), TrainConfig(lr=1e-5))  # as migu's loop makes it by default
     handle = None
     if variant != "plain":
         handle = migu.attach(m, threshold=threshold, optimizer=opt, micro_batches_per_step=1,
