@@ -26,6 +26,7 @@ from migu.data.sources import load_source
 from migu.evaluators import EvalContext
 from migu.evaluators.end_task import EndTask, EndTaskConfig
 from migu.models import load_model
+from migu.report.domains import end_summary
 
 
 def main() -> None:
@@ -52,25 +53,20 @@ def main() -> None:
         scores[task.name] = evaluator.evaluate(bundle.model, None, task.test, ctx)
         seconds[task.name] = time.perf_counter() - start
         print(task.name, scores[task.name], f"({seconds[task.name]:.1f} s)", flush=True)
-    mf1 = [s["end_macro_f1"] for s in scores.values()]
-    acc = [s["end_accuracy"] for s in scores.values()]
+    summary = end_summary([s["end_accuracy"] for s in scores.values()], [s["end_macro_f1"] for s in scores.values()])
     result = {
         "model": config.model,
         "sequence": [t.name for t in sequence.tasks],
         "end_task": settings,
         "scores": scores,
-        "mean_accuracy": sum(acc) / len(acc),
-        "mean_macro_f1": sum(mf1) / len(mf1),
-        "first_two_macro_f1": sum(mf1[:2]) / 2,
-        "last_two_macro_f1": sum(mf1[-2:]) / 2,
+        **summary,
         "seconds": seconds,
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(sys.argv),
     }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("mean_accuracy", "mean_macro_f1", "first_two_macro_f1",
-                                              "last_two_macro_f1")}))  # fmt: skip
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":

@@ -369,6 +369,14 @@ def _cell(row: dict, key: str, target: float | None) -> str:
     return text + ("" if target is None else (" ✓" if value <= target else " ✗"))
 
 
+def _optimizers(row: dict) -> str:
+    """The optimizer of the timings and, if another, of the memory rows (``--no-time`` keeps the
+    timings of an earlier run); rows written before ``train.optim`` used torch's loop."""
+    timed = row.get("optim", "adamw_torch")
+    memory = row.get("memory_optim", timed)
+    return timed if memory == timed else f"time: {timed}, memory: {memory}"
+
+
 def table(path: str) -> str:
     """The markdown table of a results file, with the issue's targets: medians over rounds with
     their [min-max], the FLOP limit of the fast path."""
@@ -391,7 +399,7 @@ def table(path: str) -> str:
             f"| `{name}` | {r['plain_step_s']:.3f} | {_cell(r, 'time_ratio', fast_target)} | {fast_target or ''} | "
             f"{'' if limit is None else f'{limit:.3f}'} | {_cell(r, 'dense_time_ratio', dense_target)} | "
             f"{dense_target or ''} | {_cell(r, 'memory_ratio', 1.02)} | {_cell(r, 'dense_memory_ratio', 1.02)} | "
-            f"{r.get('rounds', 1)} | {r.get('optim', 'adamw_torch')} |"  # rows before train.optim: torch's loop
+            f"{r.get('rounds', 1)} | {_optimizers(r)} |"
         )
     return "\n".join(lines)
 

@@ -90,6 +90,15 @@ def _nothing_written(tmp_path):
             ["method=finetune,finetune+random_update", "methods.random_update.threshold=-0.1"],
             ["methods.random_update", "threshold"],
         ),
+        # one task and MIGU told to skip the first: it would never act (the run = finetune's)
+        (
+            ["method=finetune,finetune+migu", "data.order=[alpha]"],
+            ["methods.migu.skip_first_task is true", "one task", "skip_first_task=false"],
+        ),
+        (
+            ["method=lora+random_update", "data.order=[alpha,beta]", "data.replace={beta: null}"],
+            ["methods.random_update.skip_first_task", "one task"],
+        ),
     ],
 )
 def test_a_mistake_is_one_line_and_exit_2_before_anything_runs(config_file, tmp_path, capsys, overrides, needles):

@@ -13,7 +13,7 @@ def write_run(folder, method, seed, learning, general):
     """A results.json with per-epoch curves for one task of len(learning) - 1 epochs (point 0: before)."""
     points = [{"task_index": 0, "epoch": e} for e in range(len(learning))]
     results = {
-        "model": "tiny", "method": method, "seed": seed, "sequence": ["code_mbpp"],
+        "model": "tiny", "method": method, "seed": seed, "sequence": ["code_mbpp"], "score_matrices": {},
         "curves": {"points": points, "scores": {
             "pass@1": {"higher_is_better": True, "columns": ["code_mbpp"], "values": [[v] for v in learning]},
             "lm_eval/acc": {"higher_is_better": True, "columns": ["hellaswag", "mean"],
@@ -58,3 +58,26 @@ def test_cli_and_errors(tmp_path, capsys):
         curves_figure([runs], tmp_path / "y.png", general="lm_eval/acc:piqa")
     with pytest.raises(ValueError, match="PNG"):
         curves_figure([runs], tmp_path / "y.pdf")
+
+
+def test_report_tables_of_the_curves(tmp_path):
+    """Per score column and epoch: mean ± std over seeds, and with minus without MIGU on the
+    same seed; an unfinished run's missing epochs are a dash, not a mean of fewer seeds."""
+    from migu.report.curve_tables import curve_effect_table, curve_table
+    from migu.report.tables import load_results
+
+    runs = tmp_path / "runs"
+    write_run(runs, "lora", 0, [0, 10, 20], [40, 38, 36])
+    write_run(runs, "lora", 1, [0, 12, 22], [40, 39, 35])
+    write_run(runs, "lora+migu", 0, [0, 9, 24], [40, 40, 39])
+    write_run(runs, "lora+migu", 1, [0, 11], [40, 41])  # stopped after its first epoch
+    loaded = load_results([runs])
+    table = curve_table(loaded).splitlines()
+    assert table[0] == "| score | column | model | order | method | seeds | epoch 0 | epoch 1 | epoch 2 |"
+    assert "| pass@1 | code_mbpp | tiny | code_mbpp | lora | 2 | 0.00 ± 0.00 | 11.00 ± 1.41 | 21.00 ± 1.41 |" in table
+    assert "| pass@1 | code_mbpp | tiny | code_mbpp | lora+migu | 2 | 0.00 ± 0.00 | 10.00 ± 1.41 | – |" in table
+    assert "| lm_eval/acc | mean | tiny | code_mbpp | lora+migu | 2 | 40.00 ± 0.00 | 40.50 ± 0.71 | – |" in table
+    effect = curve_effect_table(loaded, "migu").splitlines()
+    assert "| pass@1 | code_mbpp | tiny | lora | lora+migu | 2 | 0.00 ± 0.00 | -1.00 ± 0.00 | – |" in effect
+    assert "| lm_eval/acc | mean | tiny | lora | lora+migu | 2 | 0.00 ± 0.00 | 2.00 ± 0.00 | – |" in effect
+    assert curve_effect_table(loaded, "replay") == ""

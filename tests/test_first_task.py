@@ -82,12 +82,18 @@ def pretrained(tmp_path_factory):
     return folders
 
 
+class _FirstTaskDone(Exception):
+    """Raised by the task-end hook: the second task (there so that MIGU may skip the first, as
+    it does only in a sequence of several) need not train."""
+
+
 def _first_task(bench_dir, out, model, method, micro_batch_size, prior):
-    """A run of the first task alone: its trained parameters (the checkpoint after the task),
-    scores and training loss."""
+    """A run stopped after its first task: its trained parameters (the checkpoint after the
+    task), scores and training loss."""
     config = run_config({
         "model": str(model), "method": method, "seed": 0,
-        "data": {"root": str(bench_dir), "order": ["alpha"], "n_train": 8, "n_test": 4, "evaluate_tasks": "diagonal"},
+        "data": {"root": str(bench_dir), "order": ["alpha", "beta"], "n_train": 8, "n_test": 4,
+                 "evaluate_tasks": "diagonal"},
         "train": {"lr": 1e-2, "batch_size": 8, "micro_batch_size": micro_batch_size, "max_length": 24,
                   "eval_batch_size": 8},
         "methods": {"ewc": {"fisher_examples": 2}},
@@ -100,13 +106,17 @@ def _first_task(bench_dir, out, model, method, micro_batch_size, prior):
     np.random.seed(prior)
     saved = {}
 
-    def keep_checkpoint(index, state):
+    def keep_first_task(index, state):
         path = out / config.run_name() / "state" / state["checkpoint"]
-        saved.update(torch.load(path, weights_only=False)["model"])
+        saved["model"] = torch.load(path, weights_only=False)["model"]
+        saved["row"] = state["scores"]["rows"]["accuracy"][0]
+        (timing,) = [t for t in state["timings"] if t.get("task") == "alpha"]
+        saved["loss"] = timing["mean_loss"]
+        raise _FirstTaskDone
 
-    result = run(config, on_task_end=keep_checkpoint)
-    (timing,) = [t for t in result["timings"] if t.get("task") == "alpha"]
-    return saved, result["accuracy_matrix"][-1], timing["mean_loss"]
+    with pytest.raises(_FirstTaskDone):
+        run(config, on_task_end=keep_first_task)
+    return saved["model"], saved["row"], saved["loss"]
 
 
 # under finetune one micro-batch per step (MIGU's fast path would apply), else two (accumulation,
@@ -124,3 +134,22 @@ def test_first_task_is_the_same_with_and_without_migu(bench_dir, tmp_path, pretr
         assert not changed, f"{method}: {len(changed)} trained tensors differ after task 1, e.g. {changed[:3]}"
         assert loss == base[2], f"{method}: task-1 training loss {loss} vs {base[2]}"
         assert row == base[1], f"{method}: task-1 scores {row} vs {base[1]}"
+
+
+def test_a_one_task_sequence_needs_migu_to_mask_its_first_task(bench_dir, tmp_path):
+    """Skipping the first task of a one-task sequence (instruction tuning) would leave MIGU
+    nothing to do, and X+migu would train exactly as X: the runner refuses before it writes
+    anything (the CLI's check, in test_cli, says so before any run of a grid starts); told not to
+    skip, MIGU masks from the first step."""
+    raw = {
+        "model": "tiny-bert", "method": "finetune+migu", "seed": 0,
+        "data": {"root": str(bench_dir), "order": ["alpha"], "n_train": 8, "n_test": 4},
+        "train": {"lr": 1e-2, "batch_size": 8, "micro_batch_size": 8, "max_length": 24, "eval_batch_size": 8},
+        "output_dir": str(tmp_path / "out"), "progress": False,
+    }  # fmt: skip
+    with pytest.raises(ValueError, match=r"methods\.migu\.skip_first_task is true .* one task"):
+        run(run_config(raw))
+    assert not (tmp_path / "out").exists()
+    masked = run(run_config({**raw, "methods": {"migu": {"skip_first_task": False}}}))
+    (diagnostics,) = masked["diagnostics"]
+    assert diagnostics["migu"]["masked"] and 0.2 < diagnostics["migu"]["kept_fraction"] < 0.4

@@ -2,6 +2,7 @@
 they are measurements, made by their own commands on a quiet machine)."""
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -57,3 +58,23 @@ def test_profile_breakdown_charges_migu_scopes():
     migu_parts = out["migu"]["parts_ms"]
     assert migu_parts["statistic"] > 0 and migu_parts["fast.weight_grad: matmul"] > 0
     assert "fast.weight_grad: matmul" not in out["migu_dense"]["parts_ms"] and out["migu_dense"]["parts_ms"]["mask"] > 0
+
+
+def test_table_names_the_optimizer_of_time_and_memory(tmp_path):
+    """A memory-only rerun with another optimizer keeps the earlier timings: the table says which
+    optimizer each came from; rows from before ``train.optim`` read as torch's loop."""
+    speed = _load("speed")
+    row = {"plain_step_s": 1.0, "time_ratio": 0.9, "dense_time_ratio": 1.0, "memory_ratio": 1.0,
+           "dense_memory_ratio": 1.0}  # fmt: skip
+    rows = {
+        "_meta": {"cpu": "test cpu", "date": "today", "torch": "x"},
+        "old": row,
+        "fused": {**row, "optim": "adamw_torch_fused", "memory_optim": "adamw_torch_fused"},
+        "mixed": {**row, "optim": "adamw_torch", "memory_optim": "adamw_torch_fused"},
+    }
+    path = tmp_path / "speed.json"
+    path.write_text(json.dumps(rows))
+    lines = {line.split(" | ")[0].strip("| `"): line for line in speed.table(str(path)).splitlines()}
+    assert lines["old"].endswith("| adamw_torch |")
+    assert lines["fused"].endswith("| adamw_torch_fused |")
+    assert lines["mixed"].endswith("| time: adamw_torch, memory: adamw_torch_fused |")

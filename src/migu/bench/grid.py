@@ -65,6 +65,7 @@ def check_runs(configs: Iterable[RunConfig]) -> None:
     for config in configs:
         methods = build_methods(config.method, config.methods)
         check_evaluators(config.evaluators, source_kind(config.data))
+        _check_sequence(config, methods)
         key = json.dumps([config.model, config.method, config.methods], sort_keys=True, default=str)
         if key in seen:
             continue
@@ -75,6 +76,18 @@ def check_runs(configs: Iterable[RunConfig]) -> None:
             check_layers(config.model, methods)
         elif not config.model.startswith("tiny-"):
             model_config(config.model)
+
+
+def _check_sequence(config: RunConfig, methods: list[Any]) -> None:
+    """Each method's ``check_sequence`` where the order is a list (its length known before the
+    data loads, less the tasks ``data.replace`` drops; the runner checks the loaded sequence too)."""
+    order = config.data.order
+    if isinstance(order, str):
+        return
+    dropped = {name.lower() for name, stand_in in config.data.replace.items() if stand_in is None}
+    num_tasks = sum(1 for task in order if not (isinstance(task, str) and task.lower() in dropped))
+    for method in methods:
+        method.check_sequence(num_tasks)
 
 
 def _migu_config(method: Any) -> Any:

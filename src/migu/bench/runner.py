@@ -100,6 +100,7 @@ def run(config: RunConfig, on_task_end: TaskHook | None = None) -> dict[str, Any
         config = replace(config, progress=sys.stderr.isatty())
     sequence = load_tasks(config)  # bad data fails here, before anything is written
     methods = MethodStack(build_methods(config.method, config.methods))
+    methods.check_sequence(len(sequence))  # (before anything is written, as bad data)
     evaluators = build_evaluators(config.evaluators, sequence.kind)
     accelerator = make_accelerator(config.train)
     store = RunStore(Path(config.output_dir) / config.run_name(), accelerator.is_main_process)

@@ -46,6 +46,10 @@ class Method:
         """Once, before the first task; returns the model to train (possibly wrapped)."""
         return model
 
+    def check_sequence(self, num_tasks: int) -> None:
+        """Before a run starts: a ValueError naming the setting if the method cannot act on a
+        sequence of ``num_tasks`` tasks."""
+
     def before_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
         """Before training on a task; returns the model to train on it."""
         return model

@@ -41,6 +41,10 @@ class MethodStack:
             model = method.setup(model)
         return model
 
+    def check_sequence(self, num_tasks: int) -> None:
+        for method in self.methods:
+            method.check_sequence(num_tasks)
+
     def before_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
         # adapters a method adds here (IncLoRA, O-LoRA) start from the same draw whatever ran
         # before in this process (other runs of a sweep, other methods' draws), resumed or not

@@ -55,6 +55,16 @@ class Migu(Method):
         self.config = config or MiguMethodConfig()
         self.handle: MiguHandle | None = None
 
+    def check_sequence(self, num_tasks: int) -> None:
+        """Skipping the first task of a one-task sequence (instruction tuning) would leave MIGU
+        nothing to act on: the run would train exactly as without it."""
+        if num_tasks == 1 and self.config.skip_first_task:
+            raise ValueError(
+                f"methods.{self.name}.skip_first_task is true (the default: a sequence's first task trains "
+                f"unmasked) but the sequence has one task, so {self.name} would never act; "
+                f"set methods.{self.name}.skip_first_task=false"
+            )
+
     def before_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
         if self.handle is None:
             self.handle = MiguHandle(model, self.config.core)

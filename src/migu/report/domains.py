@@ -12,6 +12,7 @@ from typing import Any
 from .tables import _partners, _pm, label_of, order_of, score_matrices, without
 
 END_SCORES = ("end_accuracy", "end_macro_f1")
+END_SUMMARY = ("mean_accuracy", "mean_macro_f1", "first_two_macro_f1", "last_two_macro_f1")
 
 
 def has_end_tasks(runs: list[dict[str, Any]]) -> bool:
@@ -25,6 +26,17 @@ def end_scores(run: dict[str, Any], score: str) -> list[float | None]:
 
 def _mean(values: list[float | None]) -> float | None:
     return None if not values or any(v is None for v in values) else statistics.fmean(values)  # type: ignore[arg-type]
+
+
+def end_summary(accuracy: list[float | None], macro_f1: list[float | None]) -> dict[str, float | None]:
+    """The DAS averages of one model's end-task scores per domain (the paper's Table 4): mean
+    accuracy and macro-F1, and the macro-F1 means of the first two and the last two domains."""
+    return {
+        "mean_accuracy": _mean(accuracy),
+        "mean_macro_f1": _mean(macro_f1),
+        "first_two_macro_f1": _mean(macro_f1[:2]),
+        "last_two_macro_f1": _mean(macro_f1[-2:]),
+    }
 
 
 def end_task_table(runs: list[dict[str, Any]], by: tuple[str, ...] = ()) -> str:
@@ -49,12 +61,8 @@ def end_task_table(runs: list[dict[str, Any]], by: tuple[str, ...] = ()) -> str:
             acc = [end_scores(r, "end_accuracy") for r in members]
             mf1 = [end_scores(r, "end_macro_f1") for r in members]
             cells = [f"{_pm([m[d] for m in mf1])} ({_pm([a[d] for a in acc])})" for d in range(len(sequence))]
-            cells += [
-                _pm([_mean(a) for a in acc]),
-                _pm([_mean(m) for m in mf1]),
-                _pm([_mean(m[:2]) for m in mf1]),
-                _pm([_mean(m[-2:]) for m in mf1]),
-            ]
+            summaries = [end_summary(a, m) for a, m in zip(acc, mf1, strict=True)]
+            cells += [_pm([s[key] for s in summaries]) for key in END_SUMMARY]
             lines.append(f"| {model} | {method} | " + " | ".join(cells) + f" | {len(members)} |")
         lines.append("")
     return "\n".join(lines)
@@ -79,8 +87,8 @@ def domain_time_table(runs: list[dict[str, Any]], by: tuple[str, ...] = ()) -> s
         row["later"].append(statistics.fmean(seconds[1:]))
     for run, base in _partners(runs, lambda m: without(m, "migu"), by):
         if base is not None and len(domain_seconds(run)) > 1 and len(domain_seconds(base)) > 1:
-            ratio = sum(domain_seconds(run)[1:]) / sum(domain_seconds(base)[1:])
-            rows[(run["model"], label_of(run, by))]["ratio"].append(ratio)
+            later = sum(domain_seconds(run)[1:]) / sum(domain_seconds(base)[1:])
+            rows[(run["model"], label_of(run, by))]["ratio"].append(later)
     if not rows:
         return ""
     lines = ["| model | method | train s, first domain | train s per later domain | later domains: X+migu / X | runs |",

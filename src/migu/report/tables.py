@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -181,7 +181,7 @@ def format_matrix(run: dict[str, Any], score: str | None = None) -> str:
     )
 
 
-def _pm(values: list[float | None]) -> str:
+def _pm(values: Sequence[float | None]) -> str:
     """Mean ± std, "–" if any value is missing (a metric the schedule leaves out)."""
     if not values or any(v is None for v in values):
         return "–"
@@ -376,6 +376,9 @@ def report_markdown(
     from .domains import domain_sections  # (domains builds on this module)
 
     parts += domain_sections(runs, by, timings)
+    from .curve_tables import curve_sections
+
+    parts += curve_sections(runs, by, effect_of)
     if timings:
         parts += ["\n## Wall time per run\n", timing_table(runs, by)]
     if matrices:
