@@ -237,12 +237,17 @@ RUN_CONFIGS = [p for p in (Path(__file__).parents[1] / "configs").rglob("*.yaml"
 @pytest.mark.parametrize("path", sorted(str(p) for p in RUN_CONFIGS))
 def test_shipped_configs_are_valid(path):
     # every run config in configs/ (configs/accelerate/ holds Accelerate's) parses into a full run
-    # config for each of its methods
+    # config for each of its methods, whose methods can act on its sequence (a one-task
+    # instruction config once left MIGU skipping its only task)
+    from migu.bench.grid import _check_sequence
+
     raw = load_yaml(path)
     methods = raw.pop("method")
     for method in methods if isinstance(methods, list) else [methods]:
         config = run_config(apply_overrides(raw, [f"method={method}"]))
-        assert build_methods(config.method, config.methods)
+        built = build_methods(config.method, config.methods)
+        assert built
+        _check_sequence(config, built)
 
 
 @pytest.mark.parametrize("native", [False, True])
