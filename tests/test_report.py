@@ -68,14 +68,17 @@ def test_timing_table(tmp_path, capsys):
     run["timings"] = [
         {"task": None, "eval_seconds": 10.0},
         {"task": "a", "seconds": 30.0, "median_step_seconds": 3.0, "eval_seconds": 10.0},
-        {"task": "b", "seconds": 24.0, "median_step_seconds": 2.0, "eval_seconds": 10.0},
+        {"task": "b", "seconds": 24.0, "median_step_seconds": 2.0, "eval_seconds": 10.0, "epoch_end_seconds": 6.0},
     ]
     (tmp_path / "results.json").write_text(json.dumps(run))
     assert main(["report", str(tmp_path), "--timings", "--baseline", ""]) == 0
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("| m | o1 | finetune+migu | 0 |"))
-    # first task 30 s; later tasks 24 s at a median step of 2 s; 30 s of evaluation; 84 s in all
-    assert row.split(" | ")[4:9] == ["30.0", "24.0", "2.00", "30.0", "1.4 |"]
+    # first task 30 s; later tasks 24 s at a median step of 2 s; 36 s of evaluation (6 s of it at
+    # epoch ends, per-epoch curves); 90 s in all
+    assert row.split(" | ")[4:9] == ["30.0", "24.0", "2.00", "36.0", "1.5 |"]
+    summary = next(line for line in out.splitlines() if line.startswith("| m | o1 | finetune+migu |"))
+    assert summary.endswith("| 1 | 1.5 |")
 
 
 def test_effect_of_migu_pairs_each_method_with_itself_without_migu(tmp_path, capsys):

@@ -181,6 +181,12 @@ def format_matrix(run: dict[str, Any], score: str | None = None) -> str:
     )
 
 
+def _eval_seconds(timing: dict[str, Any]) -> float:
+    """Evaluation seconds of a timings entry: at the task's end and, for per-epoch curves, at its
+    epoch ends (``epoch_end_seconds``, which also holds the epoch checkpoints' saving)."""
+    return float(timing.get("eval_seconds", 0) + timing.get("epoch_end_seconds", 0))
+
+
 def _pm(values: Sequence[float | None]) -> str:
     """Mean ± std, "–" if any value is missing (a metric the schedule leaves out)."""
     if not values or any(v is None for v in values):
@@ -204,8 +210,7 @@ def summary_table(runs: list[dict[str, Any]], by: tuple[str, ...] = (), score: s
         if order == "all orders" and len(orders) < 2:
             continue
         ms = [summary_of(r, score) for r in members]
-        minutes = [sum(t.get("seconds", 0) + t.get("eval_seconds", 0) for t in r.get("timings", [])) / 60
-                   for r in members]  # fmt: skip
+        minutes = [sum(t.get("seconds", 0) + _eval_seconds(t) for t in r.get("timings", [])) / 60 for r in members]
         lines.append(
             f"| {model} | {order} | {method} | {_pm([m['aa'] for m in ms])} | {_pm([m['bwt'] for m in ms])} | "
             f"{_pm([m['forgetting'] for m in ms])} | {_pm([m['learning_accuracy'] for m in ms])} | "
@@ -301,7 +306,8 @@ def effect_table(runs: list[dict[str, Any]], component: str, by: tuple[str, ...]
 
 def timing_table(runs: list[dict[str, Any]], by: tuple[str, ...] = ()) -> str:
     """One row per run: training seconds of the first task (unmasked by MIGU's default) and of the
-    later tasks, the median seconds per optimizer step over the later tasks, evaluation seconds."""
+    later tasks, the median seconds per optimizer step over the later tasks, evaluation seconds
+    (epoch-end evaluations and checkpoints included)."""
     lines = ["| model | order | method | seed | train s, first task | train s, later tasks "
              "| median step s, later tasks | eval s | minutes |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for run in sorted(runs, key=lambda r: (r["model"], order_of(r), label_of(r, by), r["seed"])):
@@ -311,7 +317,7 @@ def timing_table(runs: list[dict[str, Any]], by: tuple[str, ...] = ()) -> str:
         later = trained[1:]
         steps = [t["median_step_seconds"] for t in later if "median_step_seconds" in t]
         step = f"{statistics.median(steps):.2f}" if steps else "-"
-        evals = sum(t.get("eval_seconds", 0) for t in run["timings"])
+        evals = sum(_eval_seconds(t) for t in run["timings"])
         total = sum(t.get("seconds", 0) for t in trained) + evals
         lines.append(
             f"| {run['model']} | {order_of(run)} | {label_of(run, by)} | {run['seed']} | {trained[0]['seconds']:.1f} | "
