@@ -81,3 +81,23 @@ def test_report_tables_of_the_curves(tmp_path):
     assert "| pass@1 | code_mbpp | tiny | lora | lora+migu | 2 | 0.00 ± 0.00 | -1.00 ± 0.00 | – |" in effect
     assert "| lm_eval/acc | mean | tiny | lora | lora+migu | 2 | 0.00 ± 0.00 | 2.00 ± 0.00 | – |" in effect
     assert curve_effect_table(loaded, "replay") == ""
+
+
+def test_report_of_one_task_runs_shows_curves_not_cl_metrics(tmp_path, capsys):
+    """AA, BWT and forgetting are undefined for one task: a forgetting of 0.00 would read as
+    "nothing forgotten" of an instruction-tuning run, whose general abilities may have moved."""
+    from migu.cli import main
+
+    runs = tmp_path / "runs"
+    write_run(runs, "lora", 0, [0, 10], [40, 30])
+    write_run(runs, "lora+migu", 0, [0, 8], [40, 38])
+    for path in runs.rglob("results.json"):
+        results = json.loads(path.read_text())
+        learned = results["curves"]["scores"]["pass@1"]["values"]
+        matrix = {"higher_is_better": True, "columns": ["code_mbpp"], "matrix": [learned[0], learned[-1]]}
+        results["score_matrices"] = {"pass@1": matrix}
+        path.write_text(json.dumps(results))
+    assert main(["report", str(runs), "--effect-of", "migu", "--baseline", ""]) == 0
+    out = capsys.readouterr().out
+    assert "## One-task runs" in out and "| forgetting |" not in out and "| AA |" not in out
+    assert "| lm_eval/acc | mean | tiny | lora | lora+migu | 1 | 0.00 | 8.00 |" in out

@@ -341,25 +341,9 @@ def flat_config(run: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def report_markdown(
-    runs: list[dict[str, Any]],
-    baseline: str | None = "finetune",
-    matrices: bool = False,
-    by: tuple[str, ...] = (),
-    timings: bool = False,
-    effect_of: tuple[str, ...] = (),
-    score: str | None = None,
-) -> str:
-    """Summary table, paired differences against ``baseline`` and, optionally, every matrix.
-
-    ``by``: dotted config keys (``train.lr``, ``methods.migu.threshold``) whose values split a
-    method into variants, for sweeps and ablations. Labels show only the keys that vary over
-    ``runs``, and only where a run sets them. ``score``: the score matrix the tables are of
-    (``choose_score``: accuracy by default); runs without it are counted under the summary."""
-    score = choose_score(runs, score)
-    lacking = [r for r in runs if score not in score_matrices(r)]
-    runs = [r for r in runs if score in score_matrices(r)]
-    by = varying_keys(runs, by)
+def _sequence_tables(runs: list[dict[str, Any]], baseline: str | None, by: tuple[str, ...],
+                     effect_of: tuple[str, ...], score: str, lacking: list[dict[str, Any]]) -> list[str]:  # fmt: skip
+    """The summary, paired differences against ``baseline`` and with/without each ``effect_of``."""
     if score == ACCURACY:
         parts = ["## Summary (mean ± std over seeds)\n", summary_table(runs, by)]
     else:
@@ -379,6 +363,39 @@ def report_markdown(
         effect = effect_table(runs, component, by, score)
         if effect:
             parts += [f"\n## With and without {component} (paired: same order and seed; mean ± std)\n", effect]
+    return parts
+
+
+def report_markdown(
+    runs: list[dict[str, Any]],
+    baseline: str | None = "finetune",
+    matrices: bool = False,
+    by: tuple[str, ...] = (),
+    timings: bool = False,
+    effect_of: tuple[str, ...] = (),
+    score: str | None = None,
+) -> str:
+    """Summary table, paired differences against ``baseline`` and, optionally, every matrix.
+
+    ``by``: dotted config keys (``train.lr``, ``methods.migu.threshold``) whose values split a
+    method into variants, for sweeps and ablations. Labels show only the keys that vary over
+    ``runs``, and only where a run sets them. ``score``: the score matrix the tables are of
+    (``choose_score``: accuracy by default); runs without it are counted under the summary."""
+    score = choose_score(runs, score)
+    lacking = [r for r in runs if score not in score_matrices(r)]
+    runs = [r for r in runs if score in score_matrices(r)]
+    by = varying_keys(runs, by)
+    # one task with per-epoch curves (instruction tuning): AA, BWT and forgetting are undefined
+    # there (a forgetting of 0.00 would read as "nothing forgotten"); its curves say what it learned
+    one_task = [r for r in runs if len(r.get("sequence") or ()) == 1 and r.get("curves")]
+    sequences = [r for r in runs if r not in one_task]
+    if sequences:
+        parts = _sequence_tables(sequences, baseline, by, effect_of, score, lacking)
+    else:
+        parts = ["## One-task runs\n\nAA, BWT and forgetting need a sequence of several tasks: what these runs "
+                 "learned and what they kept is in their curves below.\n"]  # fmt: skip
+    if one_task and sequences:
+        parts.append(f"\n{len(one_task)} one-task run(s) with curves are left out of the tables above.\n")
     from .domains import domain_sections  # (domains builds on this module)
 
     parts += domain_sections(runs, by, timings)
