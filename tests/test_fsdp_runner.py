@@ -25,6 +25,7 @@ def _corpus(root: Path) -> Path:
 def _raw(data: Path, out: Path) -> dict:
     return {
         "model": "tiny-llama", "method": "finetune+migu", "output_dir": str(out), "progress": False,
+        "save_model": True,
         "data": {"source": "jsonl", "kind": "corpus", "root": str(data), "order": ["d1", "d2"], "n_train": 8,
                  "n_test": 4},
         # a micro-batch of 4 split over 2 ranks; no dropout (its masks are drawn per process)
@@ -65,3 +66,12 @@ def test_fsdp_on_two_cpu_processes_matches_one_process_and_resumes(tmp_path):
     for a, b in zip(one["score_matrices"]["loss"]["matrix"], two["score_matrices"]["loss"]["matrix"], strict=True):
         assert b == pytest.approx(a, rel=1e-4)
     assert two["score_matrices"]["loss"]["matrix"][1] != one["score_matrices"]["loss"]["matrix"][0]  # it trained
+    # save_model under FSDP2: the weights gathered from the shards, as the unsharded run saved them
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    saved = [AutoModelForCausalLM.from_pretrained(d / config.run_name() / "model").state_dict() for d in
+             (tmp_path / "one", tmp_path / "two")]  # fmt: skip
+    assert saved[0].keys() == saved[1].keys()
+    for name, weight in saved[0].items():
+        torch.testing.assert_close(saved[1][name], weight, rtol=1e-3, atol=1e-5, msg=name)

@@ -142,13 +142,14 @@ def test_a_setting_added_later_at_its_default_keeps_old_fingerprints(bench_dir, 
 
     config = _config(bench_dir, tmp_path)
     assert config.data.evaluate_tasks == "all"
-    old = {k: v for k, v in config.to_dict().items() if k not in ("progress", "output_dir")}
+    old = {k: v for k, v in config.to_dict().items() if k not in ("progress", "output_dir", "save_model")}
     # what an earlier version hashed
     del old["data"]["evaluate_tasks"], old["data"]["kind"], old["data"]["evaluate_every"], old["evaluators"]
     del old["train"]["dropout"], old["train"]["optim"], old["format"]
     expected = hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:16]
     assert _fingerprint(config) == expected
     assert _fingerprint(replace(config, train=replace(config.train, optim="adamw_torch_fused"))) != expected
+    assert _fingerprint(replace(config, save_model=True)) == expected  # not part of the run's identity
     config.data.evaluate_tasks = "seen"
     assert _fingerprint(config) != expected
     with pytest.raises(ValueError, match="evaluate_tasks must be all, seen or diagonal"):

@@ -84,6 +84,10 @@ class RunConfig:
     (accuracy, macro-F1) for labelled options, ``lm_loss`` (loss, perplexity) for corpora and
     instruction pairs. See ``migu.evaluators``."""
     output_dir: str = "runs"
+    save_model: bool = False
+    """Save the trained model into ``RUN_DIR/model`` when the run ends (``save_pretrained``: a
+    PEFT model saves its adapters, any other model its weights; the tokenizer beside it), to load
+    with Transformers or PEFT. Not part of the run's identity: a finished run is not rerun for it."""
     name: str | None = None
     """Folder of the run under ``output_dir``; by default model-method-order-seed."""
     progress: bool | None = None

@@ -83,7 +83,7 @@ _ADDED_LATER: dict[tuple[str | None, str], Any] = {
 
 
 def _fingerprint(config: RunConfig) -> str:
-    settings = {k: v for k, v in config.to_dict().items() if k not in ("progress", "output_dir")}
+    settings = {k: v for k, v in config.to_dict().items() if k not in ("progress", "output_dir", "save_model")}
     for (section, key), value in _ADDED_LATER.items():
         node = settings if section is None else settings[section]
         if key in node and node[key] == value:
@@ -103,6 +103,9 @@ def run(config: RunConfig, on_task_end: TaskHook | None = None) -> dict[str, Any
     methods.check_sequence(len(sequence))  # (before anything is written, as bad data)
     evaluators = build_evaluators(config.evaluators, sequence.kind)
     accelerator = make_accelerator(config.train)
+    if config.save_model and accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise ValueError("save_model: not available when Accelerate shards the model (FSDP on GPUs, DeepSpeed); "
+                         "one process, DDP and migu's FSDP2 on CPU save it")  # fmt: skip
     store = RunStore(Path(config.output_dir) / config.run_name(), accelerator.is_main_process)
     with ExitStack() as stack:
         error = None
@@ -191,6 +194,10 @@ def _run(config: RunConfig, on_task_end: TaskHook | None, sequence: TaskSequence
     setting = Setting(config, sequence, methods, evaluators, fmt, accelerator, eval_context, save,
                       store.save_artifacts, resume_in_task, epoch_checkpoints)  # fmt: skip
     model = run_sequence(setting, model, state, on_task_end)
+    if config.save_model:  # before results.json: a finished run has its model
+        full = full_state_dict(model) if migu_shards(accelerator) else None  # (a collective)
+        saved = store.save_model(model, bundle.tokenizer, full)
+        say(f"{store.dir.name}: model saved to {saved}", is_main)
     results = _results(config, sequence, methods, state, fingerprint, store)
     store.write_results(results)
     return results

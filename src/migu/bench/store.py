@@ -4,6 +4,7 @@
     RUN_DIR/state/            progress.json + the checkpoint it names; deleted when the run ends
     RUN_DIR/results.json      the finished run (its presence means "done")
     RUN_DIR/artifacts/        per-task arrays of the methods (``migu.artifacts``)
+    RUN_DIR/model/            the trained model, with ``save_model: true`` (``save_pretrained``)
 
 Only the main process writes (``is_main``); the other ranks of a several-process run read the
 same folder (a shared filesystem) when they resume.
@@ -100,6 +101,26 @@ class RunStore:
         if self.is_main:
             write_json(self.dir / RESULTS, results)
             shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def save_model(self, model: Any, tokenizer: Any, state_dict: dict[str, Any] | None = None) -> Path | None:
+        """The trained model as Transformers and PEFT save it (a PEFT model: its adapters only;
+        ``state_dict``: the gathered weights of a sharded model) with its tokenizer, into
+        ``model/``; written beside it first and renamed, so that ``model/`` is whole or absent."""
+        if not self.is_main:
+            return None
+        final, tmp = self.dir / "model", self.dir / ".model.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        if hasattr(model, "save_pretrained"):
+            model.save_pretrained(tmp, state_dict=state_dict)
+        else:  # a migu wrapper (MaskedLM) keeps the Hugging Face model's names and config
+            tmp.mkdir(parents=True)
+            model.config.save_pretrained(tmp)
+            torch.save(state_dict if state_dict is not None else model.state_dict(), tmp / "pytorch_model.bin")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        return final
 
     # --- progress and checkpoints ---------------------------------------------------------------
     def load_progress(self) -> dict[str, Any] | None:
