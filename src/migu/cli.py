@@ -173,6 +173,20 @@ def cmd_magnitudes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .bench.evaluate import evaluate_saved
+    from .bench.store import write_json
+
+    scored = evaluate_saved(args.run_dir, args.overrides)
+    for name, by_column in scored["scores"].items():
+        cells = ", ".join(f"{column} {'–' if v is None else f'{v:.4g}'}" for column, v in by_column.items())
+        print(f"{name}: {cells}")
+    if args.out:
+        write_json(Path(args.out), scored)
+        print(args.out)
+    return 0
+
+
 def cmd_curves(args: argparse.Namespace) -> int:
     from .report.curves import curves_figure
 
@@ -237,6 +251,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_mag.add_argument("--channels", type=int, default=64, help="channels shown in the left panel")
     p_mag.add_argument("--threshold", type=float, default=0.7, help="MIGU's T for the top-channel overlap")
     p_mag.set_defaults(func=cmd_magnitudes)
+    p_eval = sub.add_parser("eval", help="score a finished run's saved model (save_model=true) again")
+    p_eval.add_argument("run_dir", help="the run's folder (holding results.json and model/)")
+    p_eval.add_argument("overrides", nargs="*", help="key=value on the run's config, e.g. "
+                        "evaluators.lm_eval.limit=500")  # fmt: skip
+    p_eval.add_argument("--out", help="also write the scores as JSON here")
+    p_eval.set_defaults(func=cmd_eval)
     p_cur = sub.add_parser("curves", help="learning and general-ability curves per epoch (PNG + CSV)")
     p_cur.add_argument("paths", nargs="+", help="results files or folders holding them (runs with "
                        "data.evaluate_every=epoch)")  # fmt: skip

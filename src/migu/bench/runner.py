@@ -52,6 +52,14 @@ def load_tasks(config: RunConfig) -> TaskSequence:
     return load_source(config.data, config.seed if config.data.seed is None else config.data.seed)
 
 
+def format_for(config: RunConfig, bundle: Any, kind: str) -> Any:
+    """The run's task format for the loaded model (``bundle``) and the data's task kind."""
+    options = {"evaluation": config.evaluation} if bundle.arch == "decoder" and kind == "options" else {}
+    options.update(config.format)
+    return make_format(bundle.arch, bundle.tokenizer, config.train.max_length, config.data.with_task_name,
+                       kind=kind, **options)  # fmt: skip
+
+
 def versions() -> dict[str, str]:
     import accelerate
     import peft
@@ -142,10 +150,7 @@ def _run(config: RunConfig, on_task_end: TaskHook | None, sequence: TaskSequence
     bundle = load_model(config.model, seed=config.seed, kind=sequence.kind)
     if config.train.dropout is not None:
         set_dropout(bundle.model, config.train.dropout)
-    options = {"evaluation": config.evaluation} if bundle.arch == "decoder" and sequence.kind == "options" else {}
-    options.update(config.format)
-    fmt = make_format(bundle.arch, bundle.tokenizer, config.train.max_length, config.data.with_task_name,
-                      kind=sequence.kind, **options)  # fmt: skip
+    fmt = format_for(config, bundle, sequence.kind)
     # methods' setup draws (adapters) whatever loading drew (a first-time conversion, a cache hit)
     torch.manual_seed(config.seed)
     model = methods.setup(bundle.model)

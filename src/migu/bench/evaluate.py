@@ -1,0 +1,83 @@
+"""Score a finished run's saved model again (``migu eval RUN_DIR``), with its evaluators or others.
+
+A run with ``save_model: true`` leaves its trained model in ``RUN_DIR/model``. This loads it back
+(a full model as a local model folder; a PEFT adapter onto the run's base model, loaded as the run
+loaded it) and evaluates it on the run's task sequence as the runner's last evaluation point does,
+with the run's config and any ``key=value`` overrides: ``evaluators.lm_eval.limit=500`` scores the
+general-ability suite on more documents than the run could afford at every epoch. With the run's
+own settings the scores equal those of its results file (``tests/test_eval_saved.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..evaluators import EvalContext, build_evaluators
+from ..methods.compose import MethodStack
+from ..models import load_model
+from ..train import make_accelerator
+from .config import RunConfig, apply_overrides, run_config
+from .protocol import Setting, evaluate
+from .runner import format_for, load_tasks, versions
+from .store import RESULTS, read_json
+
+
+def _adapters(folder: Path) -> list[Path]:
+    """The adapter folders PEFT wrote: the folder itself (adapter "default") or one per adapter."""
+    if (folder / "adapter_config.json").is_file():
+        return [folder]
+    return sorted(p for p in folder.iterdir() if (p / "adapter_config.json").is_file())
+
+
+def load_saved(config: RunConfig, folder: Path, kind: str) -> tuple[nn.Module, Any]:
+    """The saved model and its bundle (tokenizer, arch) for the run's task kind."""
+    adapters = _adapters(folder)
+    if not adapters:
+        bundle = load_model(str(folder), seed=config.seed, kind=kind)
+        return bundle.model, bundle
+    if len(adapters) > 1:
+        raise ValueError(f"{folder} holds {len(adapters)} adapters ({', '.join(p.name for p in adapters)}): "
+                         "migu eval loads a single adapter (lora and its combinations)")  # fmt: skip
+    from peft import PeftModel
+
+    bundle = load_model(config.model, seed=config.seed, kind=kind)
+    name = "default" if adapters[0] == folder else adapters[0].name
+    return PeftModel.from_pretrained(bundle.model, adapters[0], adapter_name=name), bundle
+
+
+def evaluate_saved(run_dir: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Scores of ``run_dir``'s saved model: ``{"scores": {name: {column: value}}, ...}``."""
+    run_dir = Path(run_dir)
+    results_path, folder = run_dir / RESULTS, run_dir / "model"
+    if not results_path.is_file():
+        raise FileNotFoundError(f"{results_path} does not exist: migu eval scores a finished run")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} does not exist: the run kept no model (run it with save_model=true)")
+    results = read_json(results_path, "results file")
+    config = run_config(apply_overrides(results["config"], list(overrides or [])))
+    config = replace(config, progress=False if config.progress is None else config.progress)
+    sequence = load_tasks(config)
+    evaluators = build_evaluators(config.evaluators, sequence.kind)
+    accelerator = make_accelerator(config.train)
+    model, bundle = load_saved(config, folder, sequence.kind)
+    model = model.to(accelerator.device).eval()
+    eval_context = EvalContext(config.train.eval_batch_size, config.train.mixed_precision, bool(config.progress),
+                               "", bundle.tokenizer, bundle.arch, 0, 1)  # fmt: skip
+    setting = Setting(config, sequence, MethodStack([]), evaluators, format_for(config, bundle, sequence.kind),
+                      accelerator, eval_context, save=lambda *a: None, save_artifacts=lambda *a: None)  # fmt: skip
+    start = time.perf_counter()
+    values, specs = evaluate(setting, model, len(sequence), "saved model", final=True)
+    return {
+        "run": str(run_dir),
+        "overrides": list(overrides or []),
+        "scores": {name: dict(zip(spec["columns"], values[name], strict=True)) for name, spec in specs.items()},
+        "higher_is_better": {name: spec["higher_is_better"] for name, spec in specs.items()},
+        "evaluators": config.evaluators,
+        "seconds": time.perf_counter() - start,
+        "versions": versions(),
+    }
