@@ -18,6 +18,16 @@ TOPICS = {
 }
 
 
+def write_corpus(root: Path, rows: int = 6) -> Path:
+    """Two tiny unlabelled domains (d1, d2) as the jsonl source reads them (corpus tasks)."""
+    for domain, words in (("d1", "cats purr softly"), ("d2", "stocks fell sharply")):
+        (root / domain).mkdir(parents=True)
+        for split in ("train", "test"):
+            lines = [{"text": f"{words} {i} {words}"} for i in range(rows)]
+            (root / domain / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return root
+
+
 def write_benchmark(root: Path, n_train: int = 24, n_test: int = 8) -> Path:
     """A tiny benchmark in the shared layout: three two-label tasks with learnable texts."""
     instructions = {"TC": [{"instruction": "What is the topic? Choose one from the option.\n"}],

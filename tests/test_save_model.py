@@ -4,6 +4,7 @@ run's final weights, and does not change the run's identity (fingerprint)."""
 
 import torch
 
+from conftest import write_corpus
 from migu.bench import run, run_config
 from migu.models import load_model
 
@@ -62,16 +63,9 @@ def test_lora_adapter_saved_and_loaded_with_peft(bench_dir, tmp_path):
 def test_masked_lm_wrapper_saved_as_its_hugging_face_model(tmp_path):
     """A corpus task on an encoder trains migu's MaskedLM (a *ForMaskedLM's children under their
     own names): saved with the config, it loads with AutoModelForMaskedLM."""
-    import json
-
     from transformers import AutoModelForMaskedLM
 
-    root = tmp_path / "data"
-    for domain, words in (("d1", "cats purr softly"), ("d2", "stocks fell sharply")):
-        (root / domain).mkdir(parents=True)
-        for split in ("train", "test"):
-            rows = [{"text": f"{words} {i} {words}"} for i in range(6)]
-            (root / domain / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    root = write_corpus(tmp_path / "data")
     config = run_config({
         "model": "tiny-bert", "method": "finetune", "output_dir": str(tmp_path / "out"), "progress": False,
         "save_model": True,
