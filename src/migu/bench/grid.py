@@ -86,8 +86,9 @@ def _check_sequence(config: RunConfig, methods: list[Any]) -> None:
         return
     dropped = {name.lower() for name, stand_in in config.data.replace.items() if stand_in is None}
     num_tasks = sum(1 for task in order if not (isinstance(task, str) and task.lower() in dropped))
-    for method in methods:
-        method.check_sequence(num_tasks)
+    from ..methods.compose import MethodStack
+
+    MethodStack(methods).check_sequence(num_tasks)
 
 
 def _migu_config(method: Any) -> Any:

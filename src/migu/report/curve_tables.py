@@ -9,7 +9,7 @@ import math
 from collections import defaultdict
 from typing import Any
 
-from .curves import _epochs
+from .curves import _epochs, column_values
 from .tables import _partners, _pm, label_of, order_of, without
 
 Curve = dict[tuple[str, str], dict[float, float | None]]
@@ -25,7 +25,7 @@ def run_curves(run: dict[str, Any]) -> Curve:
     out: Curve = {}
     for score, entry in curves.get("scores", {}).items():
         for index, column in enumerate(entry["columns"]):
-            values = [row[index] if row is not None and index < len(row) else None for row in entry["values"]]
+            values = column_values(entry, index)
             out[(score, column)] = {
                 x: None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
                 for x, v in zip(epochs, values, strict=True)

@@ -69,6 +69,11 @@ def _epochs(points: Sequence[dict[str, Any]]) -> list[float]:
     return [float(offsets[int(p["task_index"])] + int(p["epoch"])) for p in points]
 
 
+def column_values(entry: dict[str, Any], index: int) -> list[Any]:
+    """One column of a curve score's rows (``None`` where a row is missing or shorter)."""
+    return [row[index] if row is not None and index < len(row) else None for row in entry["values"]]
+
+
 def series(path: Path, score: str, column: str | None) -> Series | None:
     """One run's curve of ``score`` (None when the run has no such curve)."""
     results = json.loads(path.read_text(encoding="utf-8"))
@@ -80,8 +85,7 @@ def series(path: Path, score: str, column: str | None) -> Series | None:
     col = column or ("mean" if "mean" in columns else columns[-1])
     if col not in columns:
         raise ValueError(f"{path}: score {score!r} has no column {col!r}; columns: {', '.join(columns)}")
-    index = columns.index(col)
-    values = tuple(row[index] if row is not None and index < len(row) else None for row in entry["values"])
+    values = tuple(column_values(entry, columns.index(col)))
     run = path.parent.name
     return Series(str(results.get("method", run)), results.get("seed"), run, tuple(_epochs(curves["points"])), values)
 
