@@ -64,7 +64,7 @@ def test_report_tables_of_the_curves(tmp_path):
     """Per score column and epoch: mean ± std over seeds, and with minus without MIGU on the
     same seed; an unfinished run's missing epochs are a dash, not a mean of fewer seeds."""
     from migu.report.curve_tables import curve_effect_table, curve_table
-    from migu.report.tables import load_results
+    from migu.report.runs import load_results
 
     runs = tmp_path / "runs"
     write_run(runs, "lora", 0, [0, 10, 20], [40, 38, 36])

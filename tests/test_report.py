@@ -3,7 +3,8 @@
 import json
 
 from migu.cli import main
-from migu.report.tables import config_value, label_of, paired_table, summary_table, varying_keys
+from migu.report.runs import config_value, label_of, varying_keys
+from migu.report.tables import paired_table, summary_table
 
 
 def _run(method: str, seed: int, final: list[float], **config) -> dict:

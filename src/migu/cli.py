@@ -24,7 +24,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .bench import apply_overrides, load_yaml
     from .bench.grid import check_grid, run_grid
     from .report.figdata import variant_keys
-    from .report.tables import choose_score, format_matrix, report_markdown, summary_of
+    from .report.runs import choose_score, summary_of
+    from .report.tables import format_matrix, report_markdown
 
     raw = apply_overrides(load_yaml(args.config), args.overrides)
     configs = check_grid(raw)  # the whole grid, before its first run starts
@@ -56,7 +57,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .report.checks import check_options
-    from .report.tables import choose_score, load_results, report_markdown
+    from .report.runs import choose_score, load_results
+    from .report.tables import report_markdown
 
     runs = load_results(args.paths)
     score = choose_score(runs, args.score)

@@ -1,5 +1,6 @@
 """Reports built from results JSON files only."""
 
-from .tables import find_results, format_matrix, load_results, report_markdown
+from .runs import find_results, load_results
+from .tables import format_matrix, report_markdown
 
 __all__ = ["find_results", "format_matrix", "load_results", "report_markdown"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from .tables import ACCURACY, config_value, flat_config, label_of, order_of, score_matrices, varying_keys
+from .runs import ACCURACY, config_value, flat_config, label_of, order_of, score_matrices, varying_keys
 
 _NOT_SETTINGS = {"name", "output_dir", "progress"}
 

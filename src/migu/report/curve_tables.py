@@ -10,7 +10,8 @@ from collections import defaultdict
 from typing import Any
 
 from .curves import _epochs, column_values
-from .tables import _partners, _pm, label_of, order_of, without
+from .runs import label_of, order_of
+from .tables import _partners, _pm, without
 
 Curve = dict[tuple[str, str], dict[float, float | None]]
 """(score, column) -> {epoch: value} of one run."""

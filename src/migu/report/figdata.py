@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import metrics
 from ..artifacts import kept_row_masks, read_index
-from .tables import find_results, flat_config, order_of
+from .runs import find_results, flat_config, order_of
 
 REQUIRED = ("model", "method", "seed", "sequence")
 # config keys that never tell variants apart (bookkeeping) or are shown in a label already

@@ -33,7 +33,7 @@ import numpy as np
 
 from . import figdata
 from .figdata import NoMatchingRuns, Point, Score
-from .tables import order_of
+from .runs import order_of
 
 FIGURES = ("matrix", "overlap", "threshold", "ablation", "scatter", "seeds")
 DPI = 100
@@ -103,7 +103,8 @@ def _unique(out: Path, stem: str, taken: set[str]) -> Path:
 
 def matrix_figures(runs: list[tuple[dict[str, Any], Score]], out: Path, score: str) -> list[Path]:
     """One heatmap per run: rows before training and after each task, columns the scored tasks."""
-    paths, taken = [], set()
+    paths: list[Path] = []
+    taken: set[str] = set()
     for run, s in runs:
         values = np.array([[np.nan if v is None else v for v in row] for row in s.matrix], dtype=float)
         rows = ["(start)", *[f"after {t}" for t in run["sequence"]]]
@@ -245,13 +246,13 @@ def scatter_figure(runs: list[tuple[dict[str, Any], Score]], out: Path, score: s
     rows = []
     for (name, order), p in found.items():
         k = labels.index(name)
-        style = {"marker": markers[k % len(markers)], "color": f"C{k % 10}"}
+        style: dict[str, Any] = {"marker": markers[k % len(markers)], "color": f"C{k % 10}"}
         for run in p.runs:
             m = figdata.score_of(run, score).summary()  # type: ignore[union-attr]
             x = m["forgetting"] if use_forgetting else -m["bwt"]
             ax.scatter(x, m["learning_accuracy"], alpha=0.3, s=18, **style)
             rows.append([name, order, run["seed"], m["learning_accuracy"], None, x, None, measure])
-        x = p.forgetting if use_forgetting else (-p.bwt[0], p.bwt[1])
+        x = p.forgetting if use_forgetting and p.forgetting is not None else (-p.bwt[0], p.bwt[1])
         first = not any(r[0] == name and r[2] == "mean" for r in rows)
         ax.errorbar(x[0], p.learning[0], xerr=x[1], yerr=p.learning[1], ms=8, capsize=3, lw=1,
                     label=name if first else None, **style)  # fmt: skip

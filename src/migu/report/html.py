@@ -16,7 +16,8 @@ from pathlib import Path
 
 from .figdata import load_runs, variant_keys
 from .figures import Plotted, plot, slug
-from .tables import REQUIRED, report_markdown
+from .runs import REQUIRED
+from .tables import report_markdown
 
 STYLE = """
 body { font-family: sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }

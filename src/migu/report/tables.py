@@ -9,158 +9,26 @@ Every table is of one score (``score``: accuracy by default) read from the run's
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .. import metrics
-
-REQUIRED = ("model", "method", "seed", "sequence", "accuracy_matrix")
-"""The keys of a results file that scores accuracy (every file written before score matrices)."""
-KEYS = ("model", "method", "seed", "sequence")
-"""The keys every results file has, besides ``accuracy_matrix`` or ``score_matrices``."""
-ACCURACY = "accuracy"
-
-
-def find_results(paths: Iterable[str | Path]) -> list[Path]:
-    """Every ``results.json`` at or below the given files/folders, sorted."""
-    found: set[Path] = set()
-    for p in map(Path, paths):
-        if p.is_file():
-            found.add(p)
-        elif p.is_dir():
-            found.update(p.rglob("results.json"))
-        else:
-            raise FileNotFoundError(f"no results file or folder at {p}")
-    if not found:
-        raise FileNotFoundError(f"no results.json under {', '.join(map(str, paths))}")
-    return sorted(found)
-
-
-def load_results(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
-    """Every results file at or below ``paths``; a file that is not one is a one-line error
-    naming it and what to do."""
-    runs = []
-    for path in find_results(paths):
-        try:
-            run = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(
-                f"{path} is not valid JSON ({err}): a run writes it whole when it finishes, so it was "
-                "damaged or written by something else; delete it and rerun that run, or leave its folder out"
-            ) from None
-        if not isinstance(run, dict):
-            raise ValueError(f"{path} is not a migu results file (not a JSON object); leave it out of the paths")
-        missing = [k for k in KEYS if k not in run]
-        if not ("accuracy_matrix" in run or "score_matrices" in run):
-            missing.append("accuracy_matrix or score_matrices")
-        if missing:
-            raise ValueError(f"{path} is not a migu results file: missing {missing}; leave it out of the paths")
-        run["_path"] = str(path)
-        runs.append(run)
-    return runs
-
-
-def score_matrices(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """``{score: {"higher_is_better": bool, "matrix": [[...]], ...}}`` of a run; a file written
-    before score matrices has only its accuracy matrix."""
-    found = run.get("score_matrices") or {}
-    if ACCURACY in found or "accuracy_matrix" not in run:
-        return found
-    return {ACCURACY: {"higher_is_better": True, "matrix": run["accuracy_matrix"]}, **found}
-
-
-def _per_task(run: dict[str, Any], entry: dict[str, Any]) -> bool:
-    """A score matrix over the run's tasks (not a suite's own columns)."""
-    return entry.get("columns") in (None, run["sequence"])
-
-
-def choose_score(runs: list[dict[str, Any]], name: str | None = None) -> str:
-    """``name`` if some run has it (else a ValueError listing the scores); by default accuracy,
-    or else the first per-task score matrix of the runs."""
-    available: dict[str, None] = {}
-    for run in runs:
-        available.update(dict.fromkeys(score_matrices(run)))
-    if name is not None:
-        if name not in available:
-            raise ValueError(f"--score {name}: no run has this score; scores: {', '.join(available) or 'none'}")
-        return name
-    if ACCURACY in available:
-        return ACCURACY
-    per_task = [n for r in runs for n, e in score_matrices(r).items() if _per_task(r, e)]
-    return per_task[0] if per_task else next(iter(available))
-
-
-def summary_of(run: dict[str, Any], score: str = ACCURACY) -> dict[str, Any]:
-    """``metrics.summary`` of one of the run's score matrices, with the score's direction."""
-    cache = run.setdefault("_summaries", {})
-    if score not in cache:
-        entry = score_matrices(run)[score]
-        try:
-            cache[score] = metrics.summary(entry["matrix"], bool(entry.get("higher_is_better", True)))
-        except ValueError as err:
-            where = run.get("_path", run["method"])
-            raise ValueError(f"{where}: score {score!r} has no AA/BWT ({err})") from None
-    return cache[score]
+from .runs import (
+    ACCURACY,
+    choose_score,
+    config_value,
+    label_of,
+    order_of,
+    score_matrices,
+    summary_of,
+    varying_keys,
+)
 
 
 def _num(value: float | None, spec: str = ".2f") -> str:
     return "–" if value is None else format(value, spec)
-
-
-def order_of(run: dict[str, Any]) -> str:
-    order = run.get("config", {}).get("data", {}).get("order")
-    return order if isinstance(order, str) else " > ".join(run["sequence"])
-
-
-def config_value(run: dict[str, Any], key: str) -> str:
-    """A dotted config key of a run (``train.lr``, ``methods.migu.threshold``), as text; "-" if unset.
-
-    A method setting is read from the effective settings the run records (``method_settings``),
-    else from its config; one neither records (files written before ``method_settings``) is the
-    default for the run's combination of methods, e.g. MIGU's threshold from the paper's table
-    (0.4 with replay)."""
-    parts = key.split(".")
-    recorded = run.get("method_settings", {})
-    if len(parts) == 3 and parts[0] == "methods" and parts[2] in recorded.get(parts[1], {}):
-        return str(recorded[parts[1]][parts[2]])  # the effective settings a run records
-    value: Any = run.get("config", {})
-    for part in parts:
-        if not isinstance(value, dict) or part not in value:
-            return _default_setting(run, key)
-        value = value[part]
-    return str(value)
-
-
-def _default_setting(run: dict[str, Any], key: str) -> str:
-    parts = key.split(".")
-    if len(parts) != 3 or parts[0] != "methods" or parts[1] not in run["method"].split("+"):
-        return "-"
-    if "_effective" not in run:
-        from ..methods.registry import effective_method_settings
-
-        try:  # JSON round trip: tuples read as the lists a results file holds
-            settings = effective_method_settings(run["method"], run.get("config", {}).get("methods"))
-            run["_effective"] = json.loads(json.dumps(settings))
-        except ValueError:  # a method or setting this version no longer knows
-            run["_effective"] = {}
-    method = run["_effective"].get(parts[1], {})
-    return str(method[parts[2]]) if parts[2] in method else "-"
-
-
-def label_of(run: dict[str, Any], by: tuple[str, ...] = ()) -> str:
-    """The method, followed by the values of the ``by`` config keys that tell variants apart."""
-    values = [f"{k}={v}" for k in by if (v := config_value(run, k)) != "-"]
-    return run["method"] + (" [" + ", ".join(values) + "]" if values else "")
-
-
-def varying_keys(runs: list[dict[str, Any]], by: tuple[str, ...]) -> tuple[str, ...]:
-    """The ``by`` keys that take more than one value over ``runs`` (unset counts as a value, so
-    that a run setting a key is never merged with one leaving it at its default)."""
-    return tuple(k for k in by if len({config_value(r, k) for r in runs}) > 1)
 
 
 def format_matrix(run: dict[str, Any], score: str | None = None) -> str:
@@ -324,21 +192,6 @@ def timing_table(runs: list[dict[str, Any]], by: tuple[str, ...] = ()) -> str:
             f"{sum(t['seconds'] for t in later):.1f} | {step} | {evals:.1f} | {total / 60:.1f} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def flat_config(run: dict[str, Any]) -> dict[str, str]:
-    """The run's config as dotted keys (``methods.migu.threshold``) -> values as text."""
-    out: dict[str, str] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(value, f"{prefix}{key}.")
-        else:
-            out[prefix[:-1]] = json.dumps(node) if isinstance(node, list | tuple) else str(node)
-
-    walk(run.get("config", {}), "")
-    return out
 
 
 def _sequence_tables(runs: list[dict[str, Any]], baseline: str | None, by: tuple[str, ...],
