@@ -17,13 +17,13 @@ from typing import Any
 
 from torch import nn
 
-from ..evaluators import EvalContext, build_evaluators
+from ..evaluators import build_evaluators
 from ..methods.compose import MethodStack
 from ..models import load_model
 from ..train import make_accelerator
 from .config import RunConfig, apply_overrides, run_config
 from .protocol import Setting, evaluate
-from .runner import format_for, load_tasks, versions
+from .runner import eval_context_for, format_for, load_tasks, versions
 from .store import RESULTS, read_json
 
 
@@ -66,10 +66,9 @@ def evaluate_saved(run_dir: str | Path, overrides: list[str] | None = None) -> d
     accelerator = make_accelerator(config.train)
     model, bundle = load_saved(config, folder, sequence.kind)
     model = model.to(accelerator.device).eval()
-    eval_context = EvalContext(config.train.eval_batch_size, config.train.mixed_precision, bool(config.progress),
-                               "", bundle.tokenizer, bundle.arch, 0, 1)  # fmt: skip
-    setting = Setting(config, sequence, MethodStack([]), evaluators, format_for(config, bundle, sequence.kind),
-                      accelerator, eval_context, save=lambda *a: None, save_artifacts=lambda *a: None)  # fmt: skip
+    fmt = format_for(config, bundle, sequence.kind)
+    setting = Setting(config, sequence, MethodStack([]), evaluators, fmt, accelerator, eval_context_for(config, bundle),
+                      save=lambda *a: None, save_artifacts=lambda *a: None)  # fmt: skip
     start = time.perf_counter()
     values, specs = evaluate(setting, model, len(sequence), "saved model", final=True)
     return {

@@ -199,7 +199,7 @@ def run_sequence(setting: Setting, model: nn.Module, state: dict[str, Any],
                 setting.save(state, model, epoch)
 
         trained = train_task(model, setting.fmt, examples, methods, ctx, config.train, setting.accelerator,
-                             config.progress, on_epoch_end=epoch_end, resume=resume)  # fmt: skip
+                             bool(config.progress), on_epoch_end=epoch_end, resume=resume)  # fmt: skip
         if resume is not None:
             trained["resumed_after_epoch"] = resume.epoch
         say(f"task {index + 1}/{total} {task.name}: {trained['steps']} steps in {trained['seconds']:.1f} s, "

@@ -60,6 +60,12 @@ def format_for(config: RunConfig, bundle: Any, kind: str) -> Any:
                        kind=kind, **options)  # fmt: skip
 
 
+def eval_context_for(config: RunConfig, bundle: Any, rank: int = 0, world: int = 1) -> EvalContext:
+    """What the run's evaluators are given besides the model (batch size, precision, tokenizer)."""
+    return EvalContext(config.train.eval_batch_size, config.train.mixed_precision, bool(config.progress),
+                       "", bundle.tokenizer, bundle.arch, rank, world)  # fmt: skip
+
+
 def versions() -> dict[str, str]:
     import accelerate
     import peft
@@ -168,8 +174,7 @@ def _run(config: RunConfig, on_task_end: TaskHook | None, sequence: TaskSequence
     # rank evaluates every example
     sharded = accelerator.distributed_type != DistributedType.FSDP and not migu_shards(accelerator)
     rank, world = (accelerator.process_index, accelerator.num_processes) if sharded else (0, 1)
-    eval_context = EvalContext(config.train.eval_batch_size, config.train.mixed_precision, bool(config.progress),
-                               "", bundle.tokenizer, bundle.arch, rank, world)  # fmt: skip
+    eval_context = eval_context_for(config, bundle, rank, world)
 
     def save(state: dict[str, Any], model: torch.nn.Module, epoch: EpochState | None) -> None:
         full = full_state_dict(model)  # every rank takes part (FSDP gathers); rank 0 gets the tensors
