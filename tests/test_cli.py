@@ -99,6 +99,13 @@ def _nothing_written(tmp_path):
             ["method=lora+random_update", "data.order=[alpha,beta]", "data.replace={beta: null}"],
             ["methods.random_update.skip_first_task", "one task"],
         ),
+        # a string order that its source reads as one task (jsonl, skills, hub), not a named order
+        (
+            ["method=finetune,finetune+migu", "data.source=jsonl", "data.order=alpha"],
+            ["methods.migu.skip_first_task is true", "one task"],
+        ),
+        # MoELoRA's own layers would not load back from the saved model
+        (["method=finetune,moelora", "save_model=true"], ["save_model: moelora", "cannot load back"]),
     ],
 )
 def test_a_mistake_is_one_line_and_exit_2_before_anything_runs(config_file, tmp_path, capsys, overrides, needles):

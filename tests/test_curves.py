@@ -9,11 +9,11 @@ from migu.cli import main
 from migu.report.curves import collect, curves_figure
 
 
-def write_run(folder, method, seed, learning, general):
+def write_run(folder, method, seed, learning, general, task="code_mbpp"):
     """A results.json with per-epoch curves for one task of len(learning) - 1 epochs (point 0: before)."""
     points = [{"task_index": 0, "epoch": e} for e in range(len(learning))]
     results = {
-        "model": "tiny", "method": method, "seed": seed, "sequence": ["code_mbpp"], "score_matrices": {},
+        "model": "tiny", "method": method, "seed": seed, "sequence": [task], "score_matrices": {},
         "curves": {"points": points, "scores": {
             "pass@1": {"higher_is_better": True, "columns": ["code_mbpp"], "values": [[v] for v in learning]},
             "lm_eval/acc": {"higher_is_better": True, "columns": ["hellaswag", "mean"],
@@ -21,7 +21,7 @@ def write_run(folder, method, seed, learning, general):
             "loss": {"higher_is_better": False, "columns": ["code_mbpp"], "values": [[1.0]] * len(learning)},
         }},
     }  # fmt: skip
-    run = folder / f"{method}_seed{seed}"
+    run = folder / f"{method}_{task}_seed{seed}"
     run.mkdir(parents=True)
     (run / "results.json").write_text(json.dumps(results))
 
@@ -71,6 +71,8 @@ def test_report_tables_of_the_curves(tmp_path):
     write_run(runs, "lora", 1, [0, 12, 22], [40, 39, 35])
     write_run(runs, "lora+migu", 0, [0, 9, 24], [40, 40, 39])
     write_run(runs, "lora+migu", 1, [0, 11], [40, 41])  # stopped after its first epoch
+    write_run(runs, "lora", 0, [0, 50, 60], [40, 40, 40], task="gsm8k")  # another task: paired apart
+    write_run(runs, "lora+migu", 0, [0, 40, 70], [40, 40, 40], task="gsm8k")
     loaded = load_results([runs])
     table = curve_table(loaded).splitlines()
     assert table[0] == "| score | column | model | order | method | seeds | epoch 0 | epoch 1 | epoch 2 |"
@@ -78,8 +80,10 @@ def test_report_tables_of_the_curves(tmp_path):
     assert "| pass@1 | code_mbpp | tiny | code_mbpp | lora+migu | 2 | 0.00 ± 0.00 | 10.00 ± 1.41 | – |" in table
     assert "| lm_eval/acc | mean | tiny | code_mbpp | lora+migu | 2 | 40.00 ± 0.00 | 40.50 ± 0.71 | – |" in table
     effect = curve_effect_table(loaded, "migu").splitlines()
-    assert "| pass@1 | code_mbpp | tiny | lora | lora+migu | 2 | 0.00 ± 0.00 | -1.00 ± 0.00 | – |" in effect
-    assert "| lm_eval/acc | mean | tiny | lora | lora+migu | 2 | 0.00 ± 0.00 | 2.00 ± 0.00 | – |" in effect
+    assert effect[0] == "| score | column | model | order | without | with | pairs | epoch 0 | epoch 1 | epoch 2 |"
+    assert "| pass@1 | code_mbpp | tiny | code_mbpp | lora | lora+migu | 2 | 0.00 ± 0.00 | -1.00 ± 0.00 | – |" in effect
+    assert "| lm_eval/acc | mean | tiny | code_mbpp | lora | lora+migu | 2 | 0.00 ± 0.00 | 2.00 ± 0.00 | – |" in effect
+    assert "| pass@1 | code_mbpp | tiny | gsm8k | lora | lora+migu | 1 | 0.00 | -10.00 | 10.00 |" in effect
     assert curve_effect_table(loaded, "replay") == ""
 
 
@@ -100,4 +104,4 @@ def test_report_of_one_task_runs_shows_curves_not_cl_metrics(tmp_path, capsys):
     assert main(["report", str(runs), "--effect-of", "migu", "--baseline", ""]) == 0
     out = capsys.readouterr().out
     assert "## One-task runs" in out and "| forgetting |" not in out and "| AA |" not in out
-    assert "| lm_eval/acc | mean | tiny | lora | lora+migu | 1 | 0.00 | 8.00 |" in out
+    assert "| lm_eval/acc | mean | tiny | code_mbpp | lora | lora+migu | 1 | 0.00 | 8.00 |" in out

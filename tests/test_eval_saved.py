@@ -32,15 +32,21 @@ def test_saved_models_score_as_the_run_did(bench_dir, tmp_path, capsys):
         for score in ("accuracy", "macro_f1"):
             assert scored["scores"][score] == _final_row(result, score), (model, score)
         assert "accuracy: alpha" in capsys.readouterr().out
-    # an override: another evaluation split size is a different evaluation of the same model
-    assert main(["eval", str(run_dir), "data.n_test=2", "--out", str(tmp_path / "two.json")]) == 0
-    assert json.loads((tmp_path / "two.json").read_text())["overrides"] == ["data.n_test=2"]
+    # an override changes the evaluation of the same model: here, which tasks are scored
+    assert main(["eval", str(run_dir), "data.order=[beta]", "--out", str(tmp_path / "beta.json")]) == 0
+    scored = json.loads((tmp_path / "beta.json").read_text())
+    assert scored["overrides"] == ["data.order=[beta]"]
+    assert set(scored["scores"]["accuracy"]) == {"beta"} != set(_final_row(result, "accuracy"))
 
 
 def test_a_run_without_a_model_or_results_is_one_line(bench_dir, tmp_path, capsys):
     _, run_dir = _run(bench_dir, tmp_path, "tiny-bert", "finetune", save=False)
     capsys.readouterr()  # (the run's own log)
-    for folder, needle in ((run_dir, "save_model=true"), (tmp_path / "nothing", "results.json does not exist")):
+    damaged = tmp_path / "damaged"
+    (damaged / "model").mkdir(parents=True)
+    (damaged / "results.json").write_text("{}")
+    for folder, needle in ((run_dir, "save_model=true"), (tmp_path / "nothing", "results.json does not exist"),
+                           (damaged, "not a migu results file")):  # fmt: skip
         assert main(["eval", str(folder)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and needle in err[0], err

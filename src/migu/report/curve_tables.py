@@ -9,9 +9,9 @@ import math
 from collections import defaultdict
 from typing import Any
 
-from .curves import _epochs, column_values
+from .curves import column_values, epoch_positions
 from .runs import label_of, order_of
-from .tables import _partners, _pm, without
+from .tables import partners, pm, without
 
 Curve = dict[tuple[str, str], dict[float, float | None]]
 """(score, column) -> {epoch: value} of one run."""
@@ -22,7 +22,7 @@ def run_curves(run: dict[str, Any]) -> Curve:
     curves = run.get("curves") or {}
     if not curves.get("points"):
         return {}
-    epochs = _epochs(curves["points"])
+    epochs = epoch_positions(curves["points"])
     out: Curve = {}
     for score, entry in curves.get("scores", {}).items():
         for index, column in enumerate(entry["columns"]):
@@ -73,7 +73,7 @@ def curve_table(runs: list[dict[str, Any]], by: tuple[str, ...] = ()) -> str:
             mine = [c[(score, column)] for c in members if (score, column) in c]
             if not mine:
                 continue
-            values = [_pm([c.get(x) for c in mine]) for x in epochs]
+            values = [pm([c.get(x) for c in mine]) for x in epochs]
             lines.append(_row([score, column, model, order, method, len(mine), *values]))
     return "\n".join(lines) + "\n"
 
@@ -86,22 +86,23 @@ def curve_effect_table(runs: list[dict[str, Any]], component: str, by: tuple[str
     """Per score column and pair (``X`` and ``X+component``, same model, order and seed): the
     difference with minus without at every epoch, mean ± std over the pairs."""
     runs = [r for r in runs if run_curves(r)]
-    pairs: dict[tuple[str, str, str], list[tuple[Curve, Curve]]] = defaultdict(list)
-    for run, base in _partners(runs, lambda method: without(method, component), by):
+    pairs: dict[tuple[str, str, str, str], list[tuple[Curve, Curve]]] = defaultdict(list)
+    for run, base in partners(runs, lambda method: without(method, component), by):
         if base is not None:
-            pairs[(run["model"], label_of(base, by), label_of(run, by))].append((run_curves(base), run_curves(run)))
+            pair = (run["model"], order_of(run), label_of(base, by), label_of(run, by))
+            pairs[pair].append((run_curves(base), run_curves(run)))
     if not pairs:
         return ""
     keys, epochs = _keys(runs)
-    lines = _header(["score", "column", "model", "without", "with", "pairs"], epochs)
+    lines = _header(["score", "column", "model", "order", "without", "with", "pairs"], epochs)
     for score, column in keys:
-        for (model, base_label, label), members in sorted(pairs.items()):
+        for (model, order, base_label, label), members in sorted(pairs.items()):
             key = (score, column)
             both = [(b[key], w[key]) for b, w in members if key in b and key in w]
             if not both:
                 continue
-            values = [_pm([_minus(w.get(x), b.get(x)) for b, w in both]) for x in epochs]
-            lines.append(_row([score, column, model, base_label, label, len(both), *values]))
+            values = [pm([_minus(w.get(x), b.get(x)) for b, w in both]) for x in epochs]
+            lines.append(_row([score, column, model, order, base_label, label, len(both), *values]))
     return "\n".join(lines) + "\n"
 
 

@@ -58,7 +58,7 @@ def parse_score(spec: str) -> tuple[str, str | None]:
     return name, column or None
 
 
-def _epochs(points: Sequence[dict[str, Any]]) -> list[float]:
+def epoch_positions(points: Sequence[dict[str, Any]]) -> list[float]:
     per_task: dict[int, int] = defaultdict(int)
     for p in points:
         per_task[int(p["task_index"])] = max(per_task[int(p["task_index"])], int(p["epoch"]))
@@ -87,7 +87,8 @@ def series(path: Path, score: str, column: str | None) -> Series | None:
         raise ValueError(f"{path}: score {score!r} has no column {col!r}; columns: {', '.join(columns)}")
     values = tuple(column_values(entry, columns.index(col)))
     run = path.parent.name
-    return Series(str(results.get("method", run)), results.get("seed"), run, tuple(_epochs(curves["points"])), values)
+    epochs = tuple(epoch_positions(curves["points"]))
+    return Series(str(results.get("method", run)), results.get("seed"), run, epochs, values)
 
 
 def collect(paths: Iterable[str | Path], score: str, column: str | None) -> list[Series]:

@@ -10,7 +10,7 @@ from collections import defaultdict
 from typing import Any
 
 from .runs import label_of, order_of, score_matrices
-from .tables import _partners, _pm, without
+from .tables import partners, pm, without
 
 END_SCORES = ("end_accuracy", "end_macro_f1")
 END_SUMMARY = ("mean_accuracy", "mean_macro_f1", "first_two_macro_f1", "last_two_macro_f1")
@@ -61,9 +61,9 @@ def end_task_table(runs: list[dict[str, Any]], by: tuple[str, ...] = ()) -> str:
                 continue
             acc = [end_scores(r, "end_accuracy") for r in members]
             mf1 = [end_scores(r, "end_macro_f1") for r in members]
-            cells = [f"{_pm([m[d] for m in mf1])} ({_pm([a[d] for a in acc])})" for d in range(len(sequence))]
+            cells = [f"{pm([m[d] for m in mf1])} ({pm([a[d] for a in acc])})" for d in range(len(sequence))]
             summaries = [end_summary(a, m) for a, m in zip(acc, mf1, strict=True)]
-            cells += [_pm([s[key] for s in summaries]) for key in END_SUMMARY]
+            cells += [pm([s[key] for s in summaries]) for key in END_SUMMARY]
             lines.append(f"| {model} | {method} | " + " | ".join(cells) + f" | {len(members)} |")
         lines.append("")
     return "\n".join(lines)
@@ -86,7 +86,7 @@ def domain_time_table(runs: list[dict[str, Any]], by: tuple[str, ...] = ()) -> s
         row = rows[(run["model"], label_of(run, by))]
         row["first"].append(seconds[0])
         row["later"].append(statistics.fmean(seconds[1:]))
-    for run, base in _partners(runs, lambda m: without(m, "migu"), by):
+    for run, base in partners(runs, lambda m: without(m, "migu"), by):
         if base is not None and len(domain_seconds(run)) > 1 and len(domain_seconds(base)) > 1:
             later = sum(domain_seconds(run)[1:]) / sum(domain_seconds(base)[1:])
             rows[(run["model"], label_of(run, by))]["ratio"].append(later)
@@ -97,7 +97,7 @@ def domain_time_table(runs: list[dict[str, Any]], by: tuple[str, ...] = ()) -> s
     for (model, method), row in sorted(rows.items()):
         ratio = row.get("ratio")
         ratio_text = _ratio(ratio) if ratio else "–"
-        lines.append(f"| {model} | {method} | {_pm(row['first'])} | {_pm(row['later'])} | {ratio_text} | "
+        lines.append(f"| {model} | {method} | {pm(row['first'])} | {pm(row['later'])} | {ratio_text} | "
                      f"{len(row['later'])} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 

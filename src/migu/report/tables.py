@@ -55,7 +55,7 @@ def _eval_seconds(timing: dict[str, Any]) -> float:
     return float(timing.get("eval_seconds", 0) + timing.get("epoch_end_seconds", 0))
 
 
-def _pm(values: Sequence[float | None]) -> str:
+def pm(values: Sequence[float | None]) -> str:
     """Mean ± std, "–" if any value is missing (a metric the schedule leaves out)."""
     if not values or any(v is None for v in values):
         return "–"
@@ -80,8 +80,8 @@ def summary_table(runs: list[dict[str, Any]], by: tuple[str, ...] = (), score: s
         ms = [summary_of(r, score) for r in members]
         minutes = [sum(t.get("seconds", 0) + _eval_seconds(t) for t in r.get("timings", [])) / 60 for r in members]
         lines.append(
-            f"| {model} | {order} | {method} | {_pm([m['aa'] for m in ms])} | {_pm([m['bwt'] for m in ms])} | "
-            f"{_pm([m['forgetting'] for m in ms])} | {_pm([m['learning_accuracy'] for m in ms])} | "
+            f"| {model} | {order} | {method} | {pm([m['aa'] for m in ms])} | {pm([m['bwt'] for m in ms])} | "
+            f"{pm([m['forgetting'] for m in ms])} | {pm([m['learning_accuracy'] for m in ms])} | "
             f"{len(members)} | {sum(minutes) / len(minutes):.1f} |"
         )
     return "\n".join(lines) + "\n"
@@ -95,7 +95,7 @@ def _baseline_for(run: dict[str, Any], bases: list[dict[str, Any]], by: tuple[st
     return bases[0] if len(bases) == 1 else None
 
 
-def _partners(
+def partners(
     runs: list[dict[str, Any]], partner_of: Callable[[str], str | None], by: tuple[str, ...]
 ) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
     """(run, its partner run or None) for every run whose method ``partner_of`` maps to a partner
@@ -112,7 +112,7 @@ def _partners(
 def paired_table(runs: list[dict[str, Any]], baseline: str, by: tuple[str, ...] = (), score: str = ACCURACY) -> str:
     """Per method variant: AA and BWT minus the baseline's on the same (model, order, seed)."""
     diffs: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for run, base in _partners(runs, lambda method: None if method == baseline else baseline, by):
+    for run, base in partners(runs, lambda method: None if method == baseline else baseline, by):
         if base is None:
             continue
         a, b = summary_of(run, score), summary_of(base, score)
@@ -128,7 +128,7 @@ def paired_table(runs: list[dict[str, Any]], baseline: str, by: tuple[str, ...] 
         "|---|---|---|---|---|---|",
     ]
     for (model, method), d in sorted(diffs.items()):
-        lines.append(f"| {model} | {method} | {_pm(d['aa'])} | {_pm(d['bwt'])} | {_pm(d['first'])} | {len(d['aa'])} |")
+        lines.append(f"| {model} | {method} | {pm(d['aa'])} | {pm(d['bwt'])} | {pm(d['first'])} | {len(d['aa'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -148,7 +148,7 @@ def effect_table(runs: list[dict[str, Any]], component: str, by: tuple[str, ...]
     apart) are counted under the table."""
     pairs: dict[tuple[str, str, str], list[tuple[dict[str, Any], dict[str, Any]]]] = defaultdict(list)
     unpaired: dict[str, int] = defaultdict(int)
-    for run, base in _partners(runs, lambda method: without(method, component), by):
+    for run, base in partners(runs, lambda method: without(method, component), by):
         if base is None:
             unpaired[label_of(run, by)] += 1
         else:
@@ -163,8 +163,8 @@ def effect_table(runs: list[dict[str, Any]], component: str, by: tuple[str, ...]
         aa = [y["aa"] - x["aa"] for x, y in zip(b, w, strict=True)]
         bwt = [y["bwt"] - x["bwt"] for x, y in zip(b, w, strict=True)]
         lines.append(
-            f"| {model} | {base_label} | {label} | {_pm([x['aa'] for x in b])} | {_pm([y['aa'] for y in w])} | "
-            f"{_pm(aa)} | {_pm([x['bwt'] for x in b])} | {_pm([y['bwt'] for y in w])} | {_pm(bwt)} | {len(members)} |"
+            f"| {model} | {base_label} | {label} | {pm([x['aa'] for x in b])} | {pm([y['aa'] for y in w])} | "
+            f"{pm(aa)} | {pm([x['bwt'] for x in b])} | {pm([y['bwt'] for y in w])} | {pm(bwt)} | {len(members)} |"
         )
     if unpaired:
         lines.append("\nWithout a partner run (none, or several that --by does not tell apart): "
