@@ -1,6 +1,7 @@
 """``migu eval RUN_DIR``: a finished run's saved model, loaded back, scores what the run's last
-evaluation scored (full model and LoRA adapter); overrides change the evaluation; a run without a
-model or results is one line and exit 2."""
+evaluation scored (full model and LoRA adapter), and ``--base`` the model it started from as its
+before-training point did; overrides change the evaluation; a run without a model or results is
+one line and exit 2."""
 
 import json
 
@@ -18,9 +19,9 @@ def _run(bench_dir, out, model, method, save=True):
     return run(config), out / config.run_name()
 
 
-def _final_row(result, score):
+def _final_row(result, score, row=-1):
     entry = result["score_matrices"][score]
-    return dict(zip(entry["columns"], entry["matrix"][-1], strict=True))
+    return dict(zip(entry["columns"], entry["matrix"][row], strict=True))
 
 
 def test_saved_models_score_as_the_run_did(bench_dir, tmp_path, capsys):
@@ -32,6 +33,14 @@ def test_saved_models_score_as_the_run_did(bench_dir, tmp_path, capsys):
         for score in ("accuracy", "macro_f1"):
             assert scored["scores"][score] == _final_row(result, score), (model, score)
         assert "accuracy: alpha" in capsys.readouterr().out
+        # --base: the model the run started from scores as the run's before-training row
+        assert main(["eval", str(run_dir), "--base", "--out", str(out)]) == 0
+        scored = json.loads(out.read_text())
+        assert scored["model"] == "base"
+        for score in ("accuracy", "macro_f1"):
+            assert scored["scores"][score] == _final_row(result, score, row=0), (model, score)
+        if model == "tiny-bert":  # (the tiny decoder's generations score 0 before and after)
+            assert scored["scores"]["accuracy"] != _final_row(result, "accuracy")  # not the trained model
     # an override changes the evaluation of the same model: here, which tasks are scored
     assert main(["eval", str(run_dir), "data.order=[beta]", "--out", str(tmp_path / "beta.json")]) == 0
     scored = json.loads((tmp_path / "beta.json").read_text())

@@ -179,7 +179,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .bench.evaluate import evaluate_saved
     from .bench.store import write_json
 
-    scored = evaluate_saved(args.run_dir, args.overrides)
+    scored = evaluate_saved(args.run_dir, args.overrides, base=args.base)
     for name, by_column in scored["scores"].items():
         cells = ", ".join(f"{column} {'–' if v is None else f'{v:.4g}'}" for column, v in by_column.items())
         print(f"{name}: {cells}")
@@ -258,6 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_eval.add_argument("overrides", nargs="*", help="key=value on the run's config, e.g. "
                         "evaluators.lm_eval.limit=500")  # fmt: skip
     p_eval.add_argument("--out", help="also write the scores as JSON here")
+    p_eval.add_argument("--base", action="store_true", help="score the model the run started from (as its "
+                        "before-training point) instead of its saved model")  # fmt: skip
     p_eval.set_defaults(func=cmd_eval)
     p_cur = sub.add_parser("curves", help="learning and general-ability curves per epoch (PNG + CSV)")
     p_cur.add_argument("paths", nargs="+", help="results files or folders holding them (runs with "

@@ -5,7 +5,10 @@ A run with ``save_model: true`` leaves its trained model in ``RUN_DIR/model``. T
 loaded it) and evaluates it on the run's task sequence as the runner's last evaluation point does,
 with the run's config and any ``key=value`` overrides: ``evaluators.lm_eval.limit=500`` scores the
 general-ability suite on more documents than the run could afford at every epoch. With the run's
-own settings the scores equal those of its results file (``tests/test_eval_saved.py``).
+own settings the scores equal those of its results file (``tests/test_eval_saved.py``). ``--base``
+scores the model the run started from instead (its base model, without the methods' adapters,
+which start as no change), as the run's before-training point did: the other end of a forgetting
+measurement made with larger limits.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..evaluators import build_evaluators
@@ -50,14 +54,16 @@ def load_saved(config: RunConfig, folder: Path, kind: str) -> tuple[nn.Module, A
     return PeftModel.from_pretrained(bundle.model, adapters[0], adapter_name=name), bundle
 
 
-def evaluate_saved(run_dir: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Scores of ``run_dir``'s saved model: ``{"scores": {name: {column: value}}, ...}``."""
+def evaluate_saved(run_dir: str | Path, overrides: list[str] | None = None, base: bool = False) -> dict[str, Any]:
+    """Scores of ``run_dir``'s saved model: ``{"scores": {name: {column: value}}, ...}``; with
+    ``base``, of the model the run started from, as its before-training point evaluated it."""
     run_dir = Path(run_dir)
     results_path, folder = run_dir / RESULTS, run_dir / "model"
     if not results_path.is_file():
         raise FileNotFoundError(f"{results_path} does not exist: migu eval scores a finished run")
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} does not exist: the run kept no model (run it with save_model=true)")
+    if not base and not folder.is_dir():
+        raise FileNotFoundError(f"{folder} does not exist: the run kept no model (run it with save_model=true, "
+                                "or score its base model with --base)")  # fmt: skip
     results = read_json(results_path, "results file")
     if not isinstance(results, dict) or not isinstance(results.get("config"), dict):
         raise ValueError(f"{results_path} holds no run config: not a migu results file")
@@ -68,15 +74,24 @@ def evaluate_saved(run_dir: str | Path, overrides: list[str] | None = None) -> d
     accelerator = make_accelerator(config.train)
     if accelerator.num_processes > 1:
         raise ValueError("migu eval runs in one process: start it with python or migu, not a distributed launcher")
-    model, bundle = load_saved(config, folder, sequence.kind)
+    if base:  # as the runner loads it (a seeded load: tiny models and any newly drawn head)
+        torch.manual_seed(config.seed)
+        bundle = load_model(config.model, seed=config.seed, kind=sequence.kind)
+        model = bundle.model
+    else:
+        model, bundle = load_saved(config, folder, sequence.kind)
     model = model.to(accelerator.device).eval()
     fmt = format_for(config, bundle, sequence.kind)
     setting = Setting(config, sequence, MethodStack([]), evaluators, fmt, accelerator, eval_context_for(config, bundle),
                       save=lambda *a: None, save_artifacts=lambda *a: None)  # fmt: skip
     start = time.perf_counter()
-    values, specs = evaluate(setting, model, len(sequence), "saved model", final=True)
+    if base:
+        values, specs = evaluate(setting, model, 0, "base model", final=False)
+    else:
+        values, specs = evaluate(setting, model, len(sequence), "saved model", final=True)
     return {
         "run": str(run_dir),
+        "model": "base" if base else "saved",
         "overrides": list(overrides or []),
         "scores": {name: dict(zip(spec["columns"], values[name], strict=True)) for name, spec in specs.items()},
         "higher_is_better": {name: spec["higher_is_better"] for name, spec in specs.items()},
