@@ -85,10 +85,8 @@ def evaluate_saved(run_dir: str | Path, overrides: list[str] | None = None, base
     setting = Setting(config, sequence, MethodStack([]), evaluators, fmt, accelerator, eval_context_for(config, bundle),
                       save=lambda *a: None, save_artifacts=lambda *a: None)  # fmt: skip
     start = time.perf_counter()
-    if base:
-        values, specs = evaluate(setting, model, 0, "base model", final=False)
-    else:
-        values, specs = evaluate(setting, model, len(sequence), "saved model", final=True)
+    trained, when = (0, "base model") if base else (len(sequence), "saved model")
+    values, specs = evaluate(setting, model, trained, when, final=not base)
     return {
         "run": str(run_dir),
         "model": "base" if base else "saved",

@@ -115,10 +115,10 @@ def run(config: RunConfig, on_task_end: TaskHook | None = None) -> dict[str, Any
     sequence = load_tasks(config)  # bad data fails here, before anything is written
     methods = MethodStack(build_methods(config.method, config.methods))
     methods.check_sequence(len(sequence))  # (before anything is written, as bad data)
-    if config.save_model:
-        methods.check_save_model()
     evaluators = build_evaluators(config.evaluators, sequence.kind)
     accelerator = make_accelerator(config.train)
+    if config.save_model:
+        methods.check_save_model()
     if config.save_model and accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
         raise ValueError("save_model: not available when Accelerate shards the model (FSDP on GPUs, DeepSpeed); "
                          "one process, DDP and migu's FSDP2 on CPU save it")  # fmt: skip
