@@ -22,7 +22,6 @@ import torch
 from torch import nn
 
 from ..evaluators import build_evaluators
-from ..methods.compose import MethodStack
 from ..models import load_model
 from ..train import make_accelerator
 from .config import RunConfig, apply_overrides, run_config
@@ -82,8 +81,7 @@ def evaluate_saved(run_dir: str | Path, overrides: list[str] | None = None, base
         model, bundle = load_saved(config, folder, sequence.kind)
     model = model.to(accelerator.device).eval()
     fmt = format_for(config, bundle, sequence.kind)
-    setting = Setting(config, sequence, MethodStack([]), evaluators, fmt, accelerator, eval_context_for(config, bundle),
-                      save=lambda *a: None, save_artifacts=lambda *a: None)  # fmt: skip
+    setting = Setting.for_evaluation(config, sequence, evaluators, fmt, accelerator, eval_context_for(config, bundle))
     start = time.perf_counter()
     trained, when = (0, "base model") if base else (len(sequence), "saved model")
     values, specs = evaluate(setting, model, trained, when, final=not base)

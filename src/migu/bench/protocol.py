@@ -94,6 +94,13 @@ class Setting:
     epoch_checkpoints: bool = True
     """Save within tasks of several epochs (off where the optimizer's state is sharded)."""
 
+    @classmethod
+    def for_evaluation(cls, config: RunConfig, sequence: TaskSequence, evaluators: list[Evaluator], fmt: Any,
+                       accelerator: Any, eval_context: EvalContext) -> Setting:  # fmt: skip
+        """A setting that only evaluates (``migu eval``): no methods, nothing saved."""
+        return cls(config, sequence, MethodStack([]), evaluators, fmt, accelerator, eval_context,
+                   save=lambda *a: None, save_artifacts=lambda *a: None)  # fmt: skip
+
 
 def evaluate(setting: Setting, model: nn.Module, trained: int, when: str, final: bool
              ) -> tuple[dict[str, list[float | None]], dict[str, dict[str, Any]]]:  # fmt: skip
