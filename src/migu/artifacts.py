@@ -39,7 +39,7 @@ def save_artifact(root: str | Path, task_index: int, task: str, method: str, nam
     root = Path(root)
     folder = root / _folder(task_index, task)
     folder.mkdir(parents=True, exist_ok=True)
-    packed: dict[str, np.ndarray] = {}
+    packed: dict[str, Any] = {}  # (Any: numpy's stubs match **packed against allow_pickle)
     for key, value in arrays.items():
         array = np.asarray(value.detach().cpu() if hasattr(value, "detach") else value)
         if array.dtype == np.bool_:

@@ -154,4 +154,6 @@ def to_dict(config: Any) -> dict[str, Any]:
     own = getattr(config, "to_dict", None)
     if callable(own):
         return dict(own())
-    return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else {}
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return dataclasses.asdict(config)
+    return {}

@@ -97,7 +97,8 @@ def collect(config: Any, per_task: int = 5, split: str = "train", layer: str = "
                 inputs = tokenizer(_text(example, bundle.arch, config.data.with_task_name), truncation=True,
                                    max_length=config.train.max_length, return_tensors="pt")  # fmt: skip
                 if bundle.arch == "encoder_decoder":
-                    start = model.config.decoder_start_token_id
+                    model_config: Any = model.config
+                    start = model_config.decoder_start_token_id
                     inputs["decoder_input_ids"] = torch.tensor([[start]])
                 with torch.enable_grad():
                     model(**inputs)

@@ -103,7 +103,7 @@ def _review_text(sentence: str) -> str:
     return re.sub(r"(^|\n)Text:\s*", r"\1", text).strip()
 
 
-def _read_json_list(path: Path) -> list[dict[str, Any]]:
+def _read_json_list(path: Path) -> list[Any]:
     if not path.is_file():
         raise FileNotFoundError(f"das_cpu: missing file {path} (data.root must be the cl_benchmark folder)")
     rows = json.loads(path.read_text(encoding="utf-8"))

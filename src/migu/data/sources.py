@@ -90,7 +90,7 @@ def _cl_benchmark(data: Any, seed: int) -> TaskSequence:
 def _bbc(data: Any, seed: int) -> TaskSequence:
     from .bbc import bbc_sequence
 
-    kwargs = {} if isinstance(data.order, str) else {"tasks": [tuple(t) for t in data.order]}
+    kwargs: dict[str, Any] = {} if isinstance(data.order, str) else {"tasks": [list(t) for t in data.order]}
     return bbc_sequence(
         n_train=data.n_train or 200, n_test=data.n_test or 100, n_validation=data.n_validation, seed=seed, **kwargs
     )

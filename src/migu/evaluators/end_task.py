@@ -82,12 +82,13 @@ def end_task_model(model: nn.Module, arch: str) -> nn.Module:
     adapters merged, the MLM head dropped (encoders train their bare encoder), every parameter
     trainable."""
     clone = plain_copy(model)
-    while hasattr(clone, "module") and isinstance(clone.module, nn.Module):  # DDP-style wrappers
-        clone = clone.module
-    if hasattr(clone, "merge_and_unload"):  # PEFT: the adapters become part of the weights
-        clone = clone.merge_and_unload()
-    if arch == "encoder" and hasattr(clone, "encoder_model"):
-        clone = clone.encoder_model
+    while isinstance(inner := getattr(clone, "module", None), nn.Module):  # DDP-style wrappers
+        clone = inner
+    merge = getattr(clone, "merge_and_unload", None)
+    if callable(merge):  # PEFT: the adapters become part of the weights
+        clone = merge()
+    if arch == "encoder" and isinstance(encoder := getattr(clone, "encoder_model", None), nn.Module):
+        clone = encoder
     for param in clone.parameters():
         param.requires_grad_(True)
     return clone

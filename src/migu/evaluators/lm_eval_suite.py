@@ -178,6 +178,7 @@ class LmEvalSuite:
         except ImportError:
             raise ModuleNotFoundError("the lm_eval evaluator needs lm-eval: pip install 'migu[eval]'") from None
         cfg = self.config
+        specs: list[Any]  # task configs (packaged) or task names
         if cfg.source == "packaged":
             manager, specs = TaskManager(include_defaults=False), [packaged_config(t) for t in cfg.tasks]
         elif cfg.source == "lm_eval":

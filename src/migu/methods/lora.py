@@ -102,6 +102,12 @@ class OLora(IncLora):
         return olora_loss(model, f"task{ctx.index}", self.config.lambda1, self.config.lambda2)
 
 
+def _weight(layer: nn.Module) -> torch.Tensor:
+    weight = layer.weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
+
+
 def olora_loss(model: nn.Module, new: str, lambda1: float, lambda2: float) -> torch.Tensor | None:
     """lambda1 * sum over layers and earlier adapters of |A_new A_old^T| (L1)
     + lambda2 * sum over layers of (||A_new|| + ||B_new||) (Frobenius norms)."""
@@ -111,13 +117,15 @@ def olora_loss(model: nn.Module, new: str, lambda1: float, lambda2: float) -> to
         if not isinstance(lora_a, nn.ModuleDict) or new not in lora_a:
             continue
         found = True
-        a_new = lora_a[new].weight
+        a_new = _weight(lora_a[new])
         for name, old in lora_a.items():
             if name != new:
-                term = (a_new @ old.weight.detach().t()).abs().sum()
+                term = (a_new @ _weight(old).detach().t()).abs().sum()
                 orth = term if orth is None else orth + term
         if lambda2:
-            norm = a_new.norm() + module.lora_B[new].weight.norm()
+            lora_b = getattr(module, "lora_B", None)
+            assert isinstance(lora_b, nn.ModuleDict)  # (PEFT builds lora_B beside lora_A)
+            norm = a_new.norm() + _weight(lora_b[new]).norm()
             l2 = norm if l2 is None else l2 + norm
     if not found:
         raise ValueError(f"O-LoRA: no LoRA adapter named {new!r} in the model")

@@ -41,11 +41,12 @@ class MoeLoraLinear(nn.Module):
         self.dropout = nn.Dropout(dropout)
         fan_in, fan_out = _features(base)
         self.router = nn.Linear(fan_in, experts, bias=False)
-        self.lora_A = nn.ModuleList(nn.Linear(fan_in, r, bias=False) for _ in range(experts))
-        self.lora_B = nn.ModuleList(nn.Linear(r, fan_out, bias=False) for _ in range(experts))
-        for a, b in zip(self.lora_A, self.lora_B, strict=True):
+        downs = [nn.Linear(fan_in, r, bias=False) for _ in range(experts)]
+        ups = [nn.Linear(r, fan_out, bias=False) for _ in range(experts)]
+        for a, b in zip(downs, ups, strict=True):
             nn.init.kaiming_uniform_(a.weight, a=5**0.5)
             nn.init.zeros_(b.weight)
+        self.lora_A, self.lora_B = nn.ModuleList(downs), nn.ModuleList(ups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gates = torch.softmax(self.router(x), dim=-1)

@@ -79,7 +79,7 @@ def _tiny(kind: str) -> ModelBundle:
     common: dict[str, Any] = {"vocab_size": vocab, "pad_token_id": tokenizer.pad_token_id}
     if kind in ("bert", "roberta"):
         cfg_cls = tf.BertConfig if kind == "bert" else tf.RobertaConfig
-        cfg = cfg_cls(
+        encoder_cfg = cfg_cls(
             hidden_size=32,
             num_hidden_layers=2,
             num_attention_heads=4,
@@ -87,21 +87,21 @@ def _tiny(kind: str) -> ModelBundle:
             max_position_embeddings=514,
             **common,
         )
-        return ModelBundle(tf.AutoModel.from_config(cfg), tokenizer, "encoder", f"tiny-{kind}")
+        return ModelBundle(tf.AutoModel.from_config(encoder_cfg), tokenizer, "encoder", f"tiny-{kind}")
     if kind == "t5":
-        cfg = tf.T5Config(
+        t5_cfg = tf.T5Config(
             d_model=32,
             d_kv=8,
             d_ff=64,
             num_layers=2,
             num_heads=4,
-            decoder_start_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.sep_token_id,
             **common,
+            **{"decoder_start_token_id": tokenizer.pad_token_id},  # (a generic config key, not in T5Config's signature)
         )
-        return ModelBundle(tf.T5ForConditionalGeneration(cfg), tokenizer, "encoder_decoder", "tiny-t5")
+        return ModelBundle(tf.T5ForConditionalGeneration(t5_cfg), tokenizer, "encoder_decoder", "tiny-t5")
     if kind == "llama":
-        cfg = tf.LlamaConfig(
+        llama_cfg = tf.LlamaConfig(
             hidden_size=32,
             intermediate_size=64,
             num_hidden_layers=2,
@@ -111,9 +111,9 @@ def _tiny(kind: str) -> ModelBundle:
             eos_token_id=tokenizer.sep_token_id,
             **common,
         )
-        return ModelBundle(tf.LlamaForCausalLM(cfg), tokenizer, "decoder", "tiny-llama")
+        return ModelBundle(tf.LlamaForCausalLM(llama_cfg), tokenizer, "decoder", "tiny-llama")
     if kind == "gpt2":
-        cfg = tf.GPT2Config(
+        gpt2_cfg = tf.GPT2Config(
             n_embd=32,
             n_layer=2,
             n_head=4,
@@ -122,7 +122,7 @@ def _tiny(kind: str) -> ModelBundle:
             bos_token_id=tokenizer.cls_token_id,
             **common,
         )
-        return ModelBundle(tf.GPT2LMHeadModel(cfg), tokenizer, "decoder", "tiny-gpt2")
+        return ModelBundle(tf.GPT2LMHeadModel(gpt2_cfg), tokenizer, "decoder", "tiny-gpt2")
     raise ValueError(
         f"unknown tiny model 'tiny-{kind}'; choose tiny-bert, tiny-roberta, tiny-t5, tiny-llama, tiny-gpt2"
     )

@@ -30,9 +30,10 @@ import hashlib
 import importlib.util
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -40,11 +41,18 @@ from torch import nn
 
 from .loading import ModelBundle, cache_dir, register_model_builder
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
 
 class MaskedLM(nn.Module):
     """A Hugging Face ``*ForMaskedLM`` whose forward scores the asked positions only."""
 
-    def __init__(self, hf_model: nn.Module) -> None:
+    base_model_prefix: str
+    head_name: str
+    _decoder_name: str
+
+    def __init__(self, hf_model: PreTrainedModel) -> None:
         super().__init__()
         prefix = hf_model.base_model_prefix
         heads = [n for n, _ in hf_model.named_children() if n != prefix]
@@ -60,7 +68,7 @@ class MaskedLM(nn.Module):
         self._decoder_name = next(n for n, m in hf_model.named_modules() if m is decoder)
 
     @property
-    def encoder_model(self) -> nn.Module:
+    def encoder_model(self) -> PreTrainedModel:
         """The bare encoder (``bert``, ``roberta``): what the end tasks' options format trains."""
         return getattr(self, self.base_model_prefix)
 
@@ -119,7 +127,7 @@ def warmup_texts(limit: int) -> list[str]:
     return list(passages)[:limit]
 
 
-def _hash_tensors(digest: Any, named: list[tuple[str, torch.Tensor]]) -> None:
+def _hash_tensors(digest: Any, named: Sequence[tuple[str, torch.Tensor]]) -> None:
     for name, tensor in named:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())

@@ -131,7 +131,8 @@ class DecoderFormat:
 
     def _generate(self, model: nn.Module, examples: list[Example]) -> list[str]:
         longest = max(len(self._answer_ids(o, eos=False)) for e in examples for o in e.options)
-        rows = [(self._prompt_ids(e, self.max_length - longest - 1), []) for e in examples]
+        rows: list[tuple[list[int], list[int]]] = [(self._prompt_ids(e, self.max_length - longest - 1), [])
+                                                   for e in examples]  # fmt: skip
         batch = self._pad(rows, left=True)
         device = next(model.parameters()).device
         out = _unwrap(model).generate(

@@ -92,7 +92,7 @@ def set_dropout(model: nn.Module, p: float) -> None:
         if isinstance(module, nn.Dropout):
             module.p = p
         if isinstance(getattr(module, "attention_dropout", None), float):
-            module.attention_dropout = p
+            module.attention_dropout = p  # type: ignore[assignment]  # a float, not a submodule
 
 
 def epoch_seed(seed: int, index: int, epoch: int) -> int:
@@ -150,8 +150,8 @@ def train_task(
         raise ValueError("the model has no trainable parameter")
     generator = torch.Generator().manual_seed(epoch_seed(ctx.seed, ctx.index, 0))
     torch.manual_seed(epoch_seed(ctx.seed, ctx.index, 0))
-    loader = DataLoader(
-        examples,
+    loader: DataLoader[Example] = DataLoader(
+        examples,  # type: ignore[arg-type]  # (a list is a map-style dataset)
         batch_size=config.micro_batch_size,
         shuffle=True,
         generator=generator,  # type: ignore[arg-type]

@@ -39,7 +39,8 @@ def shard_model(model: nn.Module) -> nn.Module:
 
     if is_sharded(model):
         return model
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    get_base = getattr(model, "get_base_model", None)  # PEFT
+    base = get_base() if callable(get_base) else model
     blocks = set(getattr(base, "_no_split_modules", None) or ())
     reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() == "true"
     for module in model.modules():
