@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from migu.bench import RunInProgress, apply_overrides, load_yaml, run, run_config
+from migu.bench import RunInProgress, apply_overrides, config_fingerprint, load_yaml, run, run_config
 from migu.methods.registry import default_threshold, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +41,7 @@ MINILM = ROOT / "configs" / "cpu" / "minilm_long.yaml"
 SMOLLM2 = ROOT / "configs" / "cpu" / "smollm2_lora_long.yaml"
 CHOICE = ROOT / "benchmarks" / "results" / "minilm_standard" / "lr_choice.json"
 ORDERS = ("order4", "order5", "order6")
+DIFFERENT = "different config"
 FAMILIES = ("lora", "lora+migu", "finetune", "finetune+migu", "finetune+random_update", "inc_lora", "inc_lora+migu")
 
 
@@ -61,12 +62,15 @@ def _overrides(config: Path, method: str, order: str, seed: int, rates: dict[str
     return items
 
 
-def _status(run_dir: Path) -> str:
-    if (run_dir / "results.json").is_file():
-        return "done"
-    progress = run_dir / "state" / "progress.json"
-    if progress.is_file():
-        return f"{json.loads(progress.read_text()).get('completed', 0)} tasks done"
+def _status(run_dir: Path, fingerprint: str) -> str:
+    """done, N tasks done or pending; "different config" when the folder holds another config's
+    run (a changed --set or rate file), which the queue must not take as this run's."""
+    for path in (run_dir / "results.json", run_dir / "state" / "progress.json"):
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            if saved.get("fingerprint") != fingerprint:
+                return DIFFERENT
+            return "done" if path.name == "results.json" else f"{saved.get('completed', 0)} tasks done"
     return "pending"
 
 
@@ -80,7 +84,7 @@ def _task_log(name: str):
     return log
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "minilm_long"),
                         help="folder of the runs (an absolute path when running from another worktree)")  # fmt: skip
@@ -94,21 +98,27 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="override a config key for every run (repeatable); changes the runs' fingerprints",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     rates = json.loads(Path(args.choice_file).read_text())
     missing = sorted({m for c, m, _, _ in queue() if c == MINILM and m not in rates})
     if missing:
         parser.error(f"no rate for {missing} in {args.choice_file}")
-    skipped = 0
+    configs = []
     for config_path, method, order, seed in queue():
         raw = load_yaml(config_path)
         if args.data_root:
             raw["data"]["root"] = args.data_root
-        config = run_config(apply_overrides(raw, [*_overrides(config_path, method, order, seed, rates, out),
-                                                  *args.set]))  # fmt: skip
+        configs.append(run_config(apply_overrides(raw, [*_overrides(config_path, method, order, seed, rates, out),
+                                                        *args.set])))  # fmt: skip
+    clashes = [c.run_name() for c in configs if _status(out / c.run_name(), config_fingerprint(c)) == DIFFERENT]
+    if clashes and not args.list:  # before anything trains
+        parser.exit(2, f"cl_long.py: {out / clashes[0]} holds a run of a different config ({len(clashes)} such "
+                       "folder(s)); use another --out\n")  # fmt: skip
+    skipped = 0
+    for config in configs:
         name = config.run_name()
-        state = _status(out / name)
+        state = _status(out / name, config_fingerprint(config))
         print(f"== {name}  lr {config.train.lr:g}  [{state}]  {time.strftime('%H:%M:%S')}", flush=True)
         if args.list or state == "done":
             continue

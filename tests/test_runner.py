@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import torch
 import yaml
 
 from migu.bench import RunConfig, RunInProgress, apply_overrides, load_yaml, run, run_config
+from migu.bench.store import RunStore
 from migu.cli import main
 from migu.methods import build_methods
 from migu.report import load_results
@@ -51,6 +53,10 @@ def test_results_file(bench_dir, tmp_path):
     trained = [t for t in on_disk["timings"] if t["task"] is not None]
     assert [t["task"] for t in trained] == ["alpha", "beta", "gamma"]
     assert all(0 < t["median_step_seconds"] <= t["seconds"] for t in trained)
+    assert all(t["cpu_seconds"] > 0 and "load_average" in t for t in trained)
+    [code] = on_disk["code"]  # which code trained the tasks: one start, in this checkout
+    assert code["from_task"] == 1 and code["migu"] == on_disk["versions"]["migu"]
+    assert code["source"] is None or len(code["source"].split("+")[0]) == 12
     assert not (path.parent / "state").exists()
     # a finished run is not redone
     assert run(_config(bench_dir, tmp_path))["finished"] == on_disk["finished"]
@@ -78,7 +84,33 @@ def test_resume_after_kill_gives_same_numbers(bench_dir, tmp_path):
     resumed = run(config, on_task_end=lambda index, state: finished.append(index))
     assert finished == [2]  # only the third task was trained again
     assert resumed["resumed_at"] == [2]
+    assert [c["from_task"] for c in resumed["code"]] == [1, 3]  # the start and the resume
     assert resumed["accuracy_matrix"] == full["accuracy_matrix"]
+
+
+def test_a_lock_file_removed_between_open_and_lock_is_opened_again(tmp_path):
+    """A holder that ends between this process's open and lock removes the file it locked; a lock
+    on that removed file would let a third process take the run at the same time."""
+    fcntl = pytest.importorskip("fcntl")
+    store = RunStore(tmp_path / "run")
+    path = store.dir / "run.lock"
+    locked = []
+
+    class HolderEndsFirst:  # fcntl, but the other holder removes its lock file just before our first lock
+        LOCK_EX, LOCK_NB = fcntl.LOCK_EX, fcntl.LOCK_NB
+
+        @staticmethod
+        def flock(handle, op):
+            if not locked:
+                os.unlink(path)
+            locked.append(os.fstat(handle.fileno()).st_ino)
+            fcntl.flock(handle, op)
+
+    with store._lock_file(path, HolderEndsFirst) as handle:
+        assert len(locked) == 2  # opened again (the new file may reuse the freed inode number)
+        assert os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino  # the lock is on the file in place
+        with open(path) as third, pytest.raises(BlockingIOError):
+            fcntl.flock(third, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def test_a_run_held_by_another_process_is_refused_and_then_resumed(bench_dir, tmp_path, capsys):
@@ -128,17 +160,17 @@ def test_evaluating_seen_tasks_only_keeps_every_metric_but_fwt(bench_dir, tmp_pa
 
 def test_committed_results_keep_their_fingerprints():
     # every committed run is still recognised as finished by this version's config
-    from migu.bench.runner import _fingerprint
+    from migu.bench.runner import config_fingerprint
 
     files = sorted((Path(__file__).parents[1] / "benchmarks" / "results").rglob("results.json"))
     assert files
     for path in files:
         saved = json.loads(path.read_text())
-        assert _fingerprint(run_config(saved["config"])) == saved["fingerprint"], path
+        assert config_fingerprint(run_config(saved["config"])) == saved["fingerprint"], path
 
 
 def test_a_setting_added_later_at_its_default_keeps_old_fingerprints(bench_dir, tmp_path):
-    from migu.bench.runner import _fingerprint
+    from migu.bench.runner import config_fingerprint
 
     config = _config(bench_dir, tmp_path)
     assert config.data.evaluate_tasks == "all"
@@ -147,11 +179,11 @@ def test_a_setting_added_later_at_its_default_keeps_old_fingerprints(bench_dir, 
     del old["data"]["evaluate_tasks"], old["data"]["kind"], old["data"]["evaluate_every"], old["evaluators"]
     del old["train"]["dropout"], old["train"]["optim"], old["format"]
     expected = hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    assert _fingerprint(config) == expected
-    assert _fingerprint(replace(config, train=replace(config.train, optim="adamw_torch_fused"))) != expected
-    assert _fingerprint(replace(config, save_model=True)) == expected  # not part of the run's identity
+    assert config_fingerprint(config) == expected
+    assert config_fingerprint(replace(config, train=replace(config.train, optim="adamw_torch_fused"))) != expected
+    assert config_fingerprint(replace(config, save_model=True)) == expected  # not part of the run's identity
     config.data.evaluate_tasks = "seen"
-    assert _fingerprint(config) != expected
+    assert config_fingerprint(config) != expected
     with pytest.raises(ValueError, match="evaluate_tasks must be all, seen or diagonal"):
         _config(bench_dir, tmp_path, data={**_config_data(bench_dir), "evaluate_tasks": "unseen"})
 

@@ -1,13 +1,14 @@
 """The benchmark runner: task orders, runs, result files, resume."""
 
 from .config import DataConfig, RunConfig, apply_overrides, load_yaml, run_config
-from .runner import RunInProgress, load_tasks, run
+from .runner import RunInProgress, config_fingerprint, load_tasks, run
 
 __all__ = [
     "DataConfig",
     "RunConfig",
     "RunInProgress",
     "apply_overrides",
+    "config_fingerprint",
     "load_tasks",
     "load_yaml",
     "run",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import subprocess
 import sys
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -83,6 +84,25 @@ def versions() -> dict[str, str]:
     }
 
 
+def source_revision() -> str | None:
+    """The git commit of the checkout migu runs from, ``+dirty`` if its tracked source files
+    (``src``, ``configs``, ``benchmarks/*.py``) differ from it; None outside a git checkout."""
+    root = Path(__file__).resolve().parents[3]
+    if not (root / ".git").exists():
+        return None
+    try:
+        commit = _git(root, "rev-parse", "--short=12", "HEAD")
+        dirty = _git(root, "status", "--porcelain", "--untracked-files=no", "--", "src", "configs", "benchmarks/*.py")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
+def _git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=20,
+                          check=True).stdout.strip()  # fmt: skip
+
+
 # Settings added after results existed: at these values they leave a run's fingerprint as it was,
 # so that finished and interrupted runs of earlier versions are still recognised.
 _ADDED_LATER: dict[tuple[str | None, str], Any] = {
@@ -96,7 +116,9 @@ _ADDED_LATER: dict[tuple[str | None, str], Any] = {
 }
 
 
-def _fingerprint(config: RunConfig) -> str:
+def config_fingerprint(config: RunConfig) -> str:
+    """What identifies a run's results: a hash of its config without the keys that do not change
+    them (progress bars, output folder, keeping the model)."""
     settings = {k: v for k, v in config.to_dict().items() if k not in ("progress", "output_dir", "save_model")}
     for (section, key), value in _ADDED_LATER.items():
         node = settings if section is None else settings[section]
@@ -146,7 +168,7 @@ def _from_main(value: Any, accelerator: Any) -> Any:
 
 def _run(config: RunConfig, on_task_end: TaskHook | None, sequence: TaskSequence, methods: MethodStack,
          evaluators: list, accelerator: Any, store: RunStore) -> dict[str, Any]:  # fmt: skip
-    fingerprint = _fingerprint(config)
+    fingerprint = config_fingerprint(config)
     is_main = accelerator.is_main_process
     done = store.finished()
     if done is not None:
@@ -172,6 +194,9 @@ def _run(config: RunConfig, on_task_end: TaskHook | None, sequence: TaskSequence
     else:
         model = state.pop("_model")
         say(f"{store.dir.name}: resuming after task {state['completed']} of {len(sequence)}", is_main)
+    # which code trained which tasks (a run resumed under other code says so; older states lack it)
+    state.setdefault("code", []).append({"from_task": state["completed"] + 1, "source": source_revision(),
+                                         "migu": versions()["migu"]})  # fmt: skip
     if migu_shards(accelerator):  # after a resume has loaded the unsharded weights
         model = shard_model(model)
     # evaluation is sharded over ranks, except under FSDP, where every forward is a collective
@@ -305,6 +330,7 @@ def _results(config: RunConfig, sequence: TaskSequence, methods: MethodStack, st
         "started": state["started"],
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "resumed_at": state["resumed_at"],
+        "code": state.get("code", []),
     })  # fmt: skip
     if "curves" in state:
         curves = state["curves"]

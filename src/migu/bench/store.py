@@ -19,7 +19,7 @@ import shutil
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -73,14 +73,8 @@ class RunStore:
             yield
             return
         created = not self.dir.exists()
-        self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / LOCK
-        with open(path, "a+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.seek(0)
-                raise RunInProgress(f"{self.dir} is being run by another process ({handle.read().strip()})") from None
+        with self._lock_file(path, fcntl) as handle:
             try:
                 handle.seek(0)
                 handle.truncate()
@@ -91,6 +85,32 @@ class RunStore:
                 path.unlink(missing_ok=True)
                 if created and not any(self.dir.iterdir()):
                     self.dir.rmdir()  # a run that failed before writing anything leaves no folder
+
+    def _lock_file(self, path: Path, fcntl: Any) -> IO[str]:
+        """``path`` opened and locked, and still the file at ``path``: a holder that ends between
+        this process's open and lock removes the file it locked (and, having written nothing, the
+        folder), and a lock on a removed file guards nothing, so that case opens again."""
+        for _ in range(5):
+            self.dir.mkdir(parents=True, exist_ok=True)
+            try:
+                handle = open(path, "a+")  # noqa: SIM115 (returned: the caller closes it)
+            except FileNotFoundError:  # the folder went away with its last holder
+                continue
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip()
+                handle.close()
+                raise RunInProgress(f"{self.dir} is being run by another process ({holder})") from None
+            try:
+                current = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                return handle
+            handle.close()
+        raise RunInProgress(f"{self.dir}: its lock changed hands five times in a row; start again")
 
     # --- results --------------------------------------------------------------------------------
     def finished(self) -> dict[str, Any] | None:

@@ -114,6 +114,8 @@ class EpochState:
     """Training time so far; the epoch-end callbacks (evaluations, saves) are not counted."""
     optimizer: dict[str, Any] = field(repr=False)
     scheduler: dict[str, Any] = field(repr=False)
+    cpu_seconds: float = 0.0
+    """The process's CPU time in training so far (all its threads; 0 in checkpoints of older migu)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -140,8 +142,9 @@ def train_task(
     Under several processes each rank trains on its slice of every micro-batch (Accelerate's
     ``split_batches``), so the global batch is that of one process.
     Methods' moments are called with ``model`` itself, never with the wrapper that trains it.
-    Returns step count, mean loss, training seconds, the median seconds per optimizer step and the
-    seconds spent in ``on_epoch_end`` (in this process: not those before a resume)."""
+    Returns step count, mean loss, training seconds, the median seconds per optimizer step, the
+    seconds spent in ``on_epoch_end`` (in this process: not those before a resume), the process's
+    CPU seconds in training (all threads) and the machine's 1-minute load average at the end."""
     stack = methods if isinstance(methods, MethodStack) else MethodStack(methods)
     if not examples:
         raise ValueError(f"task {ctx.task.name!r} has no training examples")
@@ -168,17 +171,19 @@ def train_task(
         wrapped, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     losses: list[torch.Tensor] = []
     step_seconds: list[float] = []
-    done, first_epoch, trained_before = 0, 0, 0.0
+    done, first_epoch, trained_before, cpu_before = 0, 0, 0.0, 0.0
     if resume is not None:
         optimizer.load_state_dict(resume.optimizer)
         scheduler.load_state_dict(resume.scheduler)
         losses, step_seconds = list(resume.losses.to(accelerator.device).unbind()), list(resume.step_seconds)
         done, first_epoch, trained_before = resume.steps, resume.epoch, resume.seconds
+        cpu_before = resume.cpu_seconds
     bar = tqdm(total=steps, initial=done, desc=f"train {ctx.task.name}", unit="step", disable=not progress,
                leave=False)  # fmt: skip
     wrapped.train()
     start = last = time.perf_counter()
-    outside = 0.0  # seconds spent in on_epoch_end
+    cpu_start = time.process_time()
+    outside = cpu_outside = 0.0  # seconds (wall, CPU) spent in on_epoch_end
     for epoch in range(first_epoch, config.epochs):
         if epoch:  # the first epoch keeps the draws made since the task's seeding
             generator.manual_seed(epoch_seed(ctx.seed, ctx.index, epoch))
@@ -211,14 +216,15 @@ def train_task(
                     bar.set_postfix(loss=f"{float(losses[-1]):.3f}")
                 optimizer.zero_grad(set_to_none=True)
         if on_epoch_end is not None and epoch + 1 < config.epochs:
-            paused = time.perf_counter()
+            paused, cpu_paused = time.perf_counter(), time.process_time()
             wrapped.eval()
-            on_epoch_end(EpochState(epoch + 1, done, torch.stack(losses).cpu(), step_seconds,
-                                    trained_before + paused - start - outside, optimizer.state_dict(),
-                                    scheduler.state_dict()))  # fmt: skip
+            seconds, cpu = trained_before + paused - start - outside, cpu_before + cpu_paused - cpu_start - cpu_outside
+            on_epoch_end(EpochState(epoch + 1, done, torch.stack(losses).cpu(), step_seconds, seconds,
+                                    optimizer.state_dict(), scheduler.state_dict(), cpu))  # fmt: skip
             wrapped.train()
             last = time.perf_counter()
             outside += last - paused
+            cpu_outside += time.process_time() - cpu_paused
     bar.close()
     accelerator.free_memory()
     return {
@@ -228,4 +234,7 @@ def train_task(
         "seconds": trained_before + time.perf_counter() - start - outside,
         "median_step_seconds": statistics.median(step_seconds) if step_seconds else 0.0,
         "epoch_end_seconds": outside,
+        # wall seconds depend on what else ran: the CPU time and the machine's load tell
+        "cpu_seconds": cpu_before + time.process_time() - cpu_start - cpu_outside,
+        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
