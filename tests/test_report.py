@@ -68,16 +68,25 @@ def test_timing_table(tmp_path, capsys):
     run = _run("finetune+migu", 0, [80.0, 90.0])
     run["timings"] = [
         {"task": None, "eval_seconds": 10.0},
-        {"task": "a", "seconds": 30.0, "median_step_seconds": 3.0, "eval_seconds": 10.0},
-        {"task": "b", "seconds": 24.0, "median_step_seconds": 2.0, "eval_seconds": 10.0, "epoch_end_seconds": 6.0},
-    ]
+        {"task": "a", "seconds": 30.0, "median_step_seconds": 3.0, "eval_seconds": 10.0, "cpu_seconds": 20.0,
+         "load_average": 1.0},
+        {"task": "b", "seconds": 24.0, "median_step_seconds": 2.0, "eval_seconds": 10.0, "epoch_end_seconds": 6.0,
+         "cpu_seconds": 16.0, "load_average": 3.0},
+    ]  # fmt: skip
     (tmp_path / "results.json").write_text(json.dumps(run))
     assert main(["report", str(tmp_path), "--timings", "--baseline", ""]) == 0
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("| m | o1 | finetune+migu | 0 |"))
     # first task 30 s; later tasks 24 s at a median step of 2 s; 36 s of evaluation (6 s of it at
-    # epoch ends, per-epoch curves); 90 s in all
-    assert row.split(" | ")[4:9] == ["30.0", "24.0", "2.00", "36.0", "1.5 |"]
+    # epoch ends, per-epoch curves); 90 s in all; 36 CPU seconds in training; load 1 and 3
+    assert row.split(" | ")[4:11] == ["30.0", "24.0", "2.00", "36.0", "1.5", "0.6", "2.0 |"]
+    del run["timings"][1]["cpu_seconds"]  # a file from before CPU time was recorded
+    (tmp_path / "results.json").write_text(json.dumps(run))
+    assert main(["report", str(tmp_path), "--timings", "--baseline", ""]) == 0
+    row = next(
+        line for line in capsys.readouterr().out.splitlines() if line.startswith("| m | o1 | finetune+migu | 0 |")
+    )
+    assert row.split(" | ")[9] == "–"
     summary = next(line for line in out.splitlines() if line.startswith("| m | o1 | finetune+migu |"))
     assert summary.endswith("| 1 | 1.5 |")
 
@@ -97,17 +106,46 @@ def test_effect_of_migu_pairs_each_method_with_itself_without_migu(tmp_path, cap
         _run("olora+migu", 0, [50.0, 50.0]),  # no olora run: no row
     ]
     table = effect_table(runs, "migu")
-    rows = {line.split(" | ")[1]: line.split(" | ")[3:-1] for line in table.splitlines()[2:] if line.startswith("|")}
+    rows = {line.split(" | ")[2]: line.split(" | ")[4:-1] for line in table.splitlines()[2:] if line.startswith("|")}
     assert set(rows) == {"lora", "lora+replay"}
     assert table.rstrip().endswith("olora+migu (1)")
     assert rows["lora"][0] == "70.50 ± 0.71" and rows["lora"][1] == "72.00 ± 0.00"
     assert rows["lora"][2] == "1.50 ± 0.71"  # (66+78)/2 - (60+80)/2 = 2, (64+80)/2 - (62+80)/2 = 1
+    assert rows["lora"][6] == "1.50 ± 0.71"  # ΔLA: a[1,1] = final[0] + 2 and a[2,2] = final[1], so as ΔAA
     assert rows["lora+replay"][2] == "-0.50"
     for i, run in enumerate(runs):
         (tmp_path / f"r{i}").mkdir()
         (tmp_path / f"r{i}" / "results.json").write_text(json.dumps(run))
     assert main(["report", str(tmp_path), "--baseline", "", "--effect-of", "migu"]) == 0
     assert "With and without migu" in capsys.readouterr().out
+
+
+def test_effect_rows_per_order_and_over_all_orders_and_pairs_by_the_tasks_run():
+    from migu.report.tables import effect_table, summary_table
+
+    def on(order, run, sequence=("a", "b")):
+        run["config"]["data"]["order"] = order
+        run["sequence"] = list(sequence)
+        return run
+
+    runs = [
+        on("o1", _run("lora", 0, [60.0, 80.0])),
+        on("o1", _run("lora+migu", 0, [66.0, 78.0])),  # +2
+        on("o2", _run("lora", 0, [60.0, 80.0])),
+        on("o2", _run("lora+migu", 0, [56.0, 80.0])),  # -2
+        on("o3", _run("lora", 0, [60.0, 80.0]), ("a", "c")),  # o3 ran other tasks in one of the two runs:
+        on("o3", _run("lora+migu", 0, [60.0, 80.0])),  # no pair
+    ]
+    lines = [line.split(" | ") for line in effect_table(runs, "migu").splitlines() if line.startswith("| m |")]
+    assert [(cells[1], cells[6], cells[-1]) for cells in lines] == [
+        ("o1", "2.00", "1 |"),
+        ("o2", "-2.00", "1 |"),
+        ("all 2 orders", "0.00 ± 2.83", "2 |"),
+    ]
+    assert effect_table(runs, "migu").rstrip().endswith("lora+migu (1)")
+    # the summary's pooled row says how many orders it pools, per method
+    summary = summary_table(runs[:5])
+    assert "| m | all 3 orders | lora |" in summary and "| m | all 2 orders | lora+migu |" in summary
 
 
 def test_runs_that_are_not_seeds_of_each_other_are_refused(tmp_path, capsys):

@@ -55,6 +55,10 @@ def _eval_seconds(timing: dict[str, Any]) -> float:
     return float(timing.get("eval_seconds", 0) + timing.get("epoch_end_seconds", 0))
 
 
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
 def pm(values: Sequence[float | None]) -> str:
     """Mean ± std, "–" if any value is missing (a metric the schedule leaves out)."""
     if not values or any(v is None for v in values):
@@ -64,19 +68,23 @@ def pm(values: Sequence[float | None]) -> str:
 
 
 def summary_table(runs: list[dict[str, Any]], by: tuple[str, ...] = (), score: str = ACCURACY) -> str:
-    """One row per (model, order, method variant): AA, BWT, forgetting, learning accuracy, seeds, minutes."""
+    """One row per (model, order, method variant): AA, BWT, forgetting, learning accuracy, runs
+    (the seeds), minutes; and one over all of a method variant's orders where it ran several ("all
+    N orders": mean ± std over every run, seeds and orders)."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
         groups[(run["model"], order_of(run), label_of(run, by))].append(run)
+    orders: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for model, order, method in list(groups):
+        orders[(model, method)].add(order)
     for run in runs:
-        groups[(run["model"], "all orders", label_of(run, by))].append(run)
+        covered = orders[(run["model"], label_of(run, by))]
+        if len(covered) > 1:
+            groups[(run["model"], f"all {len(covered)} orders", label_of(run, by))].append(run)
     learned = "new-task acc." if score == ACCURACY else f"new-task {score}"
-    lines = [f"| model | order | method | AA | BWT | forgetting | {learned} | seeds | minutes/run |",
+    lines = [f"| model | order | method | AA | BWT | forgetting | {learned} | runs | minutes/run |",
              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    orders = {order_of(r) for r in runs}
     for (model, order, method), members in sorted(groups.items()):
-        if order == "all orders" and len(orders) < 2:
-            continue
         ms = [summary_of(r, score) for r in members]
         minutes = [sum(t.get("seconds", 0) + _eval_seconds(t) for t in r.get("timings", [])) / 60 for r in members]
         lines.append(
@@ -100,13 +108,14 @@ def partners(
 ) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
     """(run, its partner run or None) for every run whose method ``partner_of`` maps to a partner
     method: the partner's run on the same model, order and seed (and ``by`` values, if it must)."""
-    index: dict[tuple[str, str, str, Any], list[dict[str, Any]]] = defaultdict(list)
-    for r in runs:
-        index[(r["model"], r["method"], order_of(r), r["seed"])].append(r)
+    index: dict[tuple[str, str, str, tuple[str, ...], Any], list[dict[str, Any]]] = defaultdict(list)
+    for r in runs:  # (and the tasks run: one order with a task dropped is another)
+        index[(r["model"], r["method"], order_of(r), tuple(r["sequence"]), r["seed"])].append(r)
     for run in runs:
         method = partner_of(run["method"])
         if method is not None:
-            yield run, _baseline_for(run, index.get((run["model"], method, order_of(run), run["seed"]), []), by)
+            key = (run["model"], method, order_of(run), tuple(run["sequence"]), run["seed"])
+            yield run, _baseline_for(run, index.get(key, []), by)
 
 
 def paired_table(runs: list[dict[str, Any]], baseline: str, by: tuple[str, ...] = (), score: str = ACCURACY) -> str:
@@ -142,30 +151,42 @@ def without(method: str, component: str) -> str | None:
 
 
 def effect_table(runs: list[dict[str, Any]], component: str, by: tuple[str, ...] = (), score: str = ACCURACY) -> str:
-    """Every run whose method includes ``component`` next to the run of the same model, order and
-    seed without it (each with its own chosen rate): AA and BWT of both and their paired difference,
-    over all orders and seeds. Runs without a partner (or with several that ``by`` cannot tell
-    apart) are counted under the table."""
-    pairs: dict[tuple[str, str, str], list[tuple[dict[str, Any], dict[str, Any]]]] = defaultdict(list)
+    """Every run whose method includes ``component`` next to the run of the same model, tasks and
+    seed without it (each with its own chosen rate): AA and BWT of both and their paired
+    differences, and the paired difference of learning accuracy (ΔLA: each task right after its own
+    training), per order and, where a pair ran several, over all its orders ("all N orders").
+    Runs without a partner (or with several that ``by`` cannot tell apart) are counted under the table."""
+    Pair = tuple[dict[str, Any], dict[str, Any]]
+    pairs: dict[tuple[str, str, str], dict[str, list[Pair]]] = defaultdict(lambda: defaultdict(list))
     unpaired: dict[str, int] = defaultdict(int)
     for run, base in partners(runs, lambda method: without(method, component), by):
         if base is None:
             unpaired[label_of(run, by)] += 1
         else:
-            pairs[(run["model"], label_of(base, by), label_of(run, by))].append((base, run))
+            pairs[(run["model"], label_of(base, by), label_of(run, by))][order_of(run)].append((base, run))
     if not pairs and not unpaired:
         return ""
-    lines = [f"| model | without {component} | with | AA | AA with | ΔAA | BWT | BWT with | ΔBWT | pairs |",
-             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for (model, base_label, label), members in sorted(pairs.items()):
-        b = [summary_of(x, score) for x, _ in members]
-        w = [summary_of(y, score) for _, y in members]
-        aa = [y["aa"] - x["aa"] for x, y in zip(b, w, strict=True)]
-        bwt = [y["bwt"] - x["bwt"] for x, y in zip(b, w, strict=True)]
-        lines.append(
-            f"| {model} | {base_label} | {label} | {pm([x['aa'] for x in b])} | {pm([y['aa'] for y in w])} | "
-            f"{pm(aa)} | {pm([x['bwt'] for x in b])} | {pm([y['bwt'] for y in w])} | {pm(bwt)} | {len(members)} |"
-        )
+    lines = [f"| model | order | without {component} | with | AA | AA with | ΔAA | BWT | BWT with | ΔBWT | ΔLA "
+             "| pairs |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for (model, base_label, label), by_order in sorted(pairs.items()):
+        rows = sorted(by_order.items())
+        if len(rows) > 1:
+            rows.append((f"all {len(rows)} orders", [p for _, members in rows for p in members]))
+        for order, members in rows:
+            b = [summary_of(x, score) for x, _ in members]
+            w = [summary_of(y, score) for _, y in members]
+            d = {k: [_minus(y[k], x[k]) for x, y in zip(b, w, strict=True)] for k in ("aa", "bwt", "learning_accuracy")}
+            cells = [
+                pm([x["aa"] for x in b]),
+                pm([y["aa"] for y in w]),
+                pm(d["aa"]),
+                pm([x["bwt"] for x in b]),
+                pm([y["bwt"] for y in w]),
+                pm(d["bwt"]),
+                pm(d["learning_accuracy"]),
+                str(len(members)),
+            ]
+            lines.append(f"| {model} | {order} | {base_label} | {label} | " + " | ".join(cells) + " |")
     if unpaired:
         lines.append("\nWithout a partner run (none, or several that --by does not tell apart): "
                      + ", ".join(f"{k} ({v})" for k, v in sorted(unpaired.items())))  # fmt: skip
@@ -175,9 +196,12 @@ def effect_table(runs: list[dict[str, Any]], component: str, by: tuple[str, ...]
 def timing_table(runs: list[dict[str, Any]], by: tuple[str, ...] = ()) -> str:
     """One row per run: training seconds of the first task (unmasked by MIGU's default) and of the
     later tasks, the median seconds per optimizer step over the later tasks, evaluation seconds
-    (epoch-end evaluations and checkpoints included)."""
+    (epoch-end evaluations and checkpoints included), minutes in all; and, recorded since
+    2026-12-01, the process's CPU minutes in training and the machine's mean load at the tasks'
+    ends (wall times grow with what else runs; CPU time much less): "–" in older files."""
     lines = ["| model | order | method | seed | train s, first task | train s, later tasks "
-             "| median step s, later tasks | eval s | minutes |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| median step s, later tasks | eval s | minutes | train CPU min | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for run in sorted(runs, key=lambda r: (r["model"], order_of(r), label_of(r, by), r["seed"])):
         trained = [t for t in run.get("timings", []) if t.get("task") is not None]
         if not trained:
@@ -187,9 +211,13 @@ def timing_table(runs: list[dict[str, Any]], by: tuple[str, ...] = ()) -> str:
         step = f"{statistics.median(steps):.2f}" if steps else "-"
         evals = sum(_eval_seconds(t) for t in run["timings"])
         total = sum(t.get("seconds", 0) for t in trained) + evals
+        cpu = [t.get("cpu_seconds") for t in trained]
+        loads = [t["load_average"] for t in trained if t.get("load_average") is not None]
         lines.append(
             f"| {run['model']} | {order_of(run)} | {label_of(run, by)} | {run['seed']} | {trained[0]['seconds']:.1f} | "
-            f"{sum(t['seconds'] for t in later):.1f} | {step} | {evals:.1f} | {total / 60:.1f} |"
+            f"{sum(t['seconds'] for t in later):.1f} | {step} | {evals:.1f} | {total / 60:.1f} | "
+            f"{_num(None if None in cpu else sum(cpu) / 60, '.1f')} | "
+            f"{_num(statistics.mean(loads) if loads else None, '.1f')} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -198,11 +226,14 @@ def _sequence_tables(runs: list[dict[str, Any]], baseline: str | None, by: tuple
                      effect_of: tuple[str, ...], score: str, lacking: list[dict[str, Any]]) -> list[str]:  # fmt: skip
     """The summary, paired differences against ``baseline`` and with/without each ``effect_of``."""
     if score == ACCURACY:
-        parts = ["## Summary (mean ± std over seeds)\n", summary_table(runs, by)]
+        parts = [
+            "## Summary (mean ± std over seeds; over seeds and orders in the 'all N orders' rows)\n",
+            summary_table(runs, by),
+        ]
     else:
         direction = "higher" if score_matrices(runs[0])[score].get("higher_is_better", True) else "lower"
         parts = [
-            f"## Summary of {score} ({direction} is better; mean ± std over seeds)\n",
+            f"## Summary of {score} ({direction} is better; mean ± std over seeds, and orders in 'all' rows)\n",
             summary_table(runs, by, score),
         ]
     if lacking:
