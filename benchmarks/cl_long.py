@@ -8,13 +8,16 @@ skipped, so the command can be rerun at any time, or run twice side by side):
         python benchmarks/cl_long.py --out $PWD/benchmarks/results/minilm_long
 
 ``--list`` prints the queue with each run's rate and state (done, tasks finished, pending) and
-trains nothing. The queue, in priority order (the issue's list):
+trains nothing. The queue holds the issue's list, in an order that completes the with/without
+pairs over the three orders first (a run takes 30-45 minutes of one core, so the queue spans
+several sessions):
 
 1. order 4, seed 0: lora, lora+migu, finetune, finetune+migu, finetune+random_update, inc_lora,
    inc_lora+migu (MiniLM, configs/cpu/minilm_long.yaml);
-2. the same on order 5, then on order 6;
-3. lora and lora+migu, seed 1, on orders 4, 5 and 6;
-4. SmolLM2-135M-Instruct, lora and lora+migu, order 4, seed 0 (configs/cpu/smollm2_lora_long.yaml).
+2. orders 5 and 6, seed 0: lora, lora+migu, finetune, finetune+migu; then inc_lora, inc_lora+migu;
+3. SmolLM2-135M-Instruct, lora and lora+migu, order 4, seed 0 (configs/cpu/smollm2_lora_long.yaml);
+4. lora and lora+migu, seed 1, on orders 4, 5 and 6;
+5. orders 5 and 6: finetune+random_update (the random-row control; order 4's comes with its pair).
 
 Rates: MiniLM runs take each method's rate from the standard benchmark's validation choice
 (``--choice-file``, default benchmarks/results/minilm_standard/lr_choice.json: order 1's
@@ -46,10 +49,14 @@ FAMILIES = ("lora", "lora+migu", "finetune", "finetune+migu", "finetune+random_u
 
 
 def queue() -> list[tuple[Path, str, str, int]]:
-    """(config, method, order, seed) in priority order."""
-    items = [(MINILM, m, o, 0) for o in ORDERS for m in FAMILIES]
-    items += [(MINILM, m, o, 1) for o in ORDERS for m in ("lora", "lora+migu")]
+    """(config, method, order, seed) in priority order (the module's docstring)."""
+    later = ORDERS[1:]
+    items = [(MINILM, m, "order4", 0) for m in FAMILIES]
+    items += [(MINILM, m, o, 0) for o in later for m in ("lora", "lora+migu", "finetune", "finetune+migu")]
+    items += [(MINILM, m, o, 0) for o in later for m in ("inc_lora", "inc_lora+migu")]
     items += [(SMOLLM2, m, "order4", 0) for m in ("lora", "lora+migu")]
+    items += [(MINILM, m, o, 1) for o in ORDERS for m in ("lora", "lora+migu")]
+    items += [(MINILM, "finetune+random_update", o, 0) for o in later]
     return items
 
 
