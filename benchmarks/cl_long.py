@@ -14,7 +14,9 @@ several sessions):
 
 1. order 4, seed 0: lora, lora+migu, finetune, finetune+migu, finetune+random_update, inc_lora,
    inc_lora+migu (MiniLM, configs/cpu/minilm_long.yaml);
-2. orders 5 and 6, seed 0: lora, lora+migu, finetune, finetune+migu; then inc_lora, inc_lora+migu;
+2. orders 5 and 6, seed 0: lora, lora+migu, finetune, finetune+migu; then, on order 4,
+   finetune+migu and lora+migu at their baseline's rate (MIGU's chosen rate is 3x: which of the
+   two, rate or mask, makes the difference); then inc_lora, inc_lora+migu on orders 5 and 6;
 3. SmolLM2-135M-Instruct, lora and lora+migu, order 4, seed 0 (configs/cpu/smollm2_lora_long.yaml);
 4. lora and lora+migu, seed 1, on orders 4, 5 and 6;
 5. orders 5 and 6: finetune+random_update (the random-row control; order 4's comes with its pair).
@@ -36,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from migu.bench import RunInProgress, apply_overrides, config_fingerprint, load_yaml, run, run_config
+from migu.bench import RunConfig, RunInProgress, apply_overrides, config_fingerprint, load_yaml, run, run_config
 from migu.methods.registry import default_threshold, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +55,7 @@ def queue() -> list[tuple[Path, str, str, int]]:
     later = ORDERS[1:]
     items = [(MINILM, m, "order4", 0) for m in FAMILIES]
     items += [(MINILM, m, o, 0) for o in later for m in ("lora", "lora+migu", "finetune", "finetune+migu")]
+    items += [(MINILM, m, "order4", 0) for m in ("finetune+migu@finetune", "lora+migu@lora")]  # at the baseline's rate
     items += [(MINILM, m, o, 0) for o in later for m in ("inc_lora", "inc_lora+migu")]
     items += [(SMOLLM2, m, "order4", 0) for m in ("lora", "lora+migu")]
     items += [(MINILM, m, o, 1) for o in ORDERS for m in ("lora", "lora+migu")]
@@ -61,12 +64,20 @@ def queue() -> list[tuple[Path, str, str, int]]:
 
 
 def _overrides(config: Path, method: str, order: str, seed: int, rates: dict[str, str], out: Path) -> list[str]:
+    """The run's config keys; ``X@Y`` is method X at method Y's rate, beside ``out`` in
+    ``<out>_at_baseline_rate`` (so that the report of ``out`` holds one rate per method)."""
+    method, _, rate_of = method.partition("@")
     t = default_threshold(parse_spec(method))
-    items = [f"method={method}", f"data.order={order}", f"seed={seed}", f"output_dir={out}",
+    folder = out.with_name(out.name + "_at_baseline_rate") if rate_of else out
+    items = [f"method={method}", f"data.order={order}", f"seed={seed}", f"output_dir={folder}",
              f"methods.migu.threshold={t}", f"methods.random_update.threshold={t}"]  # fmt: skip
     if config == MINILM:
-        items.append(f"train.lr={rates[method]}")
+        items.append(f"train.lr={rates[rate_of or method]}")
     return items
+
+
+def _folder(config: RunConfig) -> Path:
+    return Path(config.output_dir) / config.run_name()
 
 
 def _status(run_dir: Path, fingerprint: str) -> str:
@@ -108,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     rates = json.loads(Path(args.choice_file).read_text())
-    missing = sorted({m for c, m, _, _ in queue() if c == MINILM and m not in rates})
+    missing = sorted({r for c, m, _, _ in queue() for r in m.split("@") if c == MINILM and r not in rates})
     if missing:
         parser.error(f"no rate for {missing} in {args.choice_file}")
     configs = []
@@ -118,15 +129,16 @@ def main(argv: list[str] | None = None) -> None:
             raw["data"]["root"] = args.data_root
         configs.append(run_config(apply_overrides(raw, [*_overrides(config_path, method, order, seed, rates, out),
                                                         *args.set])))  # fmt: skip
-    clashes = [c.run_name() for c in configs if _status(out / c.run_name(), config_fingerprint(c)) == DIFFERENT]
+    clashes = [_folder(c) for c in configs if _status(_folder(c), config_fingerprint(c)) == DIFFERENT]
     if clashes and not args.list:  # before anything trains
-        parser.exit(2, f"cl_long.py: {out / clashes[0]} holds a run of a different config ({len(clashes)} such "
+        parser.exit(2, f"cl_long.py: {clashes[0]} holds a run of a different config ({len(clashes)} such "
                        "folder(s)); use another --out\n")  # fmt: skip
     skipped = 0
     for config in configs:
-        name = config.run_name()
-        state = _status(out / name, config_fingerprint(config))
-        print(f"== {name}  lr {config.train.lr:g}  [{state}]  {time.strftime('%H:%M:%S')}", flush=True)
+        name, folder = config.run_name(), _folder(config)
+        state = _status(folder, config_fingerprint(config))
+        print(f"== {folder.parent.name}/{name}  lr {config.train.lr:g}  [{state}]  {time.strftime('%H:%M:%S')}",
+              flush=True)  # fmt: skip
         if args.list or state == "done":
             continue
         start = time.perf_counter()

@@ -35,11 +35,11 @@ def test_finished_results_count_only_for_the_same_config(cl_long, tmp_path, caps
     folder.mkdir()
     (folder / "results.json").write_text(json.dumps({"fingerprint": config_fingerprint(config)}))
     cl_long.main(["--out", str(tmp_path), "--list"])
-    assert f"{config.run_name()}  lr 0.001  [done]" in capsys.readouterr().out
+    assert f"{tmp_path.name}/{config.run_name()}  lr 0.001  [done]" in capsys.readouterr().out
     # a changed key (--set) makes them another config's results: refused before anything trains
     with pytest.raises(SystemExit) as stop:
         cl_long.main(["--out", str(tmp_path), "--set", "data.n_test=400"])
     assert stop.value.code == 2
     assert f"{folder} holds a run of a different config" in capsys.readouterr().err
     cl_long.main(["--out", str(tmp_path), "--list", "--set", "data.n_test=400"])
-    assert f"{config.run_name()}  lr 0.001  [different config]" in capsys.readouterr().out
+    assert f"{tmp_path.name}/{config.run_name()}  lr 0.001  [different config]" in capsys.readouterr().out
