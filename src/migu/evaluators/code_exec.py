@@ -67,9 +67,9 @@ class PassAt1Config:
     """Settings of ``pass_at_1`` and ``humaneval``."""
 
     max_new_tokens: int = 384
-    timeout: float = 10.0
-    cpu_seconds: int = 5
-    memory_mb: int = 1024
+    timeout: float = SandboxLimits.timeout
+    cpu_seconds: int = SandboxLimits.cpu_seconds
+    memory_mb: int = SandboxLimits.memory_mb
     workers: int = 1
     """Programs run at once (each in its own process)."""
     limit: int | None = None
