@@ -75,7 +75,7 @@ def test_report_tables_of_the_curves(tmp_path):
     write_run(runs, "lora+migu", 0, [0, 40, 70], [40, 40, 40], task="gsm8k")
     loaded = load_results([runs])
     table = curve_table(loaded).splitlines()
-    assert table[0] == "| score | column | model | order | method | seeds | epoch 0 | epoch 1 | epoch 2 |"
+    assert table[0] == "| score | column | model | order | method | runs | epoch 0 | epoch 1 | epoch 2 |"
     assert "| pass@1 | code_mbpp | tiny | code_mbpp | lora | 2 | 0.00 ± 0.00 | 11.00 ± 1.41 | 21.00 ± 1.41 |" in table
     assert "| pass@1 | code_mbpp | tiny | code_mbpp | lora+migu | 2 | 0.00 ± 0.00 | 10.00 ± 1.41 | – |" in table
     assert "| lm_eval/acc | mean | tiny | code_mbpp | lora+migu | 2 | 40.00 ± 0.00 | 40.50 ± 0.71 | – |" in table

@@ -67,7 +67,7 @@ def curve_table(runs: list[dict[str, Any]], by: tuple[str, ...] = ()) -> str:
     groups: dict[tuple[str, str, str], list[Curve]] = defaultdict(list)
     for run in runs:
         groups[(run["model"], order_of(run), label_of(run, by))].append(run_curves(run))
-    lines = _header(["score", "column", "model", "order", "method", "seeds"], epochs)
+    lines = _header(["score", "column", "model", "order", "method", "runs"], epochs)
     for score, column in keys:
         for (model, order, method), members in sorted(groups.items()):
             mine = [c[(score, column)] for c in members if (score, column) in c]

@@ -53,7 +53,7 @@ def end_task_table(runs: list[dict[str, Any]], by: tuple[str, ...] = ()) -> str:
     for sequence in sorted({tuple(r["sequence"]) for r in runs}):
         lines += [
             "| model | method | " + " | ".join(f"{d} MF1 (ACC)" for d in sequence)
-            + " | mean ACC | mean MF1 | first two MF1 | last two MF1 | seeds |",
+            + " | mean ACC | mean MF1 | first two MF1 | last two MF1 | runs |",
             "|---|---|" + "---|" * (len(sequence) + 5),
         ]  # fmt: skip
         for (model, _, method), members in sorted(groups.items()):
