@@ -1,8 +1,9 @@
 """Evaluators by name: classification (accuracy, macro-F1), lm_loss (loss, perplexity), and the
 ones other modules register (``register_evaluator``)."""
 
-# importing registers them: classification, lm_loss, pass_at_1, lm_eval (lm-eval loads on use), end_task (DAS)
-from . import classification, code_exec, end_task, lm, lm_eval_suite  # noqa: F401
+# importing registers them: classification, embedding_geometry, lm_loss, pass_at_1, lm_eval (lm-eval
+# loads on use), end_task (DAS)
+from . import classification, code_exec, end_task, geometry, lm, lm_eval_suite  # noqa: F401
 from .base import (
     DEFAULTS,
     REGISTRY,

@@ -33,6 +33,10 @@ def _unwrap(model: nn.Module) -> Any:
     return getattr(model, "module", model)
 
 
+LABEL_MAX_LENGTH = 32
+"""Tokens kept of a label string in the encoder format (labels are a few words)."""
+
+
 @dataclass
 class EncoderFormat:
     tokenizer: Any
@@ -40,7 +44,8 @@ class EncoderFormat:
     with_task_name: bool = False
     scale: float = 20.0
 
-    def _encode(self, model: nn.Module, texts: list[str], max_length: int) -> torch.Tensor:
+    def embed(self, model: nn.Module, texts: list[str], max_length: int) -> torch.Tensor:
+        """Unit-length sentence embeddings (mean pooling over the non-padding tokens), float32."""
         inputs = self.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         device = next(model.parameters()).device
         inputs = {k: v.to(device) for k, v in inputs.items()}
@@ -61,8 +66,8 @@ class EncoderFormat:
         return {"texts": texts, "labels": labels, "options": options, "target": target}
 
     def _scores(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        text = self._encode(model, batch["texts"], self.max_length)
-        label = self._encode(model, batch["labels"], 32)
+        text = self.embed(model, batch["texts"], self.max_length)
+        label = self.embed(model, batch["labels"], LABEL_MAX_LENGTH)
         sims = self.scale * text @ label.t()
         options = batch["options"].to(sims.device)
         scores = sims.gather(1, options.clamp(min=0))
