@@ -14,12 +14,14 @@ several sessions):
 
 1. order 4, seed 0: lora, lora+migu, finetune, finetune+migu, finetune+random_update, inc_lora,
    inc_lora+migu (MiniLM, configs/cpu/minilm_long.yaml);
-2. orders 5 and 6, seed 0: lora, lora+migu, finetune, finetune+migu; then, on order 4,
-   finetune+migu and lora+migu at their baseline's rate (MIGU's chosen rate is 3x: which of the
-   two, rate or mask, makes the difference); then inc_lora, inc_lora+migu on orders 5 and 6;
-3. SmolLM2-135M-Instruct, lora and lora+migu, order 4, seed 0 (configs/cpu/smollm2_lora_long.yaml);
-4. lora and lora+migu, seed 1, on orders 4, 5 and 6;
-5. orders 5 and 6: finetune+random_update (the random-row control; order 4's comes with its pair).
+2. order 4: finetune+migu, lora+migu and inc_lora+migu at their baseline's rate (MIGU's chosen
+   rate is 3x its baseline's, and its first task, where the mask is paused, is plain training at
+   that rate: these tell the rate from the mask);
+3. orders 5 and 6, seed 0: lora, lora+migu, finetune, finetune+migu; then inc_lora,
+   inc_lora+migu;
+4. SmolLM2-135M-Instruct, lora and lora+migu, order 4, seed 0 (configs/cpu/smollm2_lora_long.yaml);
+5. lora and lora+migu, seed 1, on orders 4, 5 and 6;
+6. orders 5 and 6: finetune+random_update (the random-row control; order 4's comes with its pair).
 
 Rates: MiniLM runs take each method's rate from the standard benchmark's validation choice
 (``--choice-file``, default benchmarks/results/minilm_standard/lr_choice.json: order 1's
@@ -54,8 +56,8 @@ def queue() -> list[tuple[Path, str, str, int]]:
     """(config, method, order, seed) in priority order (the module's docstring)."""
     later = ORDERS[1:]
     items = [(MINILM, m, "order4", 0) for m in FAMILIES]
+    items += [(MINILM, f"{m}+migu@{m}", "order4", 0) for m in ("finetune", "lora", "inc_lora")]  # baseline's rate
     items += [(MINILM, m, o, 0) for o in later for m in ("lora", "lora+migu", "finetune", "finetune+migu")]
-    items += [(MINILM, m, "order4", 0) for m in ("finetune+migu@finetune", "lora+migu@lora")]  # at the baseline's rate
     items += [(MINILM, m, o, 0) for o in later for m in ("inc_lora", "inc_lora+migu")]
     items += [(SMOLLM2, m, "order4", 0) for m in ("lora", "lora+migu")]
     items += [(MINILM, m, o, 1) for o in ORDERS for m in ("lora", "lora+migu")]
