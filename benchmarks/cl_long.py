@@ -21,7 +21,10 @@ several sessions):
    inc_lora+migu;
 4. SmolLM2-135M-Instruct, lora and lora+migu, order 4, seed 0 (configs/cpu/smollm2_lora_long.yaml);
 5. lora and lora+migu, seed 1, on orders 4, 5 and 6;
-6. orders 5 and 6: finetune+random_update (the random-row control; order 4's comes with its pair).
+6. orders 5 and 6: finetune+random_update (the random-row control; order 4's comes with its pair);
+7. orders 5 and 6: finetune+migu and lora+migu at their baseline's rate (beyond the issue's list:
+   at 3x MiniLM's embeddings collapse, so the same-rate pairs are the ones that say what the mask
+   does; these give them three orders).
 
 Rates: MiniLM runs take each method's rate from the standard benchmark's validation choice
 (``--choice-file``, default benchmarks/results/minilm_standard/lr_choice.json: order 1's
@@ -62,6 +65,7 @@ def queue() -> list[tuple[Path, str, str, int]]:
     items += [(SMOLLM2, m, "order4", 0) for m in ("lora", "lora+migu")]
     items += [(MINILM, m, o, 1) for o in ORDERS for m in ("lora", "lora+migu")]
     items += [(MINILM, "finetune+random_update", o, 0) for o in later]
+    items += [(MINILM, f"{m}+migu@{m}", o, 0) for o in later for m in ("finetune", "lora")]  # baseline's rate
     return items
 
 
