@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from datetime import datetime, timezone
@@ -22,18 +21,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForSequenceClassification
 
+from migu.bench.provenance import cpu_name
 from migu.models.loading import minilm_path
 from migu.train.loop import cpu_has_native_bf16
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -64,7 +54,7 @@ def main() -> None:
     fp32, bf16 = (statistics.median(seconds[p]) for p in ("fp32", "bf16"))
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "native_bf16": cpu_has_native_bf16(),

@@ -34,22 +34,11 @@ import torch
 from torch import nn
 
 import migu
+from migu.bench.provenance import cpu_name
 from migu.train import TrainConfig, make_optimizer
 from migu.train.config import OPTIMIZERS
 
 OPTIM = TrainConfig().optim
-
-
-def cpu_name() -> str:
-    """The CPU's model name and its wide-vector features, from lscpu."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or platform.machine()
-    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-    flags = fields.get("Flags", "").split()
-    extras = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{fields.get('Model name', '?').strip()} ({', '.join(extras) or 'AVX2 only'})"
 
 
 Batch = Callable[[], dict]

@@ -73,20 +73,30 @@ def test_timing_table(tmp_path, capsys):
         {"task": "b", "seconds": 24.0, "median_step_seconds": 2.0, "eval_seconds": 10.0, "epoch_end_seconds": 6.0,
          "cpu_seconds": 16.0, "load_average": 3.0},
     ]  # fmt: skip
+    run["code"] = [{"from_task": 1, "source": "abc", "cpu": "CPU A"}, {"from_task": 2, "source": "abd", "cpu": "CPU A"}]
     (tmp_path / "results.json").write_text(json.dumps(run))
     assert main(["report", str(tmp_path), "--timings", "--baseline", ""]) == 0
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("| m | o1 | finetune+migu | 0 |"))
     # first task 30 s; later tasks 24 s at a median step of 2 s; 36 s of evaluation (6 s of it at
-    # epoch ends, per-epoch curves); 90 s in all; 36 CPU seconds in training; load 1 and 3
-    assert row.split(" | ")[4:11] == ["30.0", "24.0", "2.00", "36.0", "1.5", "0.6", "2.0 |"]
+    # epoch ends, per-epoch curves); 90 s in all; 36 CPU seconds in training; load 1 and 3; one CPU
+    assert row.split(" | ")[4:12] == ["30.0", "24.0", "2.00", "36.0", "1.5", "0.6", "2.0", "CPU A |"]
     del run["timings"][1]["cpu_seconds"]  # a file from before CPU time was recorded
+    run["code"] = [{"from_task": 1, "source": "abc"}, {"from_task": 2, "source": "abd"}]  # ... or the CPU
     (tmp_path / "results.json").write_text(json.dumps(run))
     assert main(["report", str(tmp_path), "--timings", "--baseline", ""]) == 0
     row = next(
         line for line in capsys.readouterr().out.splitlines() if line.startswith("| m | o1 | finetune+migu | 0 |")
     )
-    assert row.split(" | ")[9] == "–"
+    assert row.split(" | ")[9] == "–" and row.endswith("| – |")
+    # resumed on another machine and back: each change of CPU with the task it took over at
+    run["code"] = [{"from_task": t, "source": "abc", "cpu": c} for t, c in ((1, "A"), (2, "B"), (2, "B"), (5, "A"))]
+    (tmp_path / "results.json").write_text(json.dumps(run))
+    assert main(["report", str(tmp_path), "--timings", "--baseline", ""]) == 0
+    row = next(
+        line for line in capsys.readouterr().out.splitlines() if line.startswith("| m | o1 | finetune+migu | 0 |")
+    )
+    assert row.endswith("| A from task 1; B from task 2; A from task 5 |")
     summary = next(line for line in out.splitlines() if line.startswith("| m | o1 | finetune+migu |"))
     assert summary.endswith("| 1 | 1.5 |")
 

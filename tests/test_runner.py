@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from migu.bench import RunConfig, RunInProgress, apply_overrides, load_yaml, run, run_config
+from migu.bench.provenance import cpu_name
 from migu.bench.store import RunStore
 from migu.cli import main
 from migu.methods import build_methods
@@ -55,7 +56,7 @@ def test_results_file(bench_dir, tmp_path):
     assert all(0 < t["median_step_seconds"] <= t["seconds"] for t in trained)
     assert all(t["cpu_seconds"] > 0 and "load_average" in t for t in trained)
     [code] = on_disk["code"]  # which code trained the tasks: one start, in this checkout
-    assert code["from_task"] == 1 and code["migu"] == on_disk["versions"]["migu"]
+    assert code["from_task"] == 1 and code["migu"] == on_disk["versions"]["migu"] and code["cpu"] == cpu_name()
     assert code["source"] is None or len(code["source"].split("+")[0]) == 12
     assert not (path.parent / "state").exists()
     # a finished run is not redone
@@ -307,3 +308,16 @@ def test_fused_adamw_trains_as_torch_default_up_to_rounding(bench_dir, tmp_path)
     assert fused["config"]["train"]["optim"] == "adamw_torch_fused"
     losses = [[t["mean_loss"] for t in r["timings"] if t["task"] is not None] for r in (loop, fused)]
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+def test_cpu_name_tells_generations_and_native_bf16_apart(tmp_path):
+    """Results name the CPU that trained them: one model name covers several generations (the
+    family and model numbers tell them apart), and the features say whether bf16 is native."""
+    block = "processor\t: {n}\nmodel name\t: AMD EPYC\ncpu family\t: {family}\nmodel\t\t: {model}\nflags\t\t: {flags}\n"
+    zen3 = tmp_path / "zen3"
+    zen3.write_text("\n".join(block.format(n=n, family=25, model=1, flags="fpu sse2 avx avx2 fma") for n in (0, 1)))
+    zen5 = tmp_path / "zen5"
+    zen5.write_text(block.format(n=0, family=26, model=2, flags="avx2 avx512f avx512bw avx512_bf16 avx512_vnni"))
+    assert cpu_name(zen3) == "AMD EPYC (family 25, model 1; AVX2 only)"
+    assert cpu_name(zen5) == "AMD EPYC (family 26, model 2; avx512f, avx512_bf16)"
+    assert cpu_name(tmp_path / "missing")  # no /proc/cpuinfo (macOS): what platform knows

@@ -26,7 +26,8 @@ from ..models import load_model
 from ..train import make_accelerator
 from .config import RunConfig, apply_overrides, run_config
 from .protocol import Setting, evaluate
-from .runner import eval_context_for, format_for, load_tasks, versions
+from .provenance import versions
+from .runner import eval_context_for, format_for, load_tasks
 from .store import RESULTS, read_json
 
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
-import subprocess
 import sys
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -43,6 +41,7 @@ from ..train.loop import EpochState, set_dropout
 from ..train.sharding import migu_shards, shard_model
 from .config import RunConfig
 from .protocol import Setting, eval_split, run_sequence, say, task_context_for
+from .provenance import cpu_name, source_revision, versions
 from .store import RESULTS, RunInProgress, RunStore, write_json
 
 __all__ = ["RESULTS", "RunInProgress", "load_tasks", "run", "write_json"]
@@ -65,42 +64,6 @@ def eval_context_for(config: RunConfig, bundle: Any, rank: int = 0, world: int =
     """What the run's evaluators are given besides the model (batch size, precision, tokenizer)."""
     return EvalContext(config.train.eval_batch_size, config.train.mixed_precision, bool(config.progress),
                        "", bundle.tokenizer, bundle.arch, rank, world)  # fmt: skip
-
-
-def versions() -> dict[str, str]:
-    import accelerate
-    import peft
-    import transformers
-
-    import migu
-
-    return {
-        "migu": migu.__version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "accelerate": accelerate.__version__,
-        "python": platform.python_version(),
-    }
-
-
-def source_revision() -> str | None:
-    """The git commit of the checkout migu runs from, ``+dirty`` if its tracked source files
-    (``src``, ``configs``, ``benchmarks/*.py``) differ from it; None outside a git checkout."""
-    root = Path(__file__).resolve().parents[3]
-    if not (root / ".git").exists():
-        return None
-    try:
-        commit = _git(root, "rev-parse", "--short=12", "HEAD")
-        dirty = _git(root, "status", "--porcelain", "--untracked-files=no", "--", "src", "configs", "benchmarks/*.py")
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return commit + ("+dirty" if dirty else "")
-
-
-def _git(root: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=20,
-                          check=True).stdout.strip()  # fmt: skip
 
 
 # Settings added after results existed: at these values they leave a run's fingerprint as it was,
@@ -194,9 +157,9 @@ def _run(config: RunConfig, on_task_end: TaskHook | None, sequence: TaskSequence
     else:
         model = state.pop("_model")
         say(f"{store.dir.name}: resuming after task {state['completed']} of {len(sequence)}", is_main)
-    # which code trained which tasks (a run resumed under other code says so; older states lack it)
+    # which code trained which tasks on which CPU (a resumed run may change both; older states lack them)
     state.setdefault("code", []).append({"from_task": state["completed"] + 1, "source": source_revision(),
-                                         "migu": versions()["migu"]})  # fmt: skip
+                                         "migu": versions()["migu"], "cpu": cpu_name()})  # fmt: skip
     if migu_shards(accelerator):  # after a resume has loaded the unsharded weights
         model = shard_model(model)
     # evaluation is sharded over ranks, except under FSDP, where every forward is a collective

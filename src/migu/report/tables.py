@@ -198,10 +198,11 @@ def timing_table(runs: list[dict[str, Any]], by: tuple[str, ...] = ()) -> str:
     later tasks, the median seconds per optimizer step over the later tasks, evaluation seconds
     (epoch-end evaluations and checkpoints included), minutes in all; and, recorded since
     2026-12-01, the process's CPU minutes in training and the machine's mean load at the tasks'
-    ends (wall times grow with what else runs; CPU time much less): "–" in older files."""
+    ends (wall times grow with what else runs; CPU time much less), and the CPU of each of the
+    run's segments (a resumed run may have changed machines): "–" in older files."""
     lines = ["| model | order | method | seed | train s, first task | train s, later tasks "
-             "| median step s, later tasks | eval s | minutes | train CPU min | load |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| median step s, later tasks | eval s | minutes | train CPU min | load | CPU |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for run in sorted(runs, key=lambda r: (r["model"], order_of(r), label_of(r, by), r["seed"])):
         trained = [t for t in run.get("timings", []) if t.get("task") is not None]
         if not trained:
@@ -217,9 +218,22 @@ def timing_table(runs: list[dict[str, Any]], by: tuple[str, ...] = ()) -> str:
             f"| {run['model']} | {order_of(run)} | {label_of(run, by)} | {run['seed']} | {trained[0]['seconds']:.1f} | "
             f"{sum(t['seconds'] for t in later):.1f} | {step} | {evals:.1f} | {total / 60:.1f} | "
             f"{_num(None if None in cpu else sum(cpu) / 60, '.1f')} | "
-            f"{_num(statistics.mean(loads) if loads else None, '.1f')} |"
+            f"{_num(statistics.mean(loads) if loads else None, '.1f')} | {_cpus(run)} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _cpus(run: dict[str, Any]) -> str:
+    """The CPU a run trained on; where a resumed run changed machines, each CPU with the task it
+    took over at; "–" when no segment recorded one (files before 2026-12-01)."""
+    changes: list[tuple[int, str]] = []
+    for segment in run.get("code", []):
+        cpu = segment.get("cpu")
+        if cpu and (not changes or changes[-1][1] != cpu):
+            changes.append((segment["from_task"], cpu))
+    if len(changes) <= 1:
+        return changes[0][1] if changes else "–"
+    return "; ".join(f"{cpu} from task {task}" for task, cpu in changes)
 
 
 def _sequence_tables(runs: list[dict[str, Any]], baseline: str | None, by: tuple[str, ...],
