@@ -87,14 +87,14 @@ def _folder(config: RunConfig) -> Path:
 
 
 def _status(run_dir: Path, fingerprint: str) -> str:
-    """done, N tasks done or pending; "different config" when the folder holds another config's
+    """done, "done through task N" or pending; "different config" when the folder holds another config's
     run (a changed --set or rate file), which the queue must not take as this run's."""
     for path in (run_dir / "results.json", run_dir / "state" / "progress.json"):
         if path.is_file():
             saved = json.loads(path.read_text())
             if saved.get("fingerprint") != fingerprint:
                 return DIFFERENT
-            return "done" if path.name == "results.json" else f"{saved.get('completed', 0)} tasks done"
+            return "done" if path.name == "results.json" else f"done through task {saved.get('completed', 0)}"
     return "pending"
 
 

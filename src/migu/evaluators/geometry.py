@@ -54,6 +54,7 @@ class EmbeddingGeometry:
         if len(examples) < 2:
             raise ValueError(f"evaluator embedding_geometry needs two examples or more {ctx.desc}".strip())
         labels = sorted({o for e in examples for o in e.options})
+        column = {label: i for i, label in enumerate(labels)}
         local = shard(examples, ctx)
         inputs, spreads = [], []
         with evaluating(model, ctx):
@@ -64,7 +65,7 @@ class EmbeddingGeometry:
                 vectors = fmt.embed(model, texts, fmt.max_length)
                 cosines = vectors @ label_vectors.t()
                 for row, e in enumerate(chunk):
-                    mine = cosines[row, [labels.index(o) for o in e.options]]
+                    mine = cosines[row, [column[o] for o in e.options]]
                     spreads.append(float(mine.max() - mine.min()))
                 inputs.append(vectors.cpu())
         parts = gather((torch.cat(inputs) if inputs else torch.zeros(0, label_vectors.shape[1]), spreads), ctx)
