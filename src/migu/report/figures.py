@@ -236,8 +236,10 @@ def _pm(value: tuple[float, float], n: int) -> str:
 
 def scatter_figure(runs: list[tuple[dict[str, Any], Score]], out: Path, score: str, by: tuple[str, ...]) -> Path:
     """Learning accuracy vs forgetting per run (faint) and per method and order (mean ± std over
-    seeds): one colour and marker per method; the orders of a method are its several large markers."""
+    seeds): one colour and marker per method; the orders of a method are its several large markers,
+    each labelled with its order when there are several ("order5" as "5")."""
     found = figdata.groups(runs, by)
+    several = len({k[1] for k in found}) > 1
     use_forgetting = all(p.forgetting is not None for p in found.values())
     measure = "forgetting" if use_forgetting else "-BWT"
     fig, ax = plt.subplots(figsize=SIZES["scatter"], layout="constrained")
@@ -256,14 +258,18 @@ def scatter_figure(runs: list[tuple[dict[str, Any], Score]], out: Path, score: s
         first = not any(r[0] == name and r[2] == "mean" for r in rows)
         ax.errorbar(x[0], p.learning[0], xerr=x[1], yerr=p.learning[1], ms=8, capsize=3, lw=1,
                     label=name if first else None, **style)  # fmt: skip
+        if several:
+            ax.annotate(order.removeprefix("order"), (x[0], p.learning[0]), textcoords="offset points",
+                        xytext=(6, 4), fontsize=7, color=style["color"])  # fmt: skip
         rows.append([name, order, "mean", p.learning[0], p.learning[1], x[0], x[1], measure])
     ax.set_xlabel(f"{measure} (lower: more stable)")
     ax.set_ylabel(f"learning {score} (diagonal; higher: more plastic)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     orders = sorted({k[1] for k in found})
-    ax.set_title(f"Stability vs plasticity: per method and order ({', '.join(orders)}) mean ± std over seeds; "
-                 "faint: single runs", fontsize=9)  # fmt: skip
+    labelled = "; labels: order" if several else ""
+    ax.set_title(f"Stability vs plasticity: per method and order ({', '.join(orders)}{labelled}) "
+                 "mean ± std over seeds; faint: single runs", fontsize=9)  # fmt: skip
     path = out / "scatter.png"
     write_csv(path.with_suffix(".csv"), ["method", "order", "seed", "learning_mean", "learning_std",
                                          "x_mean", "x_std", "x_measure"], rows)  # fmt: skip
