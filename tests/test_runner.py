@@ -321,3 +321,6 @@ def test_cpu_name_tells_generations_and_native_bf16_apart(tmp_path):
     assert cpu_name(zen3) == "AMD EPYC (family 25, model 1; AVX2 only)"
     assert cpu_name(zen5) == "AMD EPYC (family 26, model 2; avx512f, avx512_bf16)"
     assert cpu_name(tmp_path / "missing")  # no /proc/cpuinfo (macOS): what platform knows
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd\nCPU implementer\t: 0x41\n")
+    assert cpu_name(arm) and "family" not in cpu_name(arm)

@@ -49,10 +49,12 @@ def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
             break  # the first processor's block describes them all
         key, _, value = line.partition(":")
         fields[key.strip()] = value.strip()
-    flags = fields.get("flags", "").split()
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if "flags" not in fields:  # not an x86 CPU (aarch64 lists "Features" and no family)
+        return name
+    flags = fields["flags"].split()
     features = [f for f in _FEATURES if f in flags] or ["AVX2 only" if "avx2" in flags else "no AVX2"]
-    where = f"family {fields.get('cpu family', '?')}, model {fields.get('model', '?')}; "
-    return f"{fields.get('model name', platform.processor() or '?')} ({where}{', '.join(features)})"
+    return f"{name} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')}; {', '.join(features)})"
 
 
 def source_revision() -> str | None:
