@@ -43,3 +43,23 @@ def test_finished_results_count_only_for_the_same_config(cl_long, tmp_path, caps
     assert f"{folder} holds a run of a different config" in capsys.readouterr().err
     cl_long.main(["--out", str(tmp_path), "--list", "--set", "data.n_test=400"])
     assert f"{tmp_path.name}/{config.run_name()}  lr 0.001  [different config]" in capsys.readouterr().out
+
+
+def test_rate_of_another_method_and_its_folder(cl_long, tmp_path, capsys):
+    """``X@Y`` trains X at Y's rate: beside the main folder when X has a chosen rate of its own
+    (the main report keeps one rate per method), in it when X has none (a control such as
+    inc_lora+random_update at inc_lora+migu's rate); ``--only`` narrows the queue."""
+    rates = {"finetune": "1e-4", "finetune+migu": "3e-4", "inc_lora+migu": "3e-3"}
+    out = tmp_path / "long"
+    keys = dict(k.split("=", 1) for k in cl_long._overrides(cl_long.MINILM, "finetune+migu@finetune", "order4", 0,
+                                                            rates, out))  # fmt: skip
+    assert keys["train.lr"] == "1e-4" and keys["output_dir"] == str(tmp_path / "long_at_baseline_rate")
+    keys = dict(k.split("=", 1) for k in cl_long._overrides(cl_long.MINILM, "inc_lora+random_update@inc_lora+migu",
+                                                            "order6", 0, rates, out))  # fmt: skip
+    assert keys["method"] == "inc_lora+random_update" and keys["train.lr"] == "3e-3"
+    assert keys["output_dir"] == str(out) and keys["methods.random_update.threshold"] == "0.7"
+    cl_long.main(["--out", str(out), "--list", "--only", "inc_lora+random_update"])
+    assert capsys.readouterr().out.count("== ") == 1
+    with pytest.raises(SystemExit) as stop:
+        cl_long.main(["--out", str(out), "--list", "--only", "no such run"])
+    assert stop.value.code == 2 and "no run of the queue matches" in capsys.readouterr().err
