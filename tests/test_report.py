@@ -123,6 +123,8 @@ def test_effect_of_migu_pairs_each_method_with_itself_without_migu(tmp_path, cap
     assert rows["lora"][2] == "1.50 ± 0.71"  # (66+78)/2 - (60+80)/2 = 2, (64+80)/2 - (62+80)/2 = 1
     assert rows["lora"][6] == "1.50 ± 0.71"  # ΔLA: a[1,1] = final[0] + 2 and a[2,2] = final[1], so as ΔAA
     assert rows["lora+replay"][2] == "-0.50"
+    assert rows["lora"][7] == "0.001 / 0.003"  # the rates of a pair at two rates are in the table
+    assert rows["lora+replay"][7] == "–"  # (runs without a recorded rate)
     for i, run in enumerate(runs):
         (tmp_path / f"r{i}").mkdir()
         (tmp_path / f"r{i}" / "results.json").write_text(json.dumps(run))

@@ -155,6 +155,8 @@ def effect_table(runs: list[dict[str, Any]], component: str, by: tuple[str, ...]
     seed without it (each with its own chosen rate): AA and BWT of both and their paired
     differences, and the paired difference of learning accuracy (ΔLA: each task right after its own
     training), per order and, where a pair ran several, over all its orders ("all N orders").
+    The lr column gives the rates, "without / with" where they differ, so that a pair at two rates
+    is not read as the component's effect alone.
     Runs without a partner (or with several that ``by`` cannot tell apart) are counted under the table."""
     Pair = tuple[dict[str, Any], dict[str, Any]]
     pairs: dict[tuple[str, str, str], dict[str, list[Pair]]] = defaultdict(lambda: defaultdict(list))
@@ -167,7 +169,7 @@ def effect_table(runs: list[dict[str, Any]], component: str, by: tuple[str, ...]
     if not pairs and not unpaired:
         return ""
     lines = [f"| model | order | without {component} | with | AA | AA with | ΔAA | BWT | BWT with | ΔBWT | ΔLA "
-             "| pairs |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| lr | pairs |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for (model, base_label, label), by_order in sorted(pairs.items()):
         rows = sorted(by_order.items())
         if len(rows) > 1:
@@ -184,6 +186,7 @@ def effect_table(runs: list[dict[str, Any]], component: str, by: tuple[str, ...]
                 pm([y["bwt"] for y in w]),
                 pm(d["bwt"]),
                 pm(d["learning_accuracy"]),
+                _rates(members),
                 str(len(members)),
             ]
             lines.append(f"| {model} | {order} | {base_label} | {label} | " + " | ".join(cells) + " |")
@@ -191,6 +194,18 @@ def effect_table(runs: list[dict[str, Any]], component: str, by: tuple[str, ...]
         lines.append("\nWithout a partner run (none, or several that --by does not tell apart): "
                      + ", ".join(f"{k} ({v})" for k, v in sorted(unpaired.items())))  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _rates(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> str:
+    """The learning rates of paired runs: one value, "without / with" when the two sides differ,
+    and each side's values joined by "," when its runs differ among themselves."""
+
+    def side(runs: list[dict[str, Any]]) -> str:
+        rates = sorted({run.get("config", {}).get("train", {}).get("lr") for run in runs}, key=str)
+        return ",".join("–" if r is None else f"{r:g}" for r in rates)
+
+    without_, with_ = side([b for b, _ in pairs]), side([w for _, w in pairs])
+    return without_ if without_ == with_ else f"{without_} / {with_}"
 
 
 def timing_table(runs: list[dict[str, Any]], by: tuple[str, ...] = ()) -> str:
