@@ -120,8 +120,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--choice-file", default=str(CHOICE), help="the MiniLM rate per method (JSON)")
     parser.add_argument("--data-root", help="override data.root of the configs")
     parser.add_argument("--list", action="store_true", help="print the queue and each run's state; train nothing")
-    parser.add_argument("--only", metavar="TEXT", help="only the queue's runs whose folder name contains TEXT "
-                        "(e.g. to give a run a core now; the full queue skips it once done or while held)")  # fmt: skip
+    parser.add_argument("--only", metavar="TEXT", help="only the queue's runs whose name as --list prints it "
+                        "(FOLDER/RUN) contains TEXT, e.g. minilm_long/minilm_lora_order5 (to give a run a core "
+                        "now; the full queue skips it once done or while held)")  # fmt: skip
     parser.add_argument(
         "--set",
         action="append",
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
                        "folder(s)); use another --out\n")  # fmt: skip
     skipped = 0
     if args.only:
-        configs = [c for c in configs if args.only in c.run_name()]
+        configs = [c for c in configs if args.only in f"{_folder(c).parent.name}/{c.run_name()}"]
         if not configs:
             parser.exit(2, f"cl_long.py: no run of the queue matches --only {args.only!r}\n")
     for config in configs:

@@ -60,6 +60,9 @@ def test_rate_of_another_method_and_its_folder(cl_long, tmp_path, capsys):
     assert keys["output_dir"] == str(out) and keys["methods.random_update.threshold"] == "0.7"
     cl_long.main(["--out", str(out), "--list", "--only", "inc_lora+random_update"])
     assert capsys.readouterr().out.count("== ") == 1
+    # the folder tells a run from its same-rate twin: --only matches the name as --list prints it
+    cl_long.main(["--out", str(out), "--list", "--only", "long_at_baseline_rate/minilm_lora+migu_order5"])
+    assert capsys.readouterr().out.count("== ") == 1
     with pytest.raises(SystemExit) as stop:
         cl_long.main(["--out", str(out), "--list", "--only", "no such run"])
     assert stop.value.code == 2 and "no run of the queue matches" in capsys.readouterr().err

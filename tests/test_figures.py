@@ -344,3 +344,16 @@ def test_suite_scores_and_runs_without_ffn_masks(tmp_path, capsys):
     # a named layer draws it
     assert main(["plot", str(lora / "results.json"), "--out", str(tmp_path / "o2"), "--figure", "overlap",
                  "--layer", "enc.layer.0.attention.q"]) == 0  # fmt: skip
+
+
+def test_points_never_pool_two_models(tmp_path):
+    """Runs of two models in one folder (the long benchmark's MiniLM and SmolLM2 pairs) give one
+    point per model; one model keeps its plain method labels."""
+    matrix = _matrix([90.0, 80.0, 70.0], [60.0, 50.0, 70.0])
+    runs = []
+    for model in ("minilm", "smollm2"):
+        run = json.loads((_write(tmp_path, model, "lora", 0, matrix) / "results.json").read_text())
+        runs.append(dict(run, model=model))
+    scored = [(r, figdata.score_of(r, "accuracy")) for r in runs]
+    assert set(figdata.groups(scored, ())) == {("minilm lora", "o1"), ("smollm2 lora", "o1")}
+    assert set(figdata.groups(scored[:1], ())) == {("lora", "o1")}

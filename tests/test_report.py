@@ -39,6 +39,10 @@ def test_variants_and_pairing(tmp_path, capsys):
     rows = {line.split(" | ")[1]: line.split(" | ")[2] for line in paired.splitlines()[2:]}
     assert rows["finetune+migu [train.lr=0.0001]"] == "2.00"  # (84+90)/2 - (80+90)/2
     assert rows["finetune+migu [train.lr=0.0003]"] == "3.00 ± 1.41"  # +2 (T=0.7) and +4 (T=0.5)
+    rates = {line.split(" | ")[1]: line.split(" | ")[5] for line in paired.splitlines()[2:]}
+    assert rates["finetune+migu [train.lr=0.0003]"] == "0.0003"  # (paired at the same rate)
+    across = paired_table([runs[0], runs[3]], "finetune")  # a pair at two rates says so
+    assert across.splitlines()[2].split(" | ")[5] == "0.0001 / 0.0003"
     # without the key the baseline is ambiguous: no pairs rather than a wrong one
     assert paired_table(runs, "finetune") == ""
 
@@ -97,6 +101,14 @@ def test_timing_table(tmp_path, capsys):
         line for line in capsys.readouterr().out.splitlines() if line.startswith("| m | o1 | finetune+migu | 0 |")
     )
     assert row.endswith("| A from task 1; B from task 2; A from task 5 |")
+    # a first segment from before CPUs were recorded is not credited to the next one's CPU
+    run["code"] = [{"from_task": 1, "source": "abc"}, {"from_task": 2, "source": "abd", "cpu": "B"}]
+    (tmp_path / "results.json").write_text(json.dumps(run))
+    assert main(["report", str(tmp_path), "--timings", "--baseline", ""]) == 0
+    row = next(
+        line for line in capsys.readouterr().out.splitlines() if line.startswith("| m | o1 | finetune+migu | 0 |")
+    )
+    assert row.endswith("| – from task 1; B from task 2 |")
     summary = next(line for line in out.splitlines() if line.startswith("| m | o1 | finetune+migu |"))
     assert summary.endswith("| 1 | 1.5 |")
 

@@ -250,15 +250,18 @@ def variant_keys(runs: list[dict[str, Any]]) -> list[str]:
 
 def groups(runs: list[tuple[dict[str, Any], Score]], by: tuple[str, ...]) -> dict[tuple[str, str], Point]:
     """Runs that differ only in their seed, grouped by (label, order): one point each, over seeds.
-    A label is the method and the config keys that vary among that method's runs (and ``by``)."""
+    A label is the method and the config keys that vary among that method's runs (and ``by``),
+    led by the model's name when the runs are of several models (never one point of two models)."""
     methods: dict[tuple[str, str], list[tuple[dict[str, Any], Score]]] = defaultdict(list)
     for run, score in runs:
         methods[(run["model"], method_label(run))].append((run, score))
+    several_models = len({model for model, _ in methods}) > 1
     out: dict[tuple[str, str], list[tuple[dict[str, Any], Score]]] = defaultdict(list)
-    for members in methods.values():
+    for (model, _), members in methods.items():
         keys = sorted({*variant_keys([r for r, _ in members]), *by})
         for run, score in members:
-            out[(label(run, keys), order_of(run))].append((run, score))
+            name = f"{model} {label(run, keys)}" if several_models else label(run, keys)
+            out[(name, order_of(run))].append((run, score))
     return {k: _point(None, v) for k, v in sorted(out.items())}
 
 

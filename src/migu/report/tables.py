@@ -119,12 +119,15 @@ def partners(
 
 
 def paired_table(runs: list[dict[str, Any]], baseline: str, by: tuple[str, ...] = (), score: str = ACCURACY) -> str:
-    """Per method variant: AA and BWT minus the baseline's on the same (model, order, seed)."""
+    """Per method variant: AA and BWT minus the baseline's on the same (model, order, seed), and
+    the rates of the pairs ("baseline's / the variant's" where they differ)."""
     diffs: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    members: dict[tuple[str, str], list[tuple[dict[str, Any], dict[str, Any]]]] = defaultdict(list)
     for run, base in partners(runs, lambda method: None if method == baseline else baseline, by):
         if base is None:
             continue
         a, b = summary_of(run, score), summary_of(base, score)
+        members[(run["model"], label_of(run, by))].append((base, run))
         d = diffs[(run["model"], label_of(run, by))]
         d["aa"].append(a["aa"] - b["aa"])
         d["bwt"].append(a["bwt"] - b["bwt"])
@@ -133,11 +136,12 @@ def paired_table(runs: list[dict[str, Any]], baseline: str, by: tuple[str, ...] 
         return ""
     first = "acc." if score == ACCURACY else score
     lines = [
-        f"| model | method | ΔAA vs {baseline} | ΔBWT | Δ first-task final {first} | pairs |",
-        "|---|---|---|---|---|---|",
+        f"| model | method | ΔAA vs {baseline} | ΔBWT | Δ first-task final {first} | lr | pairs |",
+        "|---|---|---|---|---|---|---|",
     ]
     for (model, method), d in sorted(diffs.items()):
-        lines.append(f"| {model} | {method} | {pm(d['aa'])} | {pm(d['bwt'])} | {pm(d['first'])} | {len(d['aa'])} |")
+        lines.append(f"| {model} | {method} | {pm(d['aa'])} | {pm(d['bwt'])} | {pm(d['first'])} | "
+                     f"{_rates(members[(model, method)])} | {len(d['aa'])} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -214,7 +218,8 @@ def timing_table(runs: list[dict[str, Any]], by: tuple[str, ...] = ()) -> str:
     (epoch-end evaluations and checkpoints included), minutes in all; and, recorded since
     2026-12-01, the process's CPU minutes in training and the machine's mean load at the tasks'
     ends (wall times grow with what else runs; CPU time much less), and the CPU of each of the
-    run's segments (a resumed run may have changed machines): "–" in older files."""
+    run's segments (a resumed run may have changed machines; "–" for a segment that recorded none,
+    as in older files)."""
     lines = ["| model | order | method | seed | train s, first task | train s, later tasks "
              "| median step s, later tasks | eval s | minutes | train CPU min | load | CPU |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -243,8 +248,8 @@ def _cpus(run: dict[str, Any]) -> str:
     took over at; "–" when no segment recorded one (files before 2026-12-01)."""
     changes: list[tuple[int, str]] = []
     for segment in run.get("code", []):
-        cpu = segment.get("cpu")
-        if cpu and (not changes or changes[-1][1] != cpu):
+        cpu = segment.get("cpu") or "–"  # (a segment from before CPUs were recorded)
+        if not changes or changes[-1][1] != cpu:
             changes.append((segment["from_task"], cpu))
     if len(changes) <= 1:
         return changes[0][1] if changes else "–"
