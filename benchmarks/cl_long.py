@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from migu.bench import RunConfig, RunInProgress, apply_overrides, config_fingerprint, load_yaml, run, run_config
+from migu.bench import RunConfig, RunInProgress, apply_overrides, fingerprint_matches, load_yaml, run, run_config
 from migu.methods.registry import default_threshold, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,13 +91,13 @@ def _folder(config: RunConfig) -> Path:
     return Path(config.output_dir) / config.run_name()
 
 
-def _status(run_dir: Path, fingerprint: str) -> str:
+def _status(run_dir: Path, config: RunConfig) -> str:
     """done, "done through task N" or pending; "different config" when the folder holds another config's
     run (a changed --set or rate file), which the queue must not take as this run's."""
     for path in (run_dir / "results.json", run_dir / "state" / "progress.json"):
         if path.is_file():
             saved = json.loads(path.read_text())
-            if saved.get("fingerprint") != fingerprint:
+            if not fingerprint_matches(saved, config):
                 return DIFFERENT
             return "done" if path.name == "results.json" else f"done through task {saved.get('completed', 0)}"
     return "pending"
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
             raw["data"]["root"] = args.data_root
         configs.append(run_config(apply_overrides(raw, [*_overrides(config_path, method, order, seed, rates, out),
                                                         *args.set])))  # fmt: skip
-    clashes = [_folder(c) for c in configs if _status(_folder(c), config_fingerprint(c)) == DIFFERENT]
+    clashes = [_folder(c) for c in configs if _status(_folder(c), c) == DIFFERENT]
     if clashes and not args.list:  # before anything trains
         parser.exit(2, f"cl_long.py: {clashes[0]} holds a run of a different config ({len(clashes)} such "
                        "folder(s)); use another --out\n")  # fmt: skip
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.exit(2, f"cl_long.py: no run of the queue matches --only {args.only!r}\n")
     for config in configs:
         name, folder = config.run_name(), _folder(config)
-        state = _status(folder, config_fingerprint(config))
+        state = _status(folder, config)
         print(f"== {folder.parent.name}/{name}  lr {config.train.lr:g}  [{state}]  {time.strftime('%H:%M:%S')}",
               flush=True)  # fmt: skip
         if args.list or state == "done":

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from migu.bench import RunConfig, RunInProgress, apply_overrides, load_yaml, run, run_config
+from migu.bench import RunConfig, RunInProgress, apply_overrides, load_tasks, load_yaml, run, run_config
 from migu.bench.provenance import cpu_name
 from migu.bench.store import RunStore
 from migu.cli import main
@@ -145,6 +146,25 @@ def test_resume_refuses_other_config(bench_dir, tmp_path):
         run(other)
 
 
+def test_a_run_resumes_with_its_data_moved_and_refuses_other_data(bench_dir, tmp_path):
+    """The data is identified by what it holds, not by the folder named in data.root: a run
+    carried to another machine (the data at another path) resumes, other data is refused."""
+    from conftest import write_benchmark
+
+    config = _config(bench_dir, tmp_path / "runs")
+    with pytest.raises(Killed):
+        run(config, on_task_end=lambda i, s: (_ for _ in ()).throw(Killed()))
+    moved = shutil.copytree(bench_dir, tmp_path / "elsewhere" / "data")
+    other = write_benchmark(tmp_path / "other", n_train=30)  # the same tasks, other training examples
+    with pytest.raises(ValueError, match="holds a run on other data"):
+        run(_config(other, tmp_path / "runs"))
+    result = run(_config(moved, tmp_path / "runs"))
+    assert result["resumed_at"] == [1] and result["data_digest"] == load_tasks(config).digest()
+    assert run(_config(moved, tmp_path / "runs"))["finished"] == result["finished"]  # reloaded
+    with pytest.raises(ValueError, match="holds a run on other data"):
+        run(_config(other, tmp_path / "runs"))
+
+
 def test_evaluating_seen_tasks_only_keeps_every_metric_but_fwt(bench_dir, tmp_path):
     full = run(_config(bench_dir, tmp_path / "all"))
     seen = run(_config(bench_dir, tmp_path / "seen", data={**_config_data(bench_dir), "evaluate_tasks": "seen"}))
@@ -161,13 +181,13 @@ def test_evaluating_seen_tasks_only_keeps_every_metric_but_fwt(bench_dir, tmp_pa
 
 def test_committed_results_keep_their_fingerprints():
     # every committed run is still recognised as finished by this version's config
-    from migu.bench.runner import config_fingerprint
+    from migu.bench.runner import fingerprint_matches
 
     files = sorted((Path(__file__).parents[1] / "benchmarks" / "results").rglob("results.json"))
     assert files
     for path in files:
         saved = json.loads(path.read_text())
-        assert config_fingerprint(run_config(saved["config"])) == saved["fingerprint"], path
+        assert fingerprint_matches(saved, run_config(saved["config"])), path
 
 
 def test_a_setting_added_later_at_its_default_keeps_old_fingerprints(bench_dir, tmp_path):
@@ -179,6 +199,9 @@ def test_a_setting_added_later_at_its_default_keeps_old_fingerprints(bench_dir, 
     # what an earlier version hashed
     del old["data"]["evaluate_tasks"], old["data"]["kind"], old["data"]["evaluate_every"], old["evaluators"]
     del old["train"]["dropout"], old["train"]["optim"], old["format"]
+    expected = hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert config_fingerprint(config, with_data_root=True) == expected
+    del old["data"]["root"]  # (since 2026-12-02 the data is identified by its digest, not its folder)
     expected = hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:16]
     assert config_fingerprint(config) == expected
     assert config_fingerprint(replace(config, train=replace(config.train, optim="adamw_torch_fused"))) != expected

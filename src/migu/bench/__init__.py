@@ -1,7 +1,7 @@
 """The benchmark runner: task orders, runs, result files, resume."""
 
 from .config import DataConfig, RunConfig, apply_overrides, load_yaml, run_config
-from .runner import RunInProgress, config_fingerprint, load_tasks, run
+from .runner import RunInProgress, config_fingerprint, fingerprint_matches, load_tasks, run
 
 __all__ = [
     "DataConfig",
@@ -9,6 +9,7 @@ __all__ = [
     "RunInProgress",
     "apply_overrides",
     "config_fingerprint",
+    "fingerprint_matches",
     "load_tasks",
     "load_yaml",
     "run",

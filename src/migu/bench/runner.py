@@ -79,15 +79,32 @@ _ADDED_LATER: dict[tuple[str | None, str], Any] = {
 }
 
 
-def config_fingerprint(config: RunConfig) -> str:
+def config_fingerprint(config: RunConfig, with_data_root: bool = False) -> str:
     """What identifies a run's results: a hash of its config without the keys that do not change
-    them (progress bars, output folder, keeping the model)."""
+    them (progress bars, output folder, keeping the model, and where the data was read from: the
+    data itself is identified by ``TaskSequence.digest``, so a run resumes with its data moved).
+    ``with_data_root``: the fingerprint of runs before 2026-12-02, which hashed ``data.root``."""
     settings = {k: v for k, v in config.to_dict().items() if k not in ("progress", "output_dir", "save_model")}
     for (section, key), value in _ADDED_LATER.items():
         node = settings if section is None else settings[section]
         if key in node and node[key] == value:
             node.pop(key)
+    if not with_data_root:
+        settings["data"].pop("root", None)
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def fingerprint_matches(saved: dict[str, Any], config: RunConfig) -> bool:
+    """Whether a saved state or results file is a run of ``config`` (either fingerprint form)."""
+    return saved.get("fingerprint") in (config_fingerprint(config), config_fingerprint(config, with_data_root=True))
+
+
+def _same_data(saved: dict[str, Any], sequence: TaskSequence, where: Path) -> None:
+    """Refuse a run folder whose saved run read other data (files from before 2026-12-02 have no
+    digest: their fingerprint holds ``data.root``)."""
+    if saved.get("data_digest") not in (None, sequence.digest()):
+        raise ValueError(f"{where} holds a run on other data (data.root or the files in it changed); "
+                         "choose another output_dir or name, or delete that folder")  # fmt: skip
 
 
 TaskHook = Callable[[int, dict[str, Any]], None]
@@ -135,7 +152,8 @@ def _run(config: RunConfig, on_task_end: TaskHook | None, sequence: TaskSequence
     is_main = accelerator.is_main_process
     done = store.finished()
     if done is not None:
-        if done.get("fingerprint") == fingerprint:
+        if fingerprint_matches(done, config):
+            _same_data(done, sequence, store.dir)
             say(f"{store.dir.name}: finished already; reloaded {store.dir / RESULTS}", is_main)
             if config.save_model and not (store.dir / "model").is_dir():
                 say(f"{store.dir.name}: finished without save_model, so it kept no model; rerun it under "
@@ -150,9 +168,10 @@ def _run(config: RunConfig, on_task_end: TaskHook | None, sequence: TaskSequence
     # methods' setup draws (adapters) whatever loading drew (a first-time conversion, a cache hit)
     torch.manual_seed(config.seed)
     model = methods.setup(bundle.model)
-    state = _resume(store, fingerprint, config, sequence, methods, model)
+    state = _resume(store, config, sequence, methods, model)
     if state is None:
         state = _new_state(fingerprint, config)
+        state["data_digest"] = sequence.digest()
         say(f"{store.dir.name}: {len(sequence)} tasks ({', '.join(sequence.names)})", is_main)
     else:
         model = state.pop("_model")
@@ -222,15 +241,17 @@ def _new_state(fingerprint: str, config: RunConfig) -> dict[str, Any]:
     return state
 
 
-def _resume(store: RunStore, fingerprint: str, config: RunConfig, sequence: TaskSequence, methods: MethodStack,
+def _resume(store: RunStore, config: RunConfig, sequence: TaskSequence, methods: MethodStack,
             model: torch.nn.Module) -> dict[str, Any] | None:  # fmt: skip
     """The saved state of an interrupted run (its model rebuilt and loaded under ``_model``)."""
     state = store.load_progress()
     if state is None:
         return None
-    if state.get("fingerprint") != fingerprint:
+    if not fingerprint_matches(state, config):
         raise ValueError(f"{store.dir} holds an unfinished run of a different config; "
                          "choose another output_dir or name, or delete that folder")  # fmt: skip
+    _same_data(state, sequence, store.dir)
+    state.setdefault("data_digest", sequence.digest())  # (an older state: its fingerprint held the path)
     if "scores" not in state:  # the state of an older migu: one accuracy matrix
         columns = sequence.names
         state["scores"] = {"specs": {"accuracy": {"higher_is_better": True, "columns": columns}},
@@ -290,6 +311,7 @@ def _results(config: RunConfig, sequence: TaskSequence, methods: MethodStack, st
         "method_settings": json.loads(json.dumps(method_settings(list(methods)), default=str)),
         "versions": versions(),
         "fingerprint": fingerprint,
+        "data_digest": state.get("data_digest"),
         "started": state["started"],
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "resumed_at": state["resumed_at"],

@@ -8,9 +8,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any, Literal
 
 Kind = Literal["options", "corpus", "instruction"]
@@ -118,6 +120,17 @@ class TaskSequence:
 
     def __len__(self) -> int:
         return len(self.tasks)
+
+    def digest(self) -> str:
+        """A hash of what the sequence trains and scores on (names, instructions, labels and every
+        split's examples), whatever folder they were read from."""
+
+        def plain(example: Any) -> Any:
+            return asdict(example) if is_dataclass(example) and not isinstance(example, type) else example
+
+        content = [[t.name, t.instruction, list(t.labels), *([plain(x) for x in split]
+                    for split in (t.train, t.test, t.validation))] for t in self.tasks]  # fmt: skip
+        return hashlib.sha256(json.dumps(content, default=str).encode()).hexdigest()[:16]
 
     def __iter__(self):
         return iter(self.tasks)
