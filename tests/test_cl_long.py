@@ -66,3 +66,20 @@ def test_rate_of_another_method_and_its_folder(cl_long, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         cl_long.main(["--out", str(out), "--list", "--only", "no such run"])
     assert stop.value.code == 2 and "no run of the queue matches" in capsys.readouterr().err
+
+
+def test_a_refused_run_does_not_stop_the_queue(cl_long, tmp_path, monkeypatch, capsys):
+    """A run the runner refuses (e.g. its folder holds a run on other data) is reported, the
+    rest of the queue goes on, and the queue ends with status 2."""
+    calls = []
+
+    def refuse(config, on_task_end=None):
+        calls.append(config.run_name())
+        raise ValueError(f"{config.run_name()} holds a run on other data")
+
+    monkeypatch.setattr(cl_long, "run", refuse)
+    with pytest.raises(SystemExit) as stop:
+        cl_long.main(["--out", str(tmp_path / "long"), "--only", "long/minilm_lora"])
+    assert stop.value.code == 2 and len(calls) > 1  # (seeds 0 and 1 of three orders)
+    captured = capsys.readouterr()
+    assert captured.out.count("refused: ") == len(calls) and "run(s) refused" in captured.err

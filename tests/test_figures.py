@@ -357,3 +357,16 @@ def test_points_never_pool_two_models(tmp_path):
     scored = [(r, figdata.score_of(r, "accuracy")) for r in runs]
     assert set(figdata.groups(scored, ())) == {("minilm lora", "o1"), ("smollm2 lora", "o1")}
     assert set(figdata.groups(scored[:1], ())) == {("lora", "o1")}
+
+
+def test_the_data_folder_does_not_split_a_method(tmp_path):
+    """Seeds of one method whose data sat in other folders (a run carried to another machine) are
+    one point: data.root says where the data was, not how the run was set up."""
+    matrix = _matrix([90.0, 80.0, 70.0], [60.0, 50.0, 70.0])
+    runs = []
+    for seed, root in ((0, "../shared/data"), (1, "/elsewhere/data")):
+        run = json.loads((_write(tmp_path, f"s{seed}", "lora", seed, matrix) / "results.json").read_text())
+        run["config"]["data"]["root"] = root
+        runs.append(run)
+    scored = [(r, figdata.score_of(r, "accuracy")) for r in runs]
+    assert {k: len(p.runs) for k, p in figdata.groups(scored, ()).items()} == {("lora", "o1"): 2}

@@ -165,6 +165,53 @@ def test_a_run_resumes_with_its_data_moved_and_refuses_other_data(bench_dir, tmp
         run(_config(other, tmp_path / "runs"))
 
 
+def test_an_older_state_moves_with_its_data_once_resumed(bench_dir, tmp_path):
+    """A state from before data digests (its fingerprint hashed data.root) resumes at the same
+    root only; resumed once, it is identified as a new state and can move."""
+    from migu.bench.runner import config_fingerprint
+
+    def kill_after(task):
+        def hook(index, state):
+            if index + 1 == task:
+                raise Killed
+
+        return hook
+
+    config = _config(bench_dir, tmp_path / "runs")
+    with pytest.raises(Killed):
+        run(config, on_task_end=kill_after(1))
+    progress = tmp_path / "runs" / config.run_name() / "state" / "progress.json"
+    state = json.loads(progress.read_text())
+    del state["data_digest"]
+    state["fingerprint"] = config_fingerprint(config, with_data_root=True)  # as an older migu wrote it
+    progress.write_text(json.dumps(state))
+    moved = shutil.copytree(bench_dir, tmp_path / "elsewhere")
+    with pytest.raises(ValueError, match="unfinished run of a different config"):
+        run(_config(moved, tmp_path / "runs"))
+    with pytest.raises(Killed):
+        run(config, on_task_end=kill_after(2))
+    assert json.loads(progress.read_text())["fingerprint"] == config_fingerprint(config)
+    assert run(_config(moved, tmp_path / "runs"))["resumed_at"] == [1, 2]
+
+
+def test_the_data_digest_covers_end_tasks_and_not_key_order():
+    from migu.data.tasks import Example, InstructionExample, Task, TaskSequence, TextExample
+
+    def corpus(end_labels):
+        train, test = [Example("t", end_labels[0], end_labels)], [Example("u", end_labels[1], end_labels)]
+        end = Task("end", "Which?", end_labels, train, test)
+        docs = [TextExample("a document")]
+        return TaskSequence("s", [Task("c", "", (), docs, docs, kind="corpus", extras={"end_task": end})])
+
+    def instruction(meta):
+        examples = [InstructionExample("p", "r", meta=meta)]
+        return TaskSequence("s", [Task("i", "", (), examples, examples, kind="instruction")])
+
+    assert corpus(("a", "b")).digest() != corpus(("b", "a")).digest()  # an end task relabelled
+    assert instruction({"x": 1, "y": 2}).digest() == instruction({"y": 2, "x": 1}).digest()  # (key order)
+    assert instruction({"x": 1}).digest() != instruction({"x": 2}).digest()
+
+
 def test_evaluating_seen_tasks_only_keeps_every_metric_but_fwt(bench_dir, tmp_path):
     full = run(_config(bench_dir, tmp_path / "all"))
     seen = run(_config(bench_dir, tmp_path / "seen", data={**_config_data(bench_dir), "evaluate_tasks": "seen"}))

@@ -99,10 +99,10 @@ def fingerprint_matches(saved: dict[str, Any], config: RunConfig) -> bool:
     return saved.get("fingerprint") in (config_fingerprint(config), config_fingerprint(config, with_data_root=True))
 
 
-def _same_data(saved: dict[str, Any], sequence: TaskSequence, where: Path) -> None:
+def _same_data(saved: dict[str, Any], digest: str, where: Path) -> None:
     """Refuse a run folder whose saved run read other data (files from before 2026-12-02 have no
     digest: their fingerprint holds ``data.root``)."""
-    if saved.get("data_digest") not in (None, sequence.digest()):
+    if saved.get("data_digest") not in (None, digest):
         raise ValueError(f"{where} holds a run on other data (data.root or the files in it changed); "
                          "choose another output_dir or name, or delete that folder")  # fmt: skip
 
@@ -153,7 +153,7 @@ def _run(config: RunConfig, on_task_end: TaskHook | None, sequence: TaskSequence
     done = store.finished()
     if done is not None:
         if fingerprint_matches(done, config):
-            _same_data(done, sequence, store.dir)
+            _same_data(done, sequence.digest(), store.dir)
             say(f"{store.dir.name}: finished already; reloaded {store.dir / RESULTS}", is_main)
             if config.save_model and not (store.dir / "model").is_dir():
                 say(f"{store.dir.name}: finished without save_model, so it kept no model; rerun it under "
@@ -250,8 +250,11 @@ def _resume(store: RunStore, config: RunConfig, sequence: TaskSequence, methods:
     if not fingerprint_matches(state, config):
         raise ValueError(f"{store.dir} holds an unfinished run of a different config; "
                          "choose another output_dir or name, or delete that folder")  # fmt: skip
-    _same_data(state, sequence, store.dir)
-    state.setdefault("data_digest", sequence.digest())  # (an older state: its fingerprint held the path)
+    digest = sequence.digest()
+    _same_data(state, digest, store.dir)
+    # an older state (its fingerprint held data.root): from now on identified as a new one, so that
+    # it, too, can move with its data
+    state["data_digest"], state["fingerprint"] = digest, config_fingerprint(config)
     if "scores" not in state:  # the state of an older migu: one accuracy matrix
         columns = sequence.names
         state["scores"] = {"specs": {"accuracy": {"higher_is_better": True, "columns": columns}},

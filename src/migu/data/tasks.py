@@ -122,15 +122,13 @@ class TaskSequence:
         return len(self.tasks)
 
     def digest(self) -> str:
-        """A hash of what the sequence trains and scores on (names, instructions, labels and every
-        split's examples), whatever folder they were read from."""
-
-        def plain(example: Any) -> Any:
-            return asdict(example) if is_dataclass(example) and not isinstance(example, type) else example
-
-        content = [[t.name, t.instruction, list(t.labels), *([plain(x) for x in split]
-                    for split in (t.train, t.test, t.validation))] for t in self.tasks]  # fmt: skip
-        return hashlib.sha256(json.dumps(content, default=str).encode()).hexdigest()[:16]
+        """A hash of what the sequence trains and scores on (each task's name, instruction, labels,
+        every split's examples and its extras, e.g. a corpus's end task), whatever folder they were
+        read from; fed one example at a time."""
+        sha = hashlib.sha256()
+        for task in self.tasks:
+            _feed(sha, task)
+        return sha.hexdigest()[:16]
 
     def __iter__(self):
         return iter(self.tasks)
@@ -169,3 +167,21 @@ def make_examples(
             raise ValueError(f"{where}: example {index} has label {label!r}, which is not in {list(opts)}")
         out.append(Example(text, label, opts, instruction, task))
     return out
+
+
+def _feed(sha: Any, item: Any) -> None:
+    """Feed ``item`` (a task, an example, plain data) to ``sha``, large lists item by item."""
+    if isinstance(item, Task):
+        for part in (item.name, item.instruction, list(item.labels), item.extras):
+            _feed(sha, part)
+        for split in (item.train, item.test, item.validation):
+            sha.update(b"[%d" % len(split))
+            for example in split:
+                _feed(sha, example)
+    elif isinstance(item, dict) and any(isinstance(v, Task) for v in item.values()):
+        for key in sorted(item):
+            _feed(sha, key)
+            _feed(sha, item[key])
+    else:
+        plain = asdict(item) if is_dataclass(item) and not isinstance(item, type) else item
+        sha.update(json.dumps(plain, sort_keys=True, default=str).encode() + b"\n")

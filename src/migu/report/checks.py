@@ -7,7 +7,7 @@ from typing import Any
 
 from .runs import ACCURACY, config_value, flat_config, label_of, order_of, score_matrices, varying_keys
 
-_NOT_SETTINGS = {"name", "output_dir", "progress"}
+_NOT_SETTINGS = {"name", "output_dir", "progress", "data.root"}  # (where, not how: a run may move)
 
 
 def check_options(

@@ -24,7 +24,7 @@ from .runs import find_results, flat_config, order_of
 
 REQUIRED = ("model", "method", "seed", "sequence")
 # config keys that never tell variants apart (bookkeeping) or are shown in a label already
-_IGNORED = {"seed", "method", "model", "output_dir", "name", "progress"}
+_IGNORED = {"seed", "method", "model", "output_dir", "name", "progress", "data.root"}  # (not settings)
 # MIGU-like method components and their threshold / layer keys
 _COMPONENTS = ("migu", "random_update")
 _LAYER_KEYS = ("layers", "include", "exclude")
