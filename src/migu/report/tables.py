@@ -121,27 +121,26 @@ def partners(
 def paired_table(runs: list[dict[str, Any]], baseline: str, by: tuple[str, ...] = (), score: str = ACCURACY) -> str:
     """Per method variant: AA and BWT minus the baseline's on the same (model, order, seed), and
     the rates of the pairs ("baseline's / the variant's" where they differ)."""
-    diffs: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     members: dict[tuple[str, str], list[tuple[dict[str, Any], dict[str, Any]]]] = defaultdict(list)
     for run, base in partners(runs, lambda method: None if method == baseline else baseline, by):
-        if base is None:
-            continue
-        a, b = summary_of(run, score), summary_of(base, score)
-        members[(run["model"], label_of(run, by))].append((base, run))
-        d = diffs[(run["model"], label_of(run, by))]
-        d["aa"].append(a["aa"] - b["aa"])
-        d["bwt"].append(a["bwt"] - b["bwt"])
-        d["first"].append(a["final_accuracy"][0] - b["final_accuracy"][0])
-    if not diffs:
+        if base is not None:
+            members[(run["model"], label_of(run, by))].append((base, run))
+    if not members:
         return ""
     first = "acc." if score == ACCURACY else score
     lines = [
         f"| model | method | ΔAA vs {baseline} | ΔBWT | Δ first-task final {first} | lr | pairs |",
         "|---|---|---|---|---|---|---|",
     ]
-    for (model, method), d in sorted(diffs.items()):
+    for (model, method), pairs in sorted(members.items()):
+        d: dict[str, list[float]] = defaultdict(list)
+        for base, run in pairs:
+            a, b = summary_of(run, score), summary_of(base, score)
+            d["aa"].append(a["aa"] - b["aa"])
+            d["bwt"].append(a["bwt"] - b["bwt"])
+            d["first"].append(a["final_accuracy"][0] - b["final_accuracy"][0])
         lines.append(f"| {model} | {method} | {pm(d['aa'])} | {pm(d['bwt'])} | {pm(d['first'])} | "
-                     f"{_rates(members[(model, method)])} | {len(d['aa'])} |")  # fmt: skip
+                     f"{_rates(pairs)} | {len(pairs)} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -205,8 +204,8 @@ def _rates(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> str:
     and each side's values joined by "," when its runs differ among themselves."""
 
     def side(runs: list[dict[str, Any]]) -> str:
-        rates = sorted({run.get("config", {}).get("train", {}).get("lr") for run in runs}, key=str)
-        return ",".join("–" if r is None else f"{r:g}" for r in rates)
+        rates = sorted({config_value(run, "train.lr") for run in runs})
+        return ",".join("–" if r == "-" else r for r in rates)  # ("-": no rate recorded)
 
     without_, with_ = side([b for b, _ in pairs]), side([w for _, w in pairs])
     return without_ if without_ == with_ else f"{without_} / {with_}"
