@@ -68,3 +68,40 @@ def test_a_micro_batch_that_does_not_split_evenly_is_refused(bench_dir, tmp_path
     _, err = _launch(path).communicate(timeout=240)
     assert "train.micro_batch_size (3) must be a multiple of the number of processes (2)" in err
     assert not list((tmp_path).glob("tiny-bert*"))
+
+
+def test_processes_that_read_other_data_at_the_same_root_are_refused_on_every_rank(bench_dir, tmp_path):
+    """Two "nodes" (here: working folders) hold other files at the same relative data.root: both
+    processes stop with the same line and status 2, before anything is written."""
+    import os
+    import shutil
+    import socket
+    import sys
+
+    from launch import ROOT
+
+    for node in ("node0", "node1"):
+        shutil.copytree(bench_dir, tmp_path / node / "data")
+    test = tmp_path / "node1" / "data" / "TC" / "alpha" / "test.json"  # one test label differs
+    rows = json.loads(test.read_text())
+    rows[0]["label"] = rows[1]["label"]
+    test.write_text(json.dumps(rows))
+    config = _config(Path("data"), tmp_path / "out", train={"lr": 1e-3, "batch_size": 8, "micro_batch_size": 4,
+                                                             "max_length": 32, "eval_batch_size": 8})  # fmt: skip
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config.to_dict()))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    procs = []
+    for rank in (0, 1):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src"), "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port), "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": "0",
+               "LOCAL_WORLD_SIZE": "1"}  # fmt: skip
+        procs.append(subprocess.Popen([sys.executable, "-m", "migu", "run", str(path)], cwd=tmp_path / f"node{rank}",
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))  # fmt: skip
+    for proc in procs:
+        _, err = proc.communicate(timeout=240)
+        assert proc.returncode == 2, err[-3000:]
+        assert "data.root: process(es) 1 read other examples than process 0" in err
+    assert not (tmp_path / "out").exists()

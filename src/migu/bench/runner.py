@@ -119,6 +119,7 @@ def run(config: RunConfig, on_task_end: TaskHook | None = None) -> dict[str, Any
     methods.check_sequence(len(sequence))  # (before anything is written, as bad data)
     evaluators = build_evaluators(config.evaluators, sequence.kind)
     accelerator = make_accelerator(config.train)
+    _same_data_on_every_rank(sequence.digest(), accelerator)
     if config.save_model:
         methods.check_save_model()
     if config.save_model and accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
@@ -135,6 +136,20 @@ def run(config: RunConfig, on_task_end: TaskHook | None = None) -> dict[str, Any
         if error is not None:
             raise RunInProgress(error)
         return _run(config, on_task_end, sequence, methods, evaluators, accelerator, store)
+
+
+def _same_data_on_every_rank(digest: str, accelerator: Any) -> None:
+    """Refuse, on every rank at once, a run whose ranks read different examples (nodes holding
+    other files at the same ``data.root``); otherwise those ranks alone would refuse a resume, or
+    the run would train and score each rank on other data."""
+    if accelerator.num_processes == 1:
+        return
+    digests: list[Any] = [None] * accelerator.num_processes
+    torch.distributed.all_gather_object(digests, digest)
+    other = [rank for rank, theirs in enumerate(digests) if theirs != digests[0]]
+    if other:
+        raise ValueError(f"data.root: process(es) {', '.join(map(str, other))} read other examples than "
+                         "process 0; every node needs the same files there")  # fmt: skip
 
 
 def _from_main(value: Any, accelerator: Any) -> Any:
