@@ -42,20 +42,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
-from typing import Any
 
-from migu.bench import (
-    RunConfig,
-    RunInProgress,
-    apply_overrides,
-    fingerprint_matches,
-    load_tasks,
-    load_yaml,
-    run,
-    run_config,
-)
+from migu.bench import apply_overrides, load_yaml, run_config
+from migu.bench.queue import run_folder, run_queue
 from migu.methods.registry import default_threshold, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +53,6 @@ MINILM = ROOT / "configs" / "cpu" / "minilm_long.yaml"
 SMOLLM2 = ROOT / "configs" / "cpu" / "smollm2_lora_long.yaml"
 CHOICE = ROOT / "benchmarks" / "results" / "minilm_standard" / "lr_choice.json"
 ORDERS = ("order4", "order5", "order6")
-DIFFERENT = "different config"
 FAMILIES = ("lora", "lora+migu", "finetune", "finetune+migu", "finetune+random_update", "inc_lora", "inc_lora+migu")
 
 
@@ -96,35 +85,6 @@ def _overrides(config: Path, method: str, order: str, seed: int, rates: dict[str
     return items
 
 
-def _folder(config: RunConfig) -> Path:
-    return Path(config.output_dir) / config.run_name()
-
-
-def _status(run_dir: Path, config: RunConfig, check_data: bool = False) -> str:
-    """done, "done through task N" or pending; "different config" when the folder holds another config's
-    run (a changed --set or rate file), which the queue must not take as this run's; with
-    ``check_data`` (another --data-root), also when it was trained on other data."""
-    for path in (run_dir / "results.json", run_dir / "state" / "progress.json"):
-        if path.is_file():
-            saved = json.loads(path.read_text())
-            if not fingerprint_matches(saved, config):
-                return DIFFERENT
-            if check_data and saved.get("data_digest") not in (None, load_tasks(config).digest()):
-                return DIFFERENT
-            return "done" if path.name == "results.json" else f"done through task {saved.get('completed', 0)}"
-    return "pending"
-
-
-def _task_log(name: str):
-    def log(index: int, state: dict[str, Any]) -> None:
-        timing = state["timings"][-1]
-        print(f"   {name}: task {index + 1} {timing.get('task')}: train {timing.get('seconds', 0):.0f} s "
-              f"({timing.get('steps')} steps, loss {timing.get('mean_loss', float('nan')):.4f}), "
-              f"eval {timing.get('eval_seconds', 0):.0f} s  [{time.strftime('%H:%M:%S')}]", flush=True)  # fmt: skip
-
-    return log
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "minilm_long"),
@@ -155,43 +115,13 @@ def main(argv: list[str] | None = None) -> None:
             raw["data"]["root"] = args.data_root
         configs.append(run_config(apply_overrides(raw, [*_overrides(config_path, method, order, seed, rates, out),
                                                         *args.set])))  # fmt: skip
-    clashes = [_folder(c) for c in configs if _status(_folder(c), c, bool(args.data_root)) == DIFFERENT]
-    if clashes and not args.list:  # before anything trains
-        parser.exit(2, f"cl_long.py: {clashes[0]} holds a run of a different config ({len(clashes)} such "
-                       "folder(s)); use another --out\n")  # fmt: skip
-    skipped = refused = 0
     if args.only:
-        configs = [c for c in configs if args.only in f"{_folder(c).parent.name}/{c.run_name()}"]
+        configs = [c for c in configs if args.only in f"{run_folder(c).parent.name}/{c.run_name()}"]
         if not configs:
             parser.exit(2, f"cl_long.py: no run of the queue matches --only {args.only!r}\n")
-    for config in configs:
-        name, folder = config.run_name(), _folder(config)
-        state = _status(folder, config, bool(args.data_root))
-        print(f"== {folder.parent.name}/{name}  lr {config.train.lr:g}  [{state}]  {time.strftime('%H:%M:%S')}",
-              flush=True)  # fmt: skip
-        if args.list or state == "done":
-            continue
-        start = time.perf_counter()
-        try:
-            result = run(config, on_task_end=_task_log(name))
-        except RunInProgress as err:
-            print(f"   skipped: {err}", flush=True)
-            skipped += 1
-            continue
-        except ValueError as err:  # (e.g. a folder holding a run on other data): the rest of the queue goes on
-            print(f"   refused: {err}", flush=True)
-            refused += 1
-            continue
-        m = result.get("metrics") or {}
-        print(
-            f"   {name}: AA {m.get('aa', float('nan')):.2f}  BWT {m.get('bwt', float('nan')):.2f}  "
-            f"({len(result['sequence'])} tasks, {(time.perf_counter() - start) / 60:.1f} min)",
-            flush=True,
-        )
-    if skipped:
-        print(f"{skipped} run(s) skipped: another process holds them", flush=True)
-    if refused:
-        parser.exit(2, f"cl_long.py: {refused} run(s) refused (see above)\n")
+    status = run_queue(configs, "cl_long.py", args.list, bool(args.data_root))
+    if status:
+        parser.exit(status)
 
 
 if __name__ == "__main__":

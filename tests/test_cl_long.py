@@ -77,7 +77,7 @@ def test_a_refused_run_does_not_stop_the_queue(cl_long, tmp_path, monkeypatch, c
         calls.append(config.run_name())
         raise ValueError(f"{config.run_name()} holds a run on other data")
 
-    monkeypatch.setattr(cl_long, "run", refuse)
+    monkeypatch.setattr("migu.bench.queue.run", refuse)
     with pytest.raises(SystemExit) as stop:
         cl_long.main(["--out", str(tmp_path / "long"), "--only", "long/minilm_lora"])
     assert stop.value.code == 2 and len(calls) > 1  # (seeds 0 and 1 of three orders)

@@ -246,6 +246,7 @@ def test_a_setting_added_later_at_its_default_keeps_old_fingerprints(bench_dir, 
     # what an earlier version hashed
     del old["data"]["evaluate_tasks"], old["data"]["kind"], old["data"]["evaluate_every"], old["evaluators"]
     del old["train"]["dropout"], old["train"]["optim"], old["format"]
+    del old["data"]["names_in_input"], old["protocol"]
     expected = hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:16]
     assert config_fingerprint(config, with_data_root=True) == expected
     del old["data"]["root"]  # (since 2026-12-02 the data is identified by its digest, not its folder)
@@ -253,6 +254,8 @@ def test_a_setting_added_later_at_its_default_keeps_old_fingerprints(bench_dir, 
     assert config_fingerprint(config) == expected
     assert config_fingerprint(replace(config, train=replace(config.train, optim="adamw_torch_fused"))) != expected
     assert config_fingerprint(replace(config, save_model=True)) == expected  # not part of the run's identity
+    assert config_fingerprint(replace(config, protocol="paper")) != expected
+    assert config_fingerprint(replace(config, data=replace(config.data, names_in_input=True))) != expected
     config.data.evaluate_tasks = "seen"
     assert config_fingerprint(config) != expected
     with pytest.raises(ValueError, match="evaluate_tasks must be all, seen or diagonal"):
@@ -335,7 +338,8 @@ def test_mixed_precision_no_survives_yaml():
         run_config(apply_overrides({}, ["train.mixed_precision=fp16"]))
 
 
-RUN_CONFIGS = [p for p in (Path(__file__).parents[1] / "configs").rglob("*.yaml") if p.parent.name != "accelerate"]
+SKIP = ("accelerate", "protocols")  # Accelerate's configs; protocols that run configs extend
+RUN_CONFIGS = [p for p in (Path(__file__).parents[1] / "configs").rglob("*.yaml") if p.parent.name not in SKIP]
 
 
 @pytest.mark.parametrize("path", sorted(str(p) for p in RUN_CONFIGS))

@@ -48,7 +48,12 @@ class DataConfig:
     seed: int | None = None
     """Seed of the example sampling; by default the run's seed."""
     with_task_name: bool = False
-    """Prefix each prompt with its task name (the official code does; it leaks task identity)."""
+    """Prefix each prompt with its task name (``<task>\\n``; it leaks task identity)."""
+    names_in_input: bool = False
+    """Start each example's instruction with its task's category and dataset as the official
+    code's collator writes them (``Task:SC\\nDataset:amazon\\n``: every script of the paper passes
+    ``--add_task_name True --add_dataset_name True``). Off by default: it leaks task identity, and
+    the paper's claim is about learning without task labels. ``cl_benchmark`` source only."""
 
     def __post_init__(self) -> None:
         check_source(self.source)
@@ -58,6 +63,11 @@ class DataConfig:
             raise ValueError(f"data.evaluate_tasks must be all, seen or diagonal; got {self.evaluate_tasks!r}")
         if self.evaluate_every not in ("task", "epoch"):
             raise ValueError(f"data.evaluate_every must be task or epoch; got {self.evaluate_every!r}")
+        if self.names_in_input and self.source != "cl_benchmark":
+            raise ValueError(f"data.names_in_input: only the cl_benchmark source has the official task categories; "
+                             f"data.source is {self.source!r}")  # fmt: skip
+        if self.names_in_input and self.with_task_name:
+            raise ValueError("data.names_in_input and data.with_task_name both prefix the input: choose one")
         if self.evaluate_on == "validation" and self.n_validation < 1:
             raise ValueError("data.evaluate_on=validation needs data.n_validation >= 1")
 
@@ -69,6 +79,9 @@ class RunConfig:
     model: str = "minilm"
     method: str = "finetune"
     seed: int = 0
+    protocol: str | None = None
+    """The name of the protocol the run follows (``paper``: ``configs/protocols/paper.yaml``),
+    recorded in results.json; ``migu report`` never pairs runs of different protocols."""
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -177,11 +190,41 @@ def run_config(raw: dict[str, Any]) -> RunConfig:
     return config
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on ``base``, section by section (a copy): a mapping merges into a mapping, any
+    other value (a list, a number) replaces the base's."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file as a nested dict. ``extends: FILE`` (or a list of files, paths relative to
+    this one) lays the file's own settings over those files' settings, merged in order: a
+    protocol written once (``configs/protocols/paper.yaml``) applies to every benchmark."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"config file {p} does not exist")
     raw = read_yaml(p.read_text(), str(p))
     if not isinstance(raw, dict):
         raise ValueError(f"{p} must hold a mapping of settings")
-    return raw
+    parents = raw.pop("extends", None)
+    if parents is None:
+        return raw
+    if isinstance(parents, str):
+        parents = [parents]
+    if not isinstance(parents, list) or not all(isinstance(x, str) for x in parents):
+        raise ValueError(f"{p}: extends must be a file name or a list of file names, got {parents!r}")
+    base: dict[str, Any] = {}
+    for name in parents:
+        parent = (p.parent / name).resolve()
+        if parent in _seen or parent == p.resolve():
+            raise ValueError(f"{p}: extends {name} makes a loop")
+        if not parent.is_file():
+            raise FileNotFoundError(f"{p}: extends {name}, which does not exist ({parent})")
+        base = merge(base, load_yaml(parent, (*_seen, p.resolve())))
+    return merge(base, raw)

@@ -74,6 +74,8 @@ _ADDED_LATER: dict[tuple[str | None, str], Any] = {
     ("data", "evaluate_every"): "task",
     ("train", "dropout"): None,
     ("train", "optim"): "adamw_torch",
+    ("data", "names_in_input"): False,
+    (None, "protocol"): None,
     (None, "evaluators"): None,
     (None, "format"): {},
 }

@@ -74,10 +74,13 @@ def load_task(
     n_test: int | None = 1000,
     n_validation: int = 0,
     seed: int = 0,
+    names_in_input: bool = False,
 ) -> Task:
     """Load one task with seeded samples of ``n_train`` training, ``n_validation`` validation
     (held out of the training file, disjoint from the training sample) and ``n_test`` test
-    examples; ``None`` or more than available takes all."""
+    examples; ``None`` or more than available takes all. ``names_in_input``: the instruction
+    starts with ``official_prefix`` (the task's category and dataset, as the official code writes
+    them)."""
     dirs = dataset_dirs(root)
     folder = dirs.get(name.lower())
     if folder is None:
@@ -99,6 +102,8 @@ def load_task(
             raise ValueError(f"task {name!r} has an empty {split} split ({folder / (split + '.json')})")
     train, validation, test = sample_splits(train_all, test_all, n_train, n_test, n_validation, rng)
     instruction, task = instruction.strip(), name.lower()
+    if names_in_input:
+        instruction = official_prefix(category, folder.name) + instruction
     return Task(
         name=task,
         instruction=instruction,
@@ -110,6 +115,13 @@ def load_task(
     )
 
 
+def official_prefix(category: str, dataset: str) -> str:
+    """What the official code's data collator puts before the instruction with
+    ``--add_task_name True --add_dataset_name True`` (every script of the paper): the task's
+    category and its dataset folder's name, each on a line (``Task:SC\nDataset:amazon\n``)."""
+    return f"Task:{category}\nDataset:{dataset}\n"
+
+
 def load_sequence(
     root: str | Path,
     order: str | list[str],
@@ -118,6 +130,7 @@ def load_sequence(
     n_validation: int = 0,
     seed: int = 0,
     replace: dict[str, str | None] | None = None,
+    names_in_input: bool = False,
 ) -> TaskSequence:
     """Load an order by name (from ``orders.json``) or as a list of task names.
 
@@ -154,5 +167,5 @@ def load_sequence(
             f"unknown task(s) {missing} in order {label!r}: not found under {root} "
             f"(use replace={{'{missing[0]}': ...}} to stand in another task, or null to drop it)"
         )
-    tasks = [load_task(root, n, n_train, n_test, n_validation, seed) for n in names]
+    tasks = [load_task(root, n, n_train, n_test, n_validation, seed, names_in_input) for n in names]
     return TaskSequence(label, tasks)

@@ -84,7 +84,8 @@ def load_source(data: Any, seed: int) -> TaskSequence:
 def _cl_benchmark(data: Any, seed: int) -> TaskSequence:
     from .cl_benchmark import load_sequence
 
-    return load_sequence(data.root, data.order, data.n_train, data.n_test, data.n_validation, seed, data.replace)
+    return load_sequence(data.root, data.order, data.n_train, data.n_test, data.n_validation, seed, data.replace,
+                         data.names_in_input)  # fmt: skip
 
 
 def _bbc(data: Any, seed: int) -> TaskSequence:

@@ -1,0 +1,98 @@
+"""The paper's protocol, measured fairly (issue 37): one queue of MiniLM runs, resumable.
+
+Every run follows ``configs/protocols/paper.yaml`` (one rate for every arm, batch 8, one
+epoch, constant rate, T 0.7, first task unmasked, task and dataset names in the input, fp32).
+The one command that starts or continues the queue (from the repository root; finished runs are
+skipped, an unfinished one resumes after its last finished task, a run another process holds is
+skipped, so run it twice side by side, one per core):
+
+    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1 \\
+        python benchmarks/fair.py --out $PWD/benchmarks/results/fair
+
+``--list`` prints the queue with each run's state; ``--only TEXT`` keeps the runs whose
+``FOLDER/RUN`` contains TEXT. The queue, in the issue's order of work:
+
+1. ``standard/``: orders 1-3 at 1e-4: finetune, finetune+migu, finetune+random_update (seeds
+   0-2) and lora, lora+migu (seeds 0-1), seed by seed so that a partial table is of whole pairs;
+2. ``no_names/``: the FT pair without the names in the input (orders 1-3, seed 0);
+3. ``rates/``: order 1, seed 0, the FT triple at 3e-5 and 3e-4 (1e-4 is in ``standard/``), for
+   learning against forgetting across rates;
+4. ``long/``: order 4 (14 tasks), seed 0: finetune, finetune+migu, finetune+random_update, lora,
+   lora+migu, all at 1e-4; then orders 5 and 6 the same way.
+
+Tables and figure:
+
+    migu report benchmarks/results/fair/standard --baseline '' --effect-of migu --effect-of random_update
+    migu report benchmarks/results/fair/no_names benchmarks/results/fair/standard --by data.names_in_input ...
+    migu plot benchmarks/results/fair/rates benchmarks/results/fair/standard ...
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from migu.bench import RunConfig, apply_overrides, load_yaml, run_config
+from migu.bench.queue import run_folder, run_queue
+
+ROOT = Path(__file__).resolve().parents[1]
+STANDARD = ROOT / "configs" / "cpu" / "minilm_standard_paper.yaml"
+LONG = ROOT / "configs" / "cpu" / "minilm_long_paper.yaml"
+FT = ("finetune", "finetune+migu", "finetune+random_update")
+LORA = ("lora", "lora+migu")
+ORDERS = ("order1", "order2", "order3")
+
+
+def queue() -> list[tuple[Path, str, str, tuple[str, ...]]]:
+    """(config, folder under --out, method, extra overrides) in the order of work."""
+    items: list[tuple[Path, str, str, tuple[str, ...]]] = []
+    for seed in (0, 1, 2):
+        for order in ORDERS:
+            methods = FT + (LORA if seed < 2 else ())
+            items += [(STANDARD, "standard", m, (f"data.order={order}", f"seed={seed}")) for m in methods]
+    items += [(STANDARD, "no_names", m, (f"data.order={o}", "seed=0", "data.names_in_input=false",
+                                         "protocol=paper_without_names")) for o in ORDERS for m in FT[:2]]  # fmt: skip
+    for lr in ("3e-5", "3e-4"):
+        items += [(STANDARD, "rates", m, ("data.order=order1", "seed=0", f"train.lr={lr}", f"name=lr{lr}_{m}"))
+                  for m in FT]  # fmt: skip
+    for order in ("order4", "order5", "order6"):
+        items += [(LONG, "long", m, (f"data.order={order}", "seed=0")) for m in FT + LORA]
+    return items
+
+
+def configs(out: Path, data_root: str | None = None, extra: list[str] | None = None) -> list[RunConfig]:
+    """The queue as checked run configs under ``out``."""
+    found = []
+    for path, folder, method, overrides in queue():
+        raw = load_yaml(path)
+        raw.pop("method", None)
+        if data_root:
+            raw["data"]["root"] = data_root
+        keys = [f"method={method}", *overrides, f"output_dir={out / folder}", *(extra or [])]
+        found.append(run_config(apply_overrides(raw, keys)))
+    return found
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fair"),
+                        help="folder of the runs (an absolute path when running from another worktree)")  # fmt: skip
+    parser.add_argument("--data-root", help="override data.root of the configs")
+    parser.add_argument("--list", action="store_true", help="print the queue and each run's state; train nothing")
+    parser.add_argument("--only", metavar="TEXT", help="only the runs whose FOLDER/RUN (as --list prints it) "
+                        "contains TEXT")  # fmt: skip
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key for every run (changes the runs' fingerprints)")  # fmt: skip
+    args = parser.parse_args(argv)
+    runs = configs(Path(args.out).resolve(), args.data_root, args.set)
+    if args.only:
+        runs = [c for c in runs if args.only in f"{run_folder(c).parent.name}/{c.run_name()}"]
+        if not runs:
+            parser.exit(2, f"fair.py: no run of the queue matches --only {args.only!r}\n")
+    status = run_queue(runs, "fair.py", args.list, bool(args.data_root))
+    if status:
+        parser.exit(status)
+
+
+if __name__ == "__main__":
+    main()
