@@ -36,13 +36,13 @@ def test_variants_and_pairing(tmp_path, capsys):
     assert table.count("finetune+migu [") == 3 and table.count("finetune [") == 2
     # each MIGU variant is paired with the finetune run of the same learning rate
     paired = paired_table(runs, "finetune", ("train.lr",))
-    rows = {line.split(" | ")[1]: line.split(" | ")[2] for line in paired.splitlines()[2:]}
+    rows = {line.split(" | ")[2]: line.split(" | ")[3] for line in paired.splitlines()[2:]}
     assert rows["finetune+migu [train.lr=0.0001]"] == "2.00"  # (84+90)/2 - (80+90)/2
     assert rows["finetune+migu [train.lr=0.0003]"] == "3.00 ± 1.41"  # +2 (T=0.7) and +4 (T=0.5)
-    rates = {line.split(" | ")[1]: line.split(" | ")[5] for line in paired.splitlines()[2:]}
+    rates = {line.split(" | ")[2]: line.split(" | ")[8] for line in paired.splitlines()[2:]}
     assert rates["finetune+migu [train.lr=0.0003]"] == "0.0003"  # (paired at the same rate)
     across = paired_table([runs[0], runs[3]], "finetune")  # a pair at two rates says so
-    assert across.splitlines()[2].split(" | ")[5] == "0.0001 / 0.0003"
+    assert across.splitlines()[2].split(" | ")[8] == "0.0001 / 0.0003"
     # without the key the baseline is ambiguous: no pairs rather than a wrong one
     assert paired_table(runs, "finetune") == ""
 
@@ -128,15 +128,18 @@ def test_effect_of_migu_pairs_each_method_with_itself_without_migu(tmp_path, cap
         _run("olora+migu", 0, [50.0, 50.0]),  # no olora run: no row
     ]
     table = effect_table(runs, "migu")
-    rows = {line.split(" | ")[2]: line.split(" | ")[4:-1] for line in table.splitlines()[2:] if line.startswith("|")}
+    rows = {line.split(" | ")[3]: line.split(" | ")[5:-1] for line in table.splitlines()[2:] if line.startswith("|")}
     assert set(rows) == {"lora", "lora+replay"}
     assert table.rstrip().endswith("olora+migu (1)")
     assert rows["lora"][0] == "70.50 ± 0.71" and rows["lora"][1] == "72.00 ± 0.00"
     assert rows["lora"][2] == "1.50 ± 0.71"  # (66+78)/2 - (60+80)/2 = 2, (64+80)/2 - (62+80)/2 = 1
-    assert rows["lora"][6] == "1.50 ± 0.71"  # ΔLA: a[1,1] = final[0] + 2 and a[2,2] = final[1], so as ΔAA
+    assert rows["lora"][3] == "[-4.85, +7.85]"  # 1.5 ± t(0.975, 1) 12.706 x 0.71 / sqrt(2)
+    assert rows["lora"][8] == "1.50 ± 0.71"  # ΔLA: a[1,1] = final[0] + 2 and a[2,2] = final[1], so as ΔAA
     assert rows["lora+replay"][2] == "-0.50"
-    assert rows["lora"][7] == "0.001 / 0.003"  # the rates of a pair at two rates are in the table
-    assert rows["lora+replay"][7] == "–"  # (runs without a recorded rate)
+    assert rows["lora"][9] == "0.001 / 0.003"  # the rates of a pair at two rates are in the table
+    assert (
+        rows["lora+replay"][9] == "–" and rows["lora+replay"][3] == "–"
+    )  # (one pair: no interval)  # (runs without a recorded rate)
     for i, run in enumerate(runs):
         (tmp_path / f"r{i}").mkdir()
         (tmp_path / f"r{i}" / "results.json").write_text(json.dumps(run))
@@ -161,12 +164,12 @@ def test_effect_rows_per_order_and_over_all_orders_and_pairs_by_the_tasks_run():
         on("o3", _run("lora+migu", 0, [60.0, 80.0])),  # no pair
     ]
     lines = [line.split(" | ") for line in effect_table(runs, "migu").splitlines() if line.startswith("| m |")]
-    assert [(cells[1], cells[6], cells[-1]) for cells in lines] == [
+    assert [(cells[2], cells[7], cells[-1]) for cells in lines] == [
         ("o1", "2.00", "1 |"),
         ("o2", "-2.00", "1 |"),
-        ("all 2 orders", "0.00 ± 2.83", "2 |"),
+        ("all 2 orders", "0.00 ± 2.83", "2 (1 independent) |"),  # (both start with task a at seed 0)
     ]
-    assert effect_table(runs, "migu").rstrip().endswith("lora+migu (1)")
+    assert "Without a partner run" in effect_table(runs, "migu") and "lora+migu (1)" in effect_table(runs, "migu")
     # the summary's pooled row says how many orders it pools, per method
     summary = summary_table(runs[:5])
     assert "| m | all 3 orders | lora |" in summary and "| m | all 2 orders | lora+migu |" in summary
@@ -193,3 +196,45 @@ def test_runs_that_are_not_seeds_of_each_other_are_refused(tmp_path, capsys):
     (tmp_path / "copy" / "results.json").write_text(json.dumps(runs[0]))
     assert main(["report", str(tmp_path / "0"), str(tmp_path / "copy"), "--baseline", ""]) == 2
     assert "the same run given twice?" in capsys.readouterr().err
+
+
+def test_pairs_never_cross_settings_protocols_or_rates_and_intervals_count_independent_units():
+    """A pair differs in the method alone (its rate aside); a row holds one protocol and one pair of
+    rates; the 95% interval is Student's t over units, pairs of one seed and first task averaged."""
+    from scipy import stats
+
+    from migu.report.pairing import interval, same_setting, t_interval
+    from migu.report.tables import effect_table
+
+    def on(order, seed, run, first="a", protocol=None, **data):
+        run["config"]["data"].update(order=order, **data)
+        run["config"]["protocol"] = protocol
+        run["seed"], run["sequence"] = seed, [first, order]
+        return run
+
+    runs = []
+    for seed, (d1, d2, d3) in enumerate([(2.0, 4.0, 1.0), (0.0, 2.0, 3.0)]):
+        for order, first, d in (("o1", "a", d1), ("o2", "a", d2), ("o3", "c", d3)):
+            runs.append(on(order, seed, _run("ft", seed, [60.0, 80.0]), first, "paper"))
+            runs.append(on(order, seed, _run("ft+migu", seed, [60.0 + 2 * d, 80.0]), first, "paper"))
+    table = effect_table(runs, "migu")
+    row = next(line for line in table.splitlines() if "all 3 orders" in line).split(" | ")
+    assert row[1] == "paper" and row[7] == "2.00 ± 1.41" and row[-1] == "6 (4 independent) |"
+    units = [3.0, 1.0, 1.0, 3.0]  # seed 0: (2+4)/2 and 1; seed 1: (0+2)/2 and 3
+    half = stats.t.ppf(0.975, 3) * stats.tstd(units) / 2
+    assert row[8] == f"[{2 - half:+.2f}, {2 + half:+.2f}]"
+    assert "o1, o2 (seed 0: a)" in table and "o1, o2 (seed 1: a)" in table
+    low, high = t_interval([1.0, 2.0, 3.0])
+    assert abs(high - 2 - stats.t.ppf(0.975, 2) / 3**0.5) < 1e-12 and abs(2 - low - (high - 2)) < 1e-12
+    assert interval([(runs[0], runs[1])], [2.0]).text() == "–"
+    # another protocol, another data setting, another rate: never one pair or one row
+    other = [on("o1", 0, _run("ft+migu", 0, [70.0, 80.0]), protocol="official")]
+    other.append(on("o1", 0, _run("ft+migu", 0, [70.0, 80.0], train={"lr": 3e-4}), protocol="paper"))
+    assert not same_setting(runs[0], other[0])
+    five, many = (on("o1", 0, _run("ft", 0, [1.0, 1.0]), protocol="paper", n_train=n) for n in (5, 1000))
+    assert not same_setting(five, many) and same_setting(many, many)
+    assert same_setting(runs[0], other[1])  # (the rate may differ: it has a column, and a row, of its own)
+    table = effect_table(runs + other, "migu", ("train.lr",))
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| m | paper | o1 |")]
+    assert sorted(cells[-2] for cells in rows) == ["–", "– / 0.0003"]
+    assert "ft+migu (1)" in table  # the other protocol's run has no partner

@@ -10,8 +10,8 @@ from collections import defaultdict
 from typing import Any
 
 from .curves import column_values, epoch_positions
+from .pairing import partners, pm, without
 from .runs import label_of, order_of
-from .tables import partners, pm, without
 
 Curve = dict[tuple[str, str], dict[float, float | None]]
 """(score, column) -> {epoch: value} of one run."""

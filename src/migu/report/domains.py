@@ -9,8 +9,8 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
+from .pairing import partners, pm, without
 from .runs import label_of, order_of, score_matrices
-from .tables import partners, pm, without
 
 END_SCORES = ("end_accuracy", "end_macro_f1")
 END_SUMMARY = ("mean_accuracy", "mean_macro_f1", "first_two_macro_f1", "last_two_macro_f1")

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from .. import metrics
+from .pairing import Interval, Pair, interval, partners, pm, row_key, shared_starts, unit_of, without
 from .runs import (
     ACCURACY,
     choose_score,
-    config_value,
     label_of,
     order_of,
     score_matrices,
@@ -59,14 +57,6 @@ def _minus(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
 
-def pm(values: Sequence[float | None]) -> str:
-    """Mean ± std, "–" if any value is missing (a metric the schedule leaves out)."""
-    if not values or any(v is None for v in values):
-        return "–"
-    mean, std = metrics.mean_std(values)  # type: ignore[arg-type]
-    return f"{mean:.2f} ± {std:.2f}" if len(values) > 1 else f"{mean:.2f}"
-
-
 def summary_table(runs: list[dict[str, Any]], by: tuple[str, ...] = (), score: str = ACCURACY) -> str:
     """One row per (model, order, method variant): AA, BWT, forgetting, learning accuracy, runs
     (the seeds), minutes; and one over all of a method variant's orders where it ran several ("all
@@ -95,85 +85,87 @@ def summary_table(runs: list[dict[str, Any]], by: tuple[str, ...] = (), score: s
     return "\n".join(lines) + "\n"
 
 
-def _baseline_for(run: dict[str, Any], bases: list[dict[str, Any]], by: tuple[str, ...]) -> dict[str, Any] | None:
-    """The baseline run to pair with: the one with the same ``by`` values, else the only one."""
-    same = [b for b in bases if all(config_value(b, k) == config_value(run, k) for k in by)]
-    if len(same) == 1:
-        return same[0]
-    return bases[0] if len(bases) == 1 else None
+def _ci(pairs: list[Pair], values: list[float | None]) -> tuple[str, Interval | None]:
+    """The t-based 95% interval of paired differences over their independent units ("–" when a
+    value is missing or there are fewer than two units)."""
+    if not values or any(v is None for v in values):
+        return "–", None
+    found = interval(pairs, values)  # type: ignore[arg-type]
+    return found.text(), found
 
 
-def partners(
-    runs: list[dict[str, Any]], partner_of: Callable[[str], str | None], by: tuple[str, ...]
-) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
-    """(run, its partner run or None) for every run whose method ``partner_of`` maps to a partner
-    method: the partner's run on the same model, order and seed (and ``by`` values, if it must)."""
-    index: dict[tuple[str, str, str, tuple[str, ...], Any], list[dict[str, Any]]] = defaultdict(list)
-    for r in runs:  # (and the tasks run: one order with a task dropped is another)
-        index[(r["model"], r["method"], order_of(r), tuple(r["sequence"]), r["seed"])].append(r)
-    for run in runs:
-        method = partner_of(run["method"])
-        if method is not None:
-            key = (run["model"], method, order_of(run), tuple(run["sequence"]), run["seed"])
-            yield run, _baseline_for(run, index.get(key, []), by)
+def _count(pairs: list[Pair]) -> str:
+    """ "n", or "n (k independent)" when some pairs share training (``pairing.units``)."""
+    k = len({unit_of(p) for p in pairs})
+    return str(len(pairs)) if k == len(pairs) else f"{len(pairs)} ({k} independent)"
+
+
+def _protocol(key: tuple[str, str]) -> str:
+    return key[0] or "–"
+
+
+def _shared_note(pairs: list[Pair]) -> str:
+    shared = shared_starts(pairs)
+    if not shared:
+        return ""
+    return (
+        "\nPairs that share their first tasks (same seed) train identically until their orders part: each such "
+        "group counts as one independent unit in the intervals: " + "; ".join(shared) + ".\n"
+    )
 
 
 def paired_table(runs: list[dict[str, Any]], baseline: str, by: tuple[str, ...] = (), score: str = ACCURACY) -> str:
-    """Per method variant: AA and BWT minus the baseline's on the same (model, order, seed), and
-    the rates of the pairs ("baseline's / the variant's" where they differ)."""
-    members: dict[tuple[str, str], list[tuple[dict[str, Any], dict[str, Any]]]] = defaultdict(list)
+    """Per method variant, protocol and rates: AA and BWT minus the baseline's on the same model,
+    tasks and seed in the same setting (``pairing.partners``), mean ± std over the pairs with a
+    t-based 95% interval over the independent units, and the rates ("baseline's / the variant's"
+    where they differ: pairs of other rates are another row)."""
+    members: dict[tuple[str, tuple[str, str], str], list[Pair]] = defaultdict(list)
     for run, base in partners(runs, lambda method: None if method == baseline else baseline, by):
         if base is not None:
-            members[(run["model"], label_of(run, by))].append((base, run))
+            members[(run["model"], row_key((base, run)), label_of(run, by))].append((base, run))
     if not members:
         return ""
     first = "acc." if score == ACCURACY else score
     lines = [
-        f"| model | method | ΔAA vs {baseline} | ΔBWT | Δ first-task final {first} | lr | pairs |",
-        "|---|---|---|---|---|---|---|",
+        f"| model | protocol | method | ΔAA vs {baseline} | 95% CI | ΔBWT | 95% CI | Δ first-task final {first} "
+        "| lr | pairs |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for (model, method), pairs in sorted(members.items()):
-        d: dict[str, list[float]] = defaultdict(list)
+    for (model, key, method), pairs in sorted(members.items()):
+        d: dict[str, list[float | None]] = defaultdict(list)
         for base, run in pairs:
             a, b = summary_of(run, score), summary_of(base, score)
-            d["aa"].append(a["aa"] - b["aa"])
-            d["bwt"].append(a["bwt"] - b["bwt"])
-            d["first"].append(a["final_accuracy"][0] - b["final_accuracy"][0])
-        lines.append(f"| {model} | {method} | {pm(d['aa'])} | {pm(d['bwt'])} | {pm(d['first'])} | "
-                     f"{_rates(pairs)} | {len(pairs)} |")  # fmt: skip
-    return "\n".join(lines) + "\n"
-
-
-def without(method: str, component: str) -> str | None:
-    """The method spec with ``component`` removed (``lora+replay+migu`` -> ``lora+replay``), or None
-    if the spec lacks it or is nothing else."""
-    parts = method.split("+")
-    if component not in parts or len(parts) == 1:
-        return None
-    return "+".join(p for p in parts if p != component)
+            d["aa"].append(_minus(a["aa"], b["aa"]))
+            d["bwt"].append(_minus(a["bwt"], b["bwt"]))
+            d["first"].append(_minus(a["final_accuracy"][0], b["final_accuracy"][0]))
+        lines.append(f"| {model} | {_protocol(key)} | {method} | {pm(d['aa'])} | {_ci(pairs, d['aa'])[0]} | "
+                     f"{pm(d['bwt'])} | {_ci(pairs, d['bwt'])[0]} | {pm(d['first'])} | {key[1]} | "
+                     f"{_count(pairs)} |")  # fmt: skip
+    return "\n".join(lines) + "\n" + _shared_note([p for ps in members.values() for p in ps])
 
 
 def effect_table(runs: list[dict[str, Any]], component: str, by: tuple[str, ...] = (), score: str = ACCURACY) -> str:
-    """Every run whose method includes ``component`` next to the run of the same model, tasks and
-    seed without it (each with its own chosen rate): AA and BWT of both and their paired
-    differences, and the paired difference of learning accuracy (ΔLA: each task right after its own
-    training), per order and, where a pair ran several, over all its orders ("all N orders").
-    The lr column gives the rates, "without / with" where they differ, so that a pair at two rates
-    is not read as the component's effect alone.
+    """Every run whose method includes ``component`` next to the run of the same model, tasks,
+    seed and setting without it (``pairing.partners``): AA and BWT of both, their paired
+    differences (mean ± std over the pairs, and a t-based 95% interval over the independent units:
+    pairs that share their first tasks count once), and the paired difference of learning accuracy
+    (ΔLA: each task right after its own training), per order and, where a pair ran several, over
+    all its orders ("all N orders"). A row holds one protocol and one pair of rates ("without /
+    with" where they differ), so that a pair at two rates is never pooled with one at one rate.
     Runs without a partner (or with several that ``by`` cannot tell apart) are counted under the table."""
-    Pair = tuple[dict[str, Any], dict[str, Any]]
-    pairs: dict[tuple[str, str, str], dict[str, list[Pair]]] = defaultdict(lambda: defaultdict(list))
+    pairs: dict[tuple[str, tuple[str, str], str, str], dict[str, list[Pair]]] = defaultdict(lambda: defaultdict(list))
     unpaired: dict[str, int] = defaultdict(int)
     for run, base in partners(runs, lambda method: without(method, component), by):
         if base is None:
             unpaired[label_of(run, by)] += 1
         else:
-            pairs[(run["model"], label_of(base, by), label_of(run, by))][order_of(run)].append((base, run))
+            key = (run["model"], row_key((base, run)), label_of(base, by), label_of(run, by))
+            pairs[key][order_of(run)].append((base, run))
     if not pairs and not unpaired:
         return ""
-    lines = [f"| model | order | without {component} | with | AA | AA with | ΔAA | BWT | BWT with | ΔBWT | ΔLA "
-             "| lr | pairs |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for (model, base_label, label), by_order in sorted(pairs.items()):
+    lines = [f"| model | protocol | order | without {component} | with | AA | AA with | ΔAA | 95% CI | BWT | BWT with "
+             "| ΔBWT | 95% CI | ΔLA | lr | pairs |", "|---" * 16 + "|"]  # fmt: skip
+    for (model, setting, base_label, label), by_order in sorted(pairs.items()):
         rows = sorted(by_order.items())
         if len(rows) > 1:
             rows.append((f"all {len(rows)} orders", [p for _, members in rows for p in members]))
@@ -185,30 +177,22 @@ def effect_table(runs: list[dict[str, Any]], component: str, by: tuple[str, ...]
                 pm([x["aa"] for x in b]),
                 pm([y["aa"] for y in w]),
                 pm(d["aa"]),
+                _ci(members, d["aa"])[0],
                 pm([x["bwt"] for x in b]),
                 pm([y["bwt"] for y in w]),
                 pm(d["bwt"]),
+                _ci(members, d["bwt"])[0],
                 pm(d["learning_accuracy"]),
-                _rates(members),
-                str(len(members)),
+                setting[1],
+                _count(members),
             ]
-            lines.append(f"| {model} | {order} | {base_label} | {label} | " + " | ".join(cells) + " |")
+            head = f"| {model} | {_protocol(setting)} | {order} | {base_label} | {label} | "
+            lines.append(head + " | ".join(cells) + " |")
     if unpaired:
-        lines.append("\nWithout a partner run (none, or several that --by does not tell apart): "
+        lines.append("\nWithout a partner run (none in the same setting, or several that --by does not tell apart): "
                      + ", ".join(f"{k} ({v})" for k, v in sorted(unpaired.items())))  # fmt: skip
-    return "\n".join(lines) + "\n"
-
-
-def _rates(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> str:
-    """The learning rates of paired runs: one value, "without / with" when the two sides differ,
-    and each side's values joined by "," when its runs differ among themselves."""
-
-    def side(runs: list[dict[str, Any]]) -> str:
-        rates = sorted({config_value(run, "train.lr") for run in runs})
-        return ",".join("–" if r == "-" else r for r in rates)  # ("-": no rate recorded)
-
-    without_, with_ = side([b for b, _ in pairs]), side([w for _, w in pairs])
-    return without_ if without_ == with_ else f"{without_} / {with_}"
+    every = [p for by_order in pairs.values() for ps in by_order.values() for p in ps]
+    return "\n".join(lines) + "\n" + _shared_note(every)
 
 
 def timing_table(runs: list[dict[str, Any]], by: tuple[str, ...] = ()) -> str:
