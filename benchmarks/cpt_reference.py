@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from migu.bench import apply_overrides, load_yaml, run_config
-from migu.data.sources import load_source
+from migu.data import load_source
 from migu.evaluators import EvalContext
 from migu.evaluators.end_task import EndTask, EndTaskConfig
 from migu.models import load_model

@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 from migu.bench import apply_overrides, load_tasks, load_yaml, run_config
+from migu.formats import make_format
 from migu.methods.base import TaskContext
 from migu.methods.ewc import Ewc, EwcConfig
 from migu.models import load_model
-from migu.train import make_format
 
 CONFIG = Path(__file__).parents[1] / "configs" / "cpu" / "minilm_standard.yaml"
 

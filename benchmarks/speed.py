@@ -94,8 +94,8 @@ def minilm_cl_case(task: str = "amazon", batch: int = 64, batches: int = 8) -> C
 
     from migu.bench.config import DataConfig
     from migu.data.cl_benchmark import load_task
+    from migu.formats import make_format
     from migu.models import load_model
-    from migu.train.formats import make_format
 
     bundle = load_model("minilm")
     fmt = make_format(bundle.arch, bundle.tokenizer, 128)
@@ -112,9 +112,9 @@ def minilm_cpt_case(batch: int = 32, batches: int = 4) -> Case:
     from itertools import cycle
 
     from migu.bench.config import DataConfig
-    from migu.data.sources import load_source
+    from migu.data import load_source
+    from migu.formats import make_format
     from migu.models import load_model
-    from migu.train.formats import make_format
 
     root = os.environ.get("MIGU_CL_BENCHMARK", DataConfig.root)
     data = DataConfig(source="das_cpu", root=root, order=["yelp"], n_train=batch * batches, n_test=8)

@@ -109,7 +109,7 @@ def test_pass_at_1_evaluator_scores_the_split(tmp_path):
     assert evaluator.evaluate(model, fmt, examples, EvalContext()) == {"pass@1": 50.0}
     with pytest.raises(ValueError, match="meta"):
         evaluator.evaluate(model, fmt, [InstructionExample("p", "r", "code")], EvalContext())
-    with pytest.raises(ValueError, match="unknown setting"):
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['time_limit'\] in evaluators.pass_at_1"):
         build_evaluators({"pass_at_1": {"time_limit": 3}}, "instruction")
 
 

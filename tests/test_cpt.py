@@ -18,13 +18,14 @@ from migu.data.sources import load_jsonl_task
 from migu.data.tasks import Example, Task, TextExample
 from migu.evaluators import EvalContext
 from migu.evaluators.end_task import EndTask, EndTaskConfig, end_task_model
+from migu.formats import make_format
+from migu.formats.lm import CausalLMFormat, MaskedLMFormat
+from migu.formats.options import EncoderFormat
 from migu.methods import TaskContext, build_methods
 from migu.methods.derpp import Derpp, DerppConfig
 from migu.models import load_model
 from migu.models.mlm_head import MaskedLM, WarmupSettings, build_masked_lm, warm_up_head
-from migu.train import TrainConfig, make_accelerator, make_format, train_task
-from migu.train.formats import EncoderFormat
-from migu.train.lm import CausalLMFormat, MaskedLMFormat
+from migu.train import TrainConfig, make_accelerator, train_task
 
 TEXTS = [
     "The soup was cold but the bread was warm and the waiter was kind to us.",

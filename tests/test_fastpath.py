@@ -135,9 +135,10 @@ def test_fast_equals_reference_through_the_loop_with_clipping():
     # clip that binds at every step, both paths must still end with the same parameters
     from migu.data import Example
     from migu.data.tasks import Task
+    from migu.formats import make_format
     from migu.methods import TaskContext, build_methods
     from migu.models import load_model
-    from migu.train import TrainConfig, make_accelerator, make_format, train_task
+    from migu.train import TrainConfig, make_accelerator, train_task
 
     examples = [Example(f"text number {i}", "a" if i % 3 else "b", ("a", "b"), "Which?", "t") for i in range(16)]
     task = Task("t", "Which?", ("a", "b"), examples, examples)

@@ -16,11 +16,11 @@ import torch
 
 from conftest import TOPICS
 from migu.bench import run, run_config
-from migu.methods import REGISTRY, build_methods
+from migu.methods import METHODS, build_methods
 
 GRADIENT = ("migu", "random_update")
 # the methods that decide what trains alone; the others composed onto finetune
-BASES = [n for n in REGISTRY if n not in GRADIENT]
+BASES = [n for n in METHODS if n not in GRADIENT]
 SPECS = [n if build_methods(n)[0].name == n else f"finetune+{n}" for n in BASES]
 ARCHES = ("encoder", "decoder")
 

@@ -4,9 +4,12 @@ import pytest
 import torch
 
 from migu.data import Example
+from migu.evaluators import EvalContext
+from migu.evaluators.classification import label_scores
+from migu.formats import make_format, normalize_answer
 from migu.methods import TaskContext, build_methods
 from migu.models import load_model
-from migu.train import TrainConfig, accuracy, make_accelerator, make_format, normalize_answer, train_task
+from migu.train import TrainConfig, make_accelerator, train_task
 
 OPTIONS = ("cats", "dogs")
 EXAMPLES = [Example(f"text {i} about {OPTIONS[i % 2]}", OPTIONS[i % 2], OPTIONS, "Topic?", "alpha") for i in range(8)]
@@ -35,7 +38,7 @@ def test_format_trains_and_evaluates(model, options):
     changed = [n for n, p in bundle.model.named_parameters() if not torch.equal(p, before[n])]
     assert changed
     assert methods[-1].after_task(bundle.model, ctx)["masked"]
-    acc = accuracy(bundle.model, fmt, EXAMPLES, batch_size=4, progress=False)
+    acc = label_scores(bundle.model, fmt, EXAMPLES, EvalContext(batch_size=4))["accuracy"]
     assert 0.0 <= acc <= 100.0
     assert bundle.model.training  # mode restored
 

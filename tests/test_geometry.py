@@ -10,8 +10,8 @@ from migu.bench import run
 from migu.data.tasks import Example
 from migu.evaluators import EvalContext, build_evaluators
 from migu.evaluators.geometry import mean_pairwise_cosine
+from migu.formats.options import LABEL_MAX_LENGTH, DecoderFormat, EncoderFormat
 from migu.models import load_model
-from migu.train.formats import LABEL_MAX_LENGTH, DecoderFormat, EncoderFormat
 from test_protocol import _jsonl_config, _jsonl_dir
 
 TEXTS = ["a cat sat", "the stock fell", "rain again today", "a goal in the last minute", "new phone out", "tea"]

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 
 from migu.data.tasks import InstructionExample
 from migu.evaluators import EvalContext, build_evaluators
+from migu.formats import make_format
+from migu.formats.instruct import PLAIN_TEMPLATE, InstructionFormat
 from migu.models import load_model
-from migu.train import make_format
-from migu.train.instruct import PLAIN_TEMPLATE, InstructionFormat
 
 CHAT = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}"
         "{% if add_generation_prompt %}<assistant>{% endif %}")  # fmt: skip

@@ -7,13 +7,13 @@ from peft import LoraConfig, get_peft_model
 
 from migu.bench import run, run_config
 from migu.data import Example
-from migu.methods import REGISTRY, TaskContext, build_methods
+from migu.methods import METHODS, TaskContext, build_methods
 from migu.methods.lora import olora_loss
 from migu.methods.replay import Replay, ReplayConfig
 
 from tiny import build
 
-BASES = [n for n in REGISTRY if n not in ("migu", "random_update")]
+BASES = [n for n in METHODS if n not in ("migu", "random_update")]
 SPECS = BASES + [f"{b}+migu" for b in BASES] + ["lora+random_update", "lora+replay+migu"]
 
 
@@ -52,8 +52,9 @@ def test_every_method_trains_saves_resumes(bench_dir, tmp_path, method):
 )
 def test_frozen_parameters_stay_bit_identical(method):
     from migu.data.tasks import Task
+    from migu.formats import make_format
     from migu.models import load_model
-    from migu.train import TrainConfig, make_accelerator, make_format, train_task
+    from migu.train import TrainConfig, make_accelerator, train_task
 
     bundle = load_model("tiny-bert")
     examples = [Example(f"text {i}", "a" if i % 2 else "b", ("a", "b"), "Which?", "t") for i in range(8)]
@@ -136,8 +137,8 @@ def test_default_thresholds_per_combination():
 def _first_of_two_tasks(examples: int):
     """The tiny BERT and the context of the first of two tasks of `examples` examples, with the loss EWC needs."""
     from migu.data.tasks import Task
+    from migu.formats import make_format
     from migu.models import load_model
-    from migu.train import make_format
 
     bundle = load_model("tiny-bert")
     fmt = make_format("encoder", bundle.tokenizer, 16)
@@ -163,9 +164,9 @@ def test_ewc_penalty_zero_at_anchor_positive_away():
 
 def test_ewc_fisher_is_the_mean_of_per_example_squared_gradients():
     from migu.data.tasks import Task
+    from migu.formats import make_format
     from migu.methods.ewc import Ewc, EwcConfig
     from migu.models import load_model
-    from migu.train import make_format
 
     bundle = load_model("tiny-bert")
     model = bundle.model

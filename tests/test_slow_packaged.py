@@ -4,9 +4,12 @@ import pytest
 
 from migu.bench import run, run_config
 from migu.data import Example
+from migu.evaluators import EvalContext
+from migu.evaluators.classification import label_scores
+from migu.formats import make_format
 from migu.methods import TaskContext, build_methods
 from migu.models import load_model
-from migu.train import TrainConfig, accuracy, make_accelerator, make_format, train_task
+from migu.train import TrainConfig, make_accelerator, train_task
 
 pytestmark = pytest.mark.slow
 
@@ -45,4 +48,4 @@ def test_smollm2_trains_and_generates():
     stats = train_task(bundle.model, fmt, examples, methods, ctx, config, make_accelerator(config), progress=False)
     assert stats["steps"] == 1
     assert methods[-1].handle.fast_path_layers  # one micro-batch per step: kept rows only
-    assert 0.0 <= accuracy(bundle.model, fmt, examples, batch_size=4, progress=False) <= 100.0
+    assert 0.0 <= label_scores(bundle.model, fmt, examples, EvalContext(batch_size=4))["accuracy"] <= 100.0

@@ -76,7 +76,9 @@ def _yaml_text(value: object) -> str:
     return str(list(value)) if isinstance(value, tuple) else str(value)
 
 
-def _defaults(cls: type) -> str:
+def _defaults(cls: type | None) -> str:
+    if cls is None:
+        return ""
     out = []
     for f in dataclasses.fields(cls):
         if f.default is not dataclasses.MISSING:
@@ -98,9 +100,9 @@ def run_help() -> str:
     import textwrap
 
     from .bench.config import DataConfig, RunConfig
-    from .data.sources import SOURCES
-    from .evaluators import REGISTRY as EVALUATORS
-    from .methods.registry import SETTINGS
+    from .data import SOURCES
+    from .evaluators import EVALUATORS
+    from .methods import METHODS
     from .models.loading import TINY
     from .train.config import TrainConfig
 
@@ -115,7 +117,10 @@ def run_help() -> str:
         f"train.*: {_defaults(TrainConfig)}",
         "methods.<name>.*: the settings of a method (below), e.g. methods.migu.threshold=0.5",
     ]
-    methods = [f"{name}: {_defaults(cls) or '(no settings)'}" for name, cls in SETTINGS.items()]
+    methods = [
+        f"{name}: {_defaults(cls) or '(no settings)'}"
+        for name, cls in ((n, METHODS.entry(n).config_cls) for n in METHODS)
+    ]
     methods.append("migu's default threshold follows the paper per combination: 0.7; 0.4 with replay; 0.1 with olora")
     models = [
         "minilm (all-MiniLM-L6-v2, encoder) and smollm2 (SmolLM2-135M-Instruct, decoder): packaged, offline",

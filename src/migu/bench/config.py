@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from ..data.sources import check_source
+from ..data.base import check_source
 from ..settings import from_mapping
 from ..train.config import TrainConfig
 
@@ -20,7 +20,7 @@ class DataConfig:
     """Where the tasks come from and how many examples of each."""
 
     source: str = "cl_benchmark"
-    """A name of ``migu.data.sources.SOURCES``: ``cl_benchmark`` (local JSON), ``bbc`` (packaged
+    """A name of ``migu.data.SOURCES``: ``cl_benchmark`` (local JSON), ``bbc`` (packaged
     BBC News), ``hub`` (Hugging Face), ``jsonl`` (your files, see ``migu.data.sources``), ..."""
     kind: str = "options"
     """Task kind for sources that hold several (``jsonl``): ``options``, ``corpus``, ``instruction``."""
@@ -90,7 +90,7 @@ class RunConfig:
     """Decoders: ``generate`` (greedy, exact match; the paper's metric) or ``rank`` (candidates)."""
     format: dict[str, Any] = field(default_factory=dict)
     """Options of the task format, e.g. ``{layout: pack, mask_probability: 0.15}`` for corpus
-    tasks (see ``migu.train.lm``); by default the format's own."""
+    tasks (see ``migu.formats.lm``); by default the format's own."""
     evaluators: Any = None
     """Scores to compute, by evaluator name with optional settings (``[classification]``,
     ``{lm_loss: {}, lm_eval: {limit: 100}}``); by default the task kind's: ``classification``

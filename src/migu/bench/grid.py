@@ -56,7 +56,7 @@ def check_grid(raw: dict[str, Any]) -> list[RunConfig]:
 def check_runs(configs: Iterable[RunConfig]) -> None:
     """What ``run_config`` cannot see alone: each method spec and its effective settings, the
     evaluators for the data's task kind, the model's existence, MIGU's layer patterns."""
-    from ..data.sources import source_kind
+    from ..data.base import source_kind
     from ..evaluators import check_evaluators
     from ..methods.registry import build_methods
     from ..models.loading import TINY, model_config
@@ -81,7 +81,7 @@ def check_runs(configs: Iterable[RunConfig]) -> None:
 def _check_methods(config: RunConfig, methods: list[Any]) -> None:
     """Each method's ``check_sequence`` where the number of tasks is known before the data loads
     (``sources.task_count``; the runner checks the loaded sequence too), and ``save_model``."""
-    from ..data.sources import task_count
+    from ..data.base import task_count
     from ..methods.compose import MethodStack
 
     stack = MethodStack(methods)

@@ -111,7 +111,7 @@ def evaluate(setting: Setting, model: nn.Module, trained: int, when: str, final:
     specs: dict[str, dict[str, Any]] = {}
     is_main = setting.accelerator.is_main_process
     for evaluator in setting.evaluators:
-        if getattr(evaluator, "final_only", False) and not final:
+        if evaluator.final_only and not final:
             continue
         if not evaluator.per_task:
             start = time.perf_counter()

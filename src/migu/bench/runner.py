@@ -29,14 +29,15 @@ import torch
 from accelerate.utils import DistributedType
 
 from .. import metrics
-from ..data.sources import load_source
+from ..data import load_source
 from ..data.tasks import TaskSequence
 from ..evaluators import EvalContext, build_evaluators
+from ..formats import make_format
 from ..methods import build_methods
 from ..methods.compose import MethodStack
 from ..methods.registry import method_settings
 from ..models import load_model
-from ..train import make_accelerator, make_format
+from ..train import make_accelerator
 from ..train.loop import EpochState, set_dropout
 from ..train.sharding import migu_shards, shard_model
 from .config import RunConfig

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .sources import register_source
+from .base import register_source
 from .tasks import InstructionExample, Task, TaskSequence
 
 HELD_OUT_EVERY = 5

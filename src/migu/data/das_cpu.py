@@ -36,7 +36,7 @@ from the pre-training side). Documents are cut into passages of whole paragraphs
 Sizes: ``data.n_train`` pre-training passages and ``data.n_test`` held-out passages per domain
 (fewer if a domain has fewer), ``data.n_validation`` validation passages. With the CPU config
 (``configs/cpu/cpt_minilm.yaml``: 500 / 100 passages), measured with MiniLM's tokenizer ([CLS] and
-[SEP] included) by ``python -m migu.data.das_cpu 500 100``, pre-training / held-out tokens and
+[SEP] included) by ``python benchmarks/das_cpu_tokens.py 500 100``, pre-training / held-out tokens and
 end-task train / test examples per domain: yelp 40.1k / 8.3k, 500 / 500; qasper 43.8k / 8.6k,
 128 / 59; bbc 35.9k / 7.0k, 300 / 300; amazon 27.3k / 5.4k, 500 / 500; bioasq 47.6k / 10.9k,
 400 / 200; pubmedqa 43.0k / 8.2k, 120 / 80 (238k pre-training tokens in all).
@@ -58,6 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .base import register_source
 from .tasks import Task, TaskSequence, TextExample, make_examples
 
 DOMAINS = ("yelp", "amazon", "bbc", "qasper", "bioasq", "pubmedqa")
@@ -308,28 +309,5 @@ def _source(data: Any, seed: int) -> TaskSequence:
     return das_cpu_sequence(order, data.root, data.n_train, data.n_test, data.n_validation, seed)
 
 
-def _register() -> None:
-    from .sources import register_source
-
-    register_source("das_cpu", _source, ("corpus",), "CPU-scale DAS-like domains with end tasks (packaged text)",
-                    ORDER_NAMES)  # fmt: skip
-
-
-_register()
-
-
-if __name__ == "__main__":  # token counts of the docstring: python -m migu.data.das_cpu [n_train n_test]
-    import sys
-
-    from transformers import AutoTokenizer
-
-    from ..models.loading import minilm_path
-
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-    sizes = [int(x) for x in sys.argv[1:3]] or [600, 100]
-    for task in das_cpu_sequence(n_train=sizes[0], n_test=sizes[1]):
-        count = [sum(len(ids) for ids in tokenizer([e.text for e in split], verbose=False)["input_ids"])
-                 for split in (task.train, task.test)]  # fmt: skip
-        end = task.extras["end_task"]
-        print(f"{task.name}: {len(task.train)} / {len(task.test)} passages, {count[0] / 1000:.1f}k / "
-              f"{count[1] / 1000:.1f}k tokens; end task {len(end.train)} / {len(end.test)}")  # fmt: skip
+register_source("das_cpu", _source, ("corpus",), "CPU-scale DAS-like domains with end tasks (packaged text)",
+                ORDER_NAMES)  # fmt: skip

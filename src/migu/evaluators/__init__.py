@@ -1,12 +1,12 @@
 """Evaluators by name: classification (accuracy, macro-F1), lm_loss (loss, perplexity), and the
 ones other modules register (``register_evaluator``)."""
 
-# importing registers them: classification, embedding_geometry, lm_loss, pass_at_1, lm_eval (lm-eval
+# importing registers them: classification, answer_share, embedding_geometry, lm_loss, pass_at_1, lm_eval (lm-eval
 # loads on use), end_task (DAS)
-from . import classification, code_exec, end_task, geometry, lm, lm_eval_suite  # noqa: F401
+from . import answer_share, classification, code_exec, end_task, geometry, lm, lm_eval_suite  # noqa: F401
 from .base import (
     DEFAULTS,
-    REGISTRY,
+    EVALUATORS,
     EvalContext,
     Evaluator,
     ScoreSpec,
@@ -20,7 +20,7 @@ from .classification import macro_f1
 
 __all__ = [
     "DEFAULTS",
-    "REGISTRY",
+    "EVALUATORS",
     "EvalContext",
     "Evaluator",
     "ScoreSpec",

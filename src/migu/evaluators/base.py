@@ -18,12 +18,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+
+from ..registry import Registry
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ class EvalContext:
 class Evaluator(Protocol):
     name: str
     per_task: bool
+    final_only: bool
+    """Scored only after the last task (``end_task`` under the DAS protocol)."""
 
     def specs(self) -> list[ScoreSpec]:
         """The scores this evaluator returns, with their directions."""
@@ -64,14 +68,10 @@ class Evaluator(Protocol):
         ...
 
 
-@dataclass
-class _Entry:
-    factory: Callable[..., Evaluator]
-    config: type | None
-    kinds: tuple[str, ...]
-
-
-REGISTRY: dict[str, _Entry] = {}
+EVALUATORS: Registry[Evaluator] = Registry("evaluator", "evaluators")
+"""Evaluators by name; each evaluator's module registers it with its settings dataclass (or none)
+and the trait ``kinds``: the task kinds it can score (empty: any, e.g. a suite that brings its
+own data)."""
 DEFAULTS: dict[str, tuple[str, ...]] = {"options": ("classification",), "corpus": ("lm_loss",),
                                         "instruction": ("lm_loss",)}  # fmt: skip
 
@@ -79,24 +79,9 @@ DEFAULTS: dict[str, tuple[str, ...]] = {"options": ("classification",), "corpus"
 def register_evaluator(
     name: str, factory: Callable[..., Evaluator], config: type | None = None, kinds: tuple[str, ...] = ()
 ) -> None:
-    """Make ``name`` usable in a run's ``evaluators``; ``factory(config_instance)`` builds it
-    (``factory()`` when it has no settings); ``kinds`` lists the task kinds it can score (empty:
-    any, e.g. a suite that brings its own data)."""
-    REGISTRY[name] = _Entry(factory, config, kinds)
-
-
-def _settings(name: str, values: Any) -> Any:
-    entry = REGISTRY[name]
-    values = dict(values or {})
-    if entry.config is None:
-        if values:
-            raise ValueError(f"evaluators.{name} takes no settings; got {sorted(values)}")
-        return None
-    known = {f.name for f in fields(entry.config)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown setting(s) {unknown} for evaluators.{name}; known: {', '.join(sorted(known))}")
-    return entry.config(**values)
+    """Make ``name`` usable in a run's ``evaluators`` (``EVALUATORS``); ``factory(settings)``
+    builds it (``factory()`` when it has no settings)."""
+    EVALUATORS.register(name, factory, config, kinds=tuple(kinds))
 
 
 def normalize(spec: Any) -> dict[str, dict[str, Any]]:
@@ -116,10 +101,8 @@ def check_evaluators(spec: Any, kind: str | None = None) -> dict[str, dict[str, 
     """Check names, settings and task kind without building anything (config load time)."""
     chosen = normalize(spec)
     for name, values in chosen.items():
-        if name not in REGISTRY:
-            raise ValueError(f"unknown evaluator {name!r}; known: {', '.join(sorted(REGISTRY))}")
-        _settings(name, values)
-        kinds = REGISTRY[name].kinds
+        EVALUATORS.settings(name, values)  # (an unknown name or setting: one line naming it)
+        kinds = EVALUATORS.trait(name, "kinds")
         if kind is not None and kinds and kind not in kinds:
             raise ValueError(f"evaluator {name!r} scores {', '.join(kinds)} tasks, not {kind} tasks")
     return chosen
@@ -128,12 +111,7 @@ def check_evaluators(spec: Any, kind: str | None = None) -> dict[str, dict[str, 
 def build_evaluators(spec: Any, kind: str) -> list[Evaluator]:
     """The evaluators of a run: the named ones, or the task kind's defaults (``DEFAULTS``)."""
     chosen = check_evaluators(spec, kind) or {n: {} for n in DEFAULTS[kind]}
-    out = []
-    for name, values in chosen.items():
-        settings = _settings(name, values)
-        entry = REGISTRY[name]
-        out.append(entry.factory(settings) if entry.config is not None else entry.factory())
-    return out
+    return [EVALUATORS.build(name, values) for name, values in chosen.items()]
 
 
 @contextmanager

@@ -7,7 +7,8 @@ from typing import Any
 
 from torch import nn
 
-from ..train.formats import normalize_answer
+from ..formats.base import Answers
+from ..formats.options import normalize_answer
 from .base import EvalContext, ScoreSpec, batch_starts, evaluating, gather, register_evaluator, shard
 
 
@@ -27,6 +28,8 @@ def macro_f1(gold: Sequence[str], predicted: Sequence[str], labels: Sequence[str
 
 def predictions(model: nn.Module, fmt: Any, examples: Sequence[Any], ctx: EvalContext) -> list[str]:
     """The format's answers, batched by length (less padding)."""
+    if not isinstance(fmt, Answers):
+        raise ValueError(f"the {type(fmt).__name__} format gives no answers: classification scores options tasks")
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].text))
     answers: list[str] = [""] * len(examples)
     with evaluating(model, ctx):
@@ -58,6 +61,7 @@ class Classification:
 
     name = "classification"
     per_task = True
+    final_only = False
 
     def specs(self) -> list[ScoreSpec]:
         return [ScoreSpec("accuracy", True), ScoreSpec("macro_f1", True)]

@@ -131,6 +131,7 @@ class PassAt1:
 
     name = "pass_at_1"
     per_task = True
+    final_only = False
 
     def __init__(self, config: PassAt1Config | None = None) -> None:
         self.config = config or PassAt1Config()
@@ -174,6 +175,7 @@ class HumanEval:
 
     name = "humaneval"
     per_task = False
+    final_only = False
 
     def __init__(self, config: PassAt1Config | None = None) -> None:
         self.config = config or PassAt1Config()

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..train.formats import DecoderFormat, EncoderDecoderFormat, EncoderFormat
+from ..formats.options import DecoderFormat, EncoderDecoderFormat, EncoderFormat
 from .base import EvalContext, ScoreSpec, register_evaluator
 from .classification import label_scores
 
@@ -99,6 +99,7 @@ class EndTask:
 
     name = "end_task"
     per_task = True
+    final_only = False
 
     def __init__(self, config: EndTaskConfig | None = None) -> None:
         self.config = config or EndTaskConfig()

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..train.formats import LABEL_MAX_LENGTH
+from ..formats.options import LABEL_MAX_LENGTH
 from .base import EvalContext, ScoreSpec, batch_starts, evaluating, gather, register_evaluator, shard
 
 
@@ -42,6 +42,7 @@ class EmbeddingGeometry:
 
     name = "embedding_geometry"
     per_task = True
+    final_only = False
 
     def specs(self) -> list[ScoreSpec]:
         return [ScoreSpec("input_cosine", False), ScoreSpec("label_cosine", False), ScoreSpec("option_spread", True)]

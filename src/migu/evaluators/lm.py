@@ -8,12 +8,13 @@ from typing import Any
 
 from torch import nn
 
+from ..formats.base import TokenLoss
 from .base import EvalContext, ScoreSpec, batch_starts, evaluating, gather, register_evaluator, shard
 
 
 def token_loss_sum(model: nn.Module, fmt: Any, examples: Sequence[Any], ctx: EvalContext) -> tuple[float, int]:
     """Summed token loss and token count of ``examples`` under ``fmt.token_loss``."""
-    if not hasattr(fmt, "token_loss"):
+    if not isinstance(fmt, TokenLoss):
         raise ValueError(f"the {type(fmt).__name__} format has no token loss: lm_loss scores corpus or instruction "
                          "tasks")  # fmt: skip
     total, count = 0.0, 0
@@ -30,6 +31,7 @@ class LmLoss:
 
     name = "lm_loss"
     per_task = True
+    final_only = False
 
     def specs(self) -> list[ScoreSpec]:
         return [ScoreSpec("loss", False), ScoreSpec("perplexity", False)]

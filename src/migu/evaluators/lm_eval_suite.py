@@ -164,6 +164,7 @@ class LmEvalSuite:
 
     name = "lm_eval"
     per_task = False
+    final_only = False
 
     def __init__(self, config: LmEvalConfig | None = None) -> None:
         self.config = config or LmEvalConfig()

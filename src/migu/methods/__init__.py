@@ -1,12 +1,12 @@
 """Continual-learning methods as small plug-ins of the one training loop."""
 
-from .base import STAGES, Method, TaskContext
+from .base import METHODS, STAGES, Method, TaskContext
 from .finetune import Finetune, FinetuneConfig
 from .migu_method import Migu, MiguMethodConfig, RandomUpdate
-from .registry import REGISTRY, build_methods, canonical_name, parse_spec
+from .registry import build_methods, canonical_name, parse_spec
 
 __all__ = [
-    "REGISTRY",
+    "METHODS",
     "STAGES",
     "Finetune",
     "FinetuneConfig",

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..data.tasks import Example, Task
+from ..registry import Registry
 
 STAGES = ("model", "data", "loss", "gradient")
 
@@ -88,3 +89,11 @@ class Method:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore ``state_dict()``."""
+
+
+METHODS: Registry[Method] = Registry("method", "methods")
+"""Methods by name; each method's module registers it at its end with its settings dataclass
+and traits: ``decides_training`` (it chooses what trains: finetune, the LoRA family; one per
+spec), ``chooses_rows`` (it masks gradient rows: migu, random_update; one per spec),
+``migu_threshold`` (the paper's T for MIGU when combined with it: 0.1 with O-LoRA, 0.4 with
+replay)."""

@@ -40,8 +40,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.tasks import Example
-from ..train.lm import LossPair, Records
-from .base import Method, TaskContext
+from ..formats.base import LossPair, Records, Replays
+from .base import METHODS, Method, TaskContext
 
 
 @dataclass
@@ -136,7 +136,7 @@ class Derpp(Method):
         fmt = ctx.format
         if fmt is None:
             raise ValueError("DER++ needs the task format (TaskContext.format)")
-        if hasattr(fmt, "snapshot") and hasattr(fmt, "replay_losses"):
+        if isinstance(fmt, Replays):
             return fmt
         return _OptionsReplay(fmt)
 
@@ -218,3 +218,6 @@ class Derpp(Method):
         if "rng" in state:
             self._task, self._stream, self._cursor = state["task"], list(state["stream"]), state["cursor"]
             self._rng.setstate(state["rng"])
+
+
+METHODS.register("derpp", Derpp, DerppConfig)

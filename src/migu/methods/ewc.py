@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import Method, TaskContext
+from .base import METHODS, Method, TaskContext
 
 
 @dataclass
@@ -107,3 +107,6 @@ def _named_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
         while name.startswith(("module.", "_orig_mod.")):
             name = name.split(".", 1)[1]
         yield name, param
+
+
+METHODS.register("ewc", Ewc, EwcConfig)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import Method
+from .base import METHODS, Method
 
 
 @dataclass
@@ -18,3 +18,6 @@ class Finetune(Method):
 
     def __init__(self, config: FinetuneConfig | None = None) -> None:
         self.config = config or FinetuneConfig()
+
+
+METHODS.register("finetune", Finetune, FinetuneConfig, decides_training=True)

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import Method, TaskContext
+from .base import METHODS, Method, TaskContext
 
 # the official code adapts the attention query and value projections
 DEFAULT_TARGETS = {"bert": ["query", "value"], "roberta": ["query", "value"], "t5": ["q", "v"],
@@ -135,3 +135,8 @@ def olora_loss(model: nn.Module, new: str, lambda1: float, lambda2: float) -> to
     if l2 is not None:
         total = lambda2 * l2 if total is None else total + lambda2 * l2
     return total
+
+
+METHODS.register("lora", Lora, LoraMethodConfig, decides_training=True)
+METHODS.register("inc_lora", IncLora, LoraMethodConfig, decides_training=True)
+METHODS.register("olora", OLora, OLoraConfig, decides_training=True, migu_threshold=0.1)

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..core import MiguConfig, MiguHandle
 from ..settings import check_value, from_mapping
-from .base import Method, TaskContext
+from .base import METHODS, Method, TaskContext
 
 
 @dataclass
@@ -138,3 +138,7 @@ class RandomUpdate(Migu):
     def __init__(self, config: MiguMethodConfig | None = None) -> None:
         config = config or MiguMethodConfig()
         super().__init__(MiguMethodConfig(config.skip_first_task, replace(config.core, selection="random")))
+
+
+METHODS.register("migu", Migu, MiguMethodConfig, chooses_rows=True)
+METHODS.register("random_update", RandomUpdate, MiguMethodConfig, chooses_rows=True)

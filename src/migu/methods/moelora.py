@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import Method, TaskContext
+from .base import METHODS, Method, TaskContext
 from .lora import DEFAULT_TARGETS, LoraMethodConfig
 
 
@@ -106,3 +106,6 @@ class MoeLora(Method):
             setattr(parent, name.rsplit(".", 1)[-1], wrapped.to(layer.weight.device))
         self.wrapped = True
         return model
+
+
+METHODS.register("moelora", MoeLora, MoeLoraConfig, decides_training=True)

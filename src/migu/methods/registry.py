@@ -2,66 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from ..settings import from_mapping, to_dict
-from .base import STAGES, Method
-from .derpp import Derpp, DerppConfig
-from .ewc import Ewc, EwcConfig
-from .finetune import Finetune, FinetuneConfig
-from .lora import IncLora, Lora, LoraMethodConfig, OLora, OLoraConfig
-from .migu_method import Migu, MiguMethodConfig, RandomUpdate
-from .moelora import MoeLora, MoeLoraConfig
-from .replay import Replay, ReplayConfig
-
-
-def _plain(cls: type[Method], config_cls: type) -> Callable[[dict[str, Any]], Method]:
-    def build(settings: dict[str, Any]) -> Method:
-        return cls(_checked(config_cls, settings, cls.name))  # type: ignore[call-arg]
-
-    return build
-
-
-def _checked(config_cls: type, settings: Any, name: str) -> Any:
-    """The method's settings dataclass from ``methods.<name>``; its own checks' errors are
-    prefixed with that key, so that every message names where to look."""
-    try:
-        return from_mapping(config_cls, settings, f"methods.{name}")
-    except TypeError as err:  # a check of the dataclass itself, on a type from_mapping leaves alone
-        raise ValueError(f"methods.{name}: {err}") from None
-    except ValueError as err:
-        message = str(err)
-        raise ValueError(message if "methods." in message else f"methods.{name}: {message}") from None
-
-
-REGISTRY: dict[str, Callable[[dict[str, Any]], Method]] = {
-    "finetune": _plain(Finetune, FinetuneConfig),
-    "lora": _plain(Lora, LoraMethodConfig),
-    "inc_lora": _plain(IncLora, LoraMethodConfig),
-    "olora": _plain(OLora, OLoraConfig),
-    "moelora": _plain(MoeLora, MoeLoraConfig),
-    "replay": _plain(Replay, ReplayConfig),
-    "ewc": _plain(Ewc, EwcConfig),
-    "derpp": _plain(Derpp, DerppConfig),
-    "migu": lambda s: Migu(MiguMethodConfig.from_dict(s, "methods.migu")),
-    "random_update": lambda s: RandomUpdate(MiguMethodConfig.from_dict(s, "methods.random_update")),
-}
-"""Method name -> builder from its settings (``methods.<name>``, a dict)."""
-
-SETTINGS: dict[str, type] = {
-    "finetune": FinetuneConfig,
-    "lora": LoraMethodConfig,
-    "inc_lora": LoraMethodConfig,
-    "olora": OLoraConfig,
-    "moelora": MoeLoraConfig,
-    "replay": ReplayConfig,
-    "ewc": EwcConfig,
-    "derpp": DerppConfig,
-    "migu": MiguMethodConfig,
-    "random_update": MiguMethodConfig,
-}
-"""Method name -> its settings dataclass (for help texts and documentation)."""
+from ..settings import to_dict
+from . import derpp, ewc, finetune, lora, migu_method, moelora, replay  # noqa: F401  (each registers its methods)
+from .base import METHODS, STAGES, Method
+from .finetune import Finetune
 
 
 def parse_spec(spec: str) -> list[str]:
@@ -69,24 +15,25 @@ def parse_spec(spec: str) -> list[str]:
     names = [n.strip() for n in spec.split("+") if n.strip()]
     if not names:
         raise ValueError("empty method name; e.g. 'finetune' or 'finetune+migu'")
-    unknown = [n for n in names if n not in REGISTRY]
+    unknown = [n for n in names if n not in METHODS]
     if unknown:
-        raise ValueError(f"method: unknown method(s) {unknown} in {spec!r}; known: {', '.join(sorted(REGISTRY))}")
+        raise ValueError(f"method: unknown method(s) {unknown} in {spec!r}; known: {', '.join(METHODS.names())}")
     if len(set(names)) != len(names):
         raise ValueError(f"method {spec!r} names a method twice")
-    if "migu" in names and "random_update" in names:
-        raise ValueError("migu and random_update both choose the rows to update: use one of them")
-    models = [n for n in names if n in ("finetune", "lora", "inc_lora", "olora", "moelora")]
+    rows = [n for n in names if METHODS.trait(n, "chooses_rows")]
+    if len(rows) > 1:
+        raise ValueError(f"{' and '.join(rows)} both choose the rows to update: use one of them")
+    models = [n for n in names if METHODS.trait(n, "decides_training")]
     if len(models) > 1:
         raise ValueError(f"{spec!r} names {len(models)} methods that decide what trains ({models}): use one")
     return names
 
 
 def default_threshold(names: list[str]) -> float:
-    """The paper's T per combination: 0.1 with O-LoRA, 0.4 with replay, else 0.7."""
-    if "olora" in names:
-        return 0.1
-    return 0.4 if "replay" in names else 0.7
+    """The paper's T per combination: 0.1 with O-LoRA, 0.4 with replay, else 0.7 (each method's
+    ``migu_threshold`` trait; the smallest where several have one)."""
+    found = [t for n in names if (t := METHODS.trait(n, "migu_threshold")) is not None]
+    return min(found) if found else 0.7
 
 
 def build_methods(spec: str, settings: dict[str, dict[str, Any]] | None = None) -> list[Method]:
@@ -98,10 +45,10 @@ def build_methods(spec: str, settings: dict[str, dict[str, Any]] | None = None) 
     """
     settings = dict(settings or {})
     names = parse_spec(spec)
-    for gradient_method in ("migu", "random_update"):
-        if gradient_method in names and "threshold" not in (settings.get(gradient_method) or {}):
+    for gradient_method in (n for n in names if METHODS.trait(n, "chooses_rows")):
+        if "threshold" not in (settings.get(gradient_method) or {}):
             settings[gradient_method] = {**(settings.get(gradient_method) or {}), "threshold": default_threshold(names)}
-    methods = [REGISTRY[n](dict(settings.get(n) or {})) for n in names]
+    methods = [METHODS.build(n, settings.get(n)) for n in names]
     if not any(m.stage == "model" for m in methods):
         methods.insert(0, Finetune())
     return sorted(methods, key=lambda m: STAGES.index(m.stage))
@@ -131,9 +78,9 @@ def check_method_settings(settings: Any) -> None:
     if not isinstance(settings, dict):
         raise ValueError(f"methods must map method names to their settings, got {settings!r}")
     for name, values in settings.items():
-        if name not in REGISTRY:
-            raise ValueError(f"methods.{name}: unknown method; known: {', '.join(sorted(REGISTRY))}")
-        REGISTRY[name](values if values is not None else {})
+        if name not in METHODS:
+            raise ValueError(f"methods.{name}: unknown method; known: {', '.join(METHODS.names())}")
+        METHODS.settings(name, values)
 
 
 def canonical_name(spec: str) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 from torch import nn
 
 from ..data.tasks import Example, InstructionExample, TextExample
-from .base import Method, TaskContext
+from .base import METHODS, Method, TaskContext
 
 
 @dataclass
@@ -59,3 +59,6 @@ def _example(saved: dict[str, Any]) -> Any:
     if cls is Example:
         saved["options"] = tuple(saved["options"])
     return cls(**saved)
+
+
+METHODS.register("replay", Replay, ReplayConfig, migu_threshold=0.4)

@@ -45,6 +45,27 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 
+def mask_tokens(
+    ids: torch.Tensor, maskable: torch.Tensor, probability: float, mask_id: int, vocab_size: int,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """BERT masking of ``ids`` ([rows, length]) where ``maskable``: returns (inputs, labels),
+    labels -100 where not chosen. A row set with maskable tokens always gets at least one choice
+    (a batch of very short rows would otherwise have no loss)."""
+    chosen = (torch.rand(ids.shape, generator=generator) < probability) & maskable
+    if not chosen.any() and maskable.any():
+        candidates = maskable.flatten().nonzero().squeeze(1)
+        pick = candidates[torch.randint(len(candidates), (1,), generator=generator)]
+        chosen.view(-1)[pick] = True
+    decide = torch.rand(ids.shape, generator=generator)
+    replacement = torch.randint(vocab_size, ids.shape, generator=generator)
+    inputs = ids.clone()
+    inputs[chosen & (decide < 0.8)] = mask_id
+    swap = chosen & (decide >= 0.8) & (decide < 0.9)
+    inputs[swap] = replacement[swap]
+    return inputs, ids.masked_fill(~chosen, -100)
+
+
 class MaskedLM(nn.Module):
     """A Hugging Face ``*ForMaskedLM`` whose forward scores the asked positions only."""
 
@@ -150,7 +171,6 @@ def warm_up_head(model: MaskedLM, tokenizer: Any, names: list[str], texts: list[
                  settings: WarmupSettings = WarmupSettings()) -> dict[str, float]:  # fmt: skip
     """Train the parameters ``names`` (the missing head) on ``texts`` with every other parameter
     frozen and untouched; cached (module docstring). Returns the masked-LM loss before and after."""
-    from ..train.lm import mask_tokens
 
     if not texts:
         raise ValueError("the MLM head warm-up needs some text")

@@ -20,10 +20,10 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from ..data.tasks import Example
+from ..formats import Format
 from ..methods.base import Method, TaskContext
 from ..methods.compose import MethodStack
 from .config import TrainConfig
-from .formats import Format
 from .sharding import check_all_sharded, fsdp_requested, is_sharded
 
 

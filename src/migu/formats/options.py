@@ -10,9 +10,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -20,17 +19,12 @@ from torch import nn
 
 from ..data.prompts import ANSWER_CUE, render_input, render_prompt
 from ..data.tasks import Example
-
-Batch = dict[str, Any]
+from .base import Batch, register_format, unwrap
 
 
 def normalize_answer(text: str) -> str:
     """Exact match compares answers stripped, lower-cased, up to the first line break."""
     return text.strip().split("\n")[0].strip().lower()
-
-
-def _unwrap(model: nn.Module) -> Any:
-    return getattr(model, "module", model)
 
 
 LABEL_MAX_LENGTH = 32
@@ -140,7 +134,7 @@ class DecoderFormat:
                                                    for e in examples]  # fmt: skip
         batch = self._pad(rows, left=True)
         device = next(model.parameters()).device
-        out = _unwrap(model).generate(
+        out = unwrap(model).generate(
             input_ids=batch["input_ids"].to(device),
             attention_mask=batch["attention_mask"].to(device),
             max_new_tokens=longest + 1,
@@ -201,7 +195,7 @@ class EncoderDecoderFormat:
         batch = self.batch(examples)
         device = next(model.parameters()).device
         longest = int((batch["labels"] >= 0).sum(1).max()) + 1
-        out = _unwrap(model).generate(
+        out = unwrap(model).generate(
             input_ids=batch["input_ids"].to(device),
             attention_mask=batch["attention_mask"].to(device),
             max_new_tokens=longest,
@@ -210,38 +204,6 @@ class EncoderDecoderFormat:
         return self.tokenizer.batch_decode(out, skip_special_tokens=True)
 
 
-class Format(Protocol):
-    """How a model learns a task kind: ``batch`` collates examples, ``loss`` is the training loss
-    of a batch. Formats that answer (labelled options) add ``predict(model, examples) -> list[str]``;
-    language-modelling formats add ``token_loss(model, batch) -> (summed loss, token count)``, so
-    that held-out loss is averaged over tokens, not over batches."""
-
-    def batch(self, examples: list[Any]) -> Batch: ...
-
-    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor: ...
-
-
-FormatFactory = Callable[..., Format]
-FORMATS: dict[tuple[str, str], FormatFactory] = {
-    ("options", "encoder"): EncoderFormat,
-    ("options", "decoder"): DecoderFormat,
-    ("options", "encoder_decoder"): EncoderDecoderFormat,
-}
-
-
-def register_format(kind: str, arch: str, factory: FormatFactory) -> None:
-    """Teach the runner a (task kind, model kind) pair; the factory takes
-    ``(tokenizer, max_length, with_task_name, **options)``."""
-    FORMATS[(kind, arch)] = factory
-
-
-def make_format(
-    arch: str, tokenizer: Any, max_length: int, with_task_name: bool = False, kind: str = "options", **options: Any
-) -> Format:
-    """The format for a task kind (``options``, ``corpus``, ``instruction``) on a model kind
-    (``encoder``, ``decoder``, ``encoder_decoder``)."""
-    factory = FORMATS.get((kind, arch))
-    if factory is None:
-        pairs = ", ".join(f"{k}/{a}" for k, a in sorted(FORMATS))
-        raise ValueError(f"no format for {kind} tasks on an {arch} model; known pairs: {pairs}")
-    return factory(tokenizer, max_length, with_task_name, **options)
+register_format("options", "encoder", EncoderFormat)
+register_format("options", "decoder", DecoderFormat)
+register_format("options", "encoder_decoder", EncoderDecoderFormat)

@@ -25,15 +25,11 @@ from torch import nn
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from ..data.tasks import InstructionExample
-from .formats import Batch, register_format
+from .base import Batch, register_format, unwrap
 
 PLAIN_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
 MIN_PROMPT = 16
 """Prompt tokens kept at least when a response alone nearly fills ``max_length``."""
-
-
-def _unwrap(model: nn.Module) -> Any:
-    return getattr(model, "module", model)
 
 
 @dataclass
@@ -158,7 +154,7 @@ class InstructionFormat:
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
         device = next(model.parameters()).device
-        out = _unwrap(model).generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+        out = unwrap(model).generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
                                       max_new_tokens=max_new_tokens, pad_token_id=pad,
                                       eos_token_id=self.tokenizer.eos_token_id,
                                       stopping_criteria=StoppingCriteriaList([_TextStop(self.tokenizer, width, stop)])

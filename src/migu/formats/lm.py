@@ -43,37 +43,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.tasks import TextExample
-from .formats import register_format
+from ..models.mlm_head import mask_tokens
+from .base import Batch, LossPair, Records, register_format
 
-Batch = dict[str, Any]
-Records = list[dict[str, Any]]
-LossPair = tuple[torch.Tensor | None, torch.Tensor | None]
 LAYOUTS = ("split", "pack", "truncate")
 
 
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
-
-
-def mask_tokens(
-    ids: torch.Tensor, maskable: torch.Tensor, probability: float, mask_id: int, vocab_size: int,
-    generator: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """BERT masking of ``ids`` ([rows, length]) where ``maskable``: returns (inputs, labels),
-    labels -100 where not chosen. A row set with maskable tokens always gets at least one choice
-    (a batch of very short rows would otherwise have no loss)."""
-    chosen = (torch.rand(ids.shape, generator=generator) < probability) & maskable
-    if not chosen.any() and maskable.any():
-        candidates = maskable.flatten().nonzero().squeeze(1)
-        pick = candidates[torch.randint(len(candidates), (1,), generator=generator)]
-        chosen.view(-1)[pick] = True
-    decide = torch.rand(ids.shape, generator=generator)
-    replacement = torch.randint(vocab_size, ids.shape, generator=generator)
-    inputs = ids.clone()
-    inputs[chosen & (decide < 0.8)] = mask_id
-    swap = chosen & (decide >= 0.8) & (decide < 0.9)
-    inputs[swap] = replacement[swap]
-    return inputs, ids.masked_fill(~chosen, -100)
 
 
 def _row_seed(row: torch.Tensor, seed: int) -> int:
