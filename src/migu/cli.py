@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__
+from .signals import Stopped, stop_on_signals
 
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, ModuleNotFoundError)
 
@@ -277,10 +278,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_cur.set_defaults(func=cmd_curves)
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        with stop_on_signals():
+            return args.func(args)
     except USER_ERRORS as err:
         print(f"migu: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except Stopped as stop:
+        print(f"migu: {stop}: every finished task (and epoch) is kept; run the same command again to resume",
+              file=sys.stderr)  # fmt: skip
+        return stop.exit_status
 
 
 if __name__ == "__main__":

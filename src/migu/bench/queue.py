@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..signals import Stopped, stop_on_signals
 from .config import RunConfig
 from .runner import RunInProgress, fingerprint_matches, load_tasks, run
 
@@ -57,8 +58,19 @@ def task_logger(name: str) -> Callable[[int, dict[str, Any]], None]:
 
 def run_queue(configs: Sequence[RunConfig], prog: str, list_only: bool = False, check_data: bool = False) -> int:
     """Work through ``configs`` in order (see the module docstring); ``list_only`` prints each run's
-    state and trains nothing. Returns the exit status: 0, or 2 when a folder holds another config's
-    run (before anything trains) or a run was refused (the others still ran)."""
+    state and trains nothing. Returns the exit status: 0; 2 when a folder holds another config's
+    run (before anything trains) or a run was refused (the others still ran); 128 + the signal's
+    number when SIGTERM, SIGHUP or SIGINT stopped it (``migu.signals``: the running run keeps its
+    finished tasks and leaves no lock)."""
+    try:
+        with stop_on_signals():
+            return _work(configs, prog, list_only, check_data)
+    except Stopped as stop:
+        print(f"{prog}: {stop}: finished tasks are kept; run the same command again to continue", file=sys.stderr)
+        return stop.exit_status
+
+
+def _work(configs: Sequence[RunConfig], prog: str, list_only: bool, check_data: bool) -> int:
     clashes = [run_folder(c) for c in configs if run_status(c, check_data) == DIFFERENT]
     if clashes and not list_only:
         print(f"{prog}: {clashes[0]} holds a run of a different config ({len(clashes)} such folder(s)); "
