@@ -33,7 +33,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from migu.bench import RunInProgress, apply_overrides, load_yaml, run, run_config
+from migu.bench import apply_overrides, load_yaml, run_config
+from migu.bench.grid import run_one
 from migu.report.figdata import score_of
 
 ROOT = Path(__file__).parents[1]
@@ -137,10 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{where}  method={config.method} lr={config.train.lr} migu={config.methods.get('migu')}")
             continue
         print(f"== {where}", flush=True)
-        try:
-            result = run(config)
-        except RunInProgress as err:
-            print(f"   skipped: {err}", flush=True)
+        result = run_one(config)  # None (and a line saying so) when another process holds it
+        if result is None:
             busy.append(where)
             continue
         m = score_of(result, "accuracy").summary()  # type: ignore[union-attr]

@@ -22,7 +22,8 @@ import argparse
 import time
 from pathlib import Path
 
-from migu.bench import RunInProgress, apply_overrides, load_yaml, run, run_config
+from migu.bench import apply_overrides, load_yaml, run_config
+from migu.bench.grid import run_one
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "cpu" / "minilm_long.yaml"
@@ -47,10 +48,7 @@ def main(argv: list[str] | None = None) -> None:
             overrides.append(f"data.root={args.data_root}")
         config = run_config(apply_overrides(load_yaml(CONFIG), overrides))
         print(f"== {name}  [{time.strftime('%H:%M:%S')}]", flush=True)
-        try:
-            run(config)
-        except RunInProgress as err:
-            print(f"   skipped: {err}", flush=True)
+        run_one(config)  # (a run another process holds is skipped, with a line saying so)
 
 
 if __name__ == "__main__":

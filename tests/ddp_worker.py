@@ -8,8 +8,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 import migu
+from migu.core.reference import ReferenceStatistic
 
-from tiny import ReferenceStatistic, batch, build, expected_layers
+from tiny import batch, build, expected_layers
 
 
 def main(out_dir: str) -> None:

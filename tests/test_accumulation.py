@@ -4,8 +4,9 @@ import pytest
 import torch
 
 import migu
+from migu.core.reference import ReferenceStatistic
 
-from tiny import ReferenceStatistic, batch, build, expected_layers, lora_llama
+from tiny import batch, build, expected_layers, lora_llama
 
 
 def _step_statistics(model, handle, batches):

@@ -7,8 +7,9 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 import migu
+from migu.core.reference import ReferenceStatistic
 
-from tiny import ReferenceStatistic, batch, build, expected_layers, lora_llama, weight_rows_changed
+from tiny import batch, build, expected_layers, lora_llama, weight_rows_changed
 
 MAX_NORM = 1e-3  # below every step's gradient norm: the clip always acts
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import migu
+from migu.core.reference import ReferenceStatistic
 
-from tiny import ReferenceStatistic, batch, build, expected_layers
+from tiny import batch, build, expected_layers
 
 
 def test_observe_records_the_selection_and_changes_nothing():

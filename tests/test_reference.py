@@ -5,8 +5,9 @@ import torch
 
 import migu
 from migu.core import cut_index
+from migu.core.reference import ReferenceStatistic
 
-from tiny import ReferenceStatistic, batch, build, expected_layers
+from tiny import batch, build, expected_layers
 
 ARCHS = ["bert", "roberta", "t5", "t5_gated", "llama", "gpt2"]
 
@@ -87,3 +88,27 @@ def test_include_and_exclude_patterns():
     model = build("llama")
     with migu.attach(model, include=[r"\.q_proj$", r"\.v_proj$"], exclude=[r"layers\.1\."]) as handle:
         assert handle.layer_names == ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj"]
+
+
+@pytest.mark.parametrize("arch", ["bert", "t5", "llama"])
+@pytest.mark.parametrize("threshold", [0.5, 0.7])
+def test_a_migu_step_equals_the_reference_step(arch, threshold):
+    """``migu.attach`` + AdamW gives the weights of ``core.reference.reference_step``, the plain
+    statement of the algorithm, after two steps (the second one sees moved weights)."""
+    from migu.core.reference import reference_step
+
+    plain, masked = build(arch), build(arch)
+    masked.load_state_dict(plain.state_dict())
+    names = expected_layers(arch, "all_linear")
+    ref_opt = torch.optim.AdamW(plain.parameters(), lr=1e-2)
+    opt = torch.optim.AdamW(masked.parameters(), lr=1e-2)
+    with migu.attach(masked, threshold=threshold, optimizer=opt):
+        for seed in (0, 1):
+            inputs = batch(arch, seed=seed)
+            ref_opt.zero_grad()
+            reference_step(plain, lambda m, inputs=inputs: m(**inputs).loss, names, threshold, ref_opt)
+            opt.zero_grad()
+            masked(**inputs).loss.backward()
+            opt.step()
+    for (name, a), (_, b) in zip(plain.named_parameters(), masked.named_parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6, rtol=0), name

@@ -133,35 +133,6 @@ def expected_layers(arch: str, preset: str) -> list[str]:
     return {"attention": attn, "ffn": ffn, "all_linear": attn + ffn + extra}[preset]
 
 
-class ReferenceStatistic:
-    """|output| per output channel, summed over tokens in float64, by hooks of the test's own."""
-
-    def __init__(self, model: torch.nn.Module, names: list[str], token_masks=None) -> None:
-        modules = dict(model.named_modules())
-        self.sums = {n: None for n in names}
-        self.token_masks = token_masks
-        self.handles = [modules[n].register_forward_hook(self._hook(n)) for n in names]
-
-    def _hook(self, name):
-        def hook(module, args, output):
-            out = output.detach().double()
-            flat = out.reshape(-1, out.shape[-1]).abs()
-            if self.token_masks is not None:
-                flat = flat[self.token_masks(name, out.shape[:-1]).reshape(-1).bool()]
-            total = flat.sum(0)
-            self.sums[name] = total if self.sums[name] is None else self.sums[name] + total
-
-        return hook
-
-    def kept_rows(self, name: str, threshold: float) -> torch.Tensor:
-        stat = self.sums[name]
-        return (stat >= torch.quantile(stat, threshold)).nonzero().flatten()
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-
-
 def weight_rows_changed(before: torch.Tensor, after: torch.Tensor, rows_last: bool = False) -> torch.Tensor:
     """Boolean per output channel: did any weight in that row change?"""
     diff = before != after

@@ -1,6 +1,17 @@
 """MIGU itself: magnitude statistics, row selection, gradient/update masking, layer targeting.
 
-This package imports nothing from the rest of migu.
+This package imports nothing from the rest of migu. Reading order, from the idea to the engine:
+
+1. ``reference``: the algorithm stated plainly (the tests' oracle);
+2. ``selection``: which rows a layer keeps, from its statistic (pure functions, the quantile cut);
+3. ``statistics``: the per-channel ``|output|`` sums, recorded by forward hooks in one buffer;
+4. ``step``: one optimizer step's kept rows, chosen once from the statistic;
+5. ``handle``: ``attach``/``MiguHandle``, which ties them to a model and an optimizer (masks
+   before each step, pauses, reports, removes every hook it added).
+
+Then, as needed: ``targets`` (which layers, and where each statistic is read), ``config``,
+``gradmask`` and ``updates`` (grad and update modes), ``fastpath`` (weight gradients of the kept
+rows only), ``backward`` (masking inside backward), ``sharding`` (FSDP2 row shards), ``report``.
 """
 
 from .config import PRESETS, MiguConfig

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..precision import autocast
 from ..registry import Registry
 
 
@@ -122,7 +123,7 @@ def evaluating(model: nn.Module, ctx: EvalContext) -> Iterator[None]:
     model.eval()
     try:
         device = next(model.parameters()).device
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=ctx.mixed_precision == "bf16"):
+        with torch.no_grad(), autocast(ctx.mixed_precision, device):
             yield
     finally:
         model.train(was_training)

@@ -29,6 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.tasks import InstructionExample
+from ..precision import autocast
 from .base import EvalContext, ScoreSpec, gather, register_evaluator, shard
 from .sandbox import GUARD_EXIT, ExecResult, SandboxLimits, check_sandbox, run_program, run_programs
 
@@ -101,7 +102,7 @@ def completions(model: nn.Module, fmt: Any, examples: Sequence[InstructionExampl
     model.eval()
     try:
         device = next(model.parameters()).device
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=ctx.mixed_precision == "bf16"):
+        with torch.no_grad(), autocast(ctx.mixed_precision, device):
             for start in tqdm(range(0, len(order), ctx.batch_size), desc=f"generate {ctx.desc}".strip(),
                               unit="batch", disable=not ctx.progress, leave=False):  # fmt: skip
                 chunk = order[start : start + ctx.batch_size]

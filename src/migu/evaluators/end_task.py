@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..formats.options import DecoderFormat, EncoderDecoderFormat, EncoderFormat
+from ..precision import autocast
 from .base import EvalContext, ScoreSpec, register_evaluator
 from .classification import label_scores
 
@@ -148,7 +149,7 @@ def finetune(model: nn.Module, fmt: Any, examples: list[Any], cfg: EndTaskConfig
         order = torch.randperm(len(examples)).tolist()
         for start in range(0, len(order), cfg.batch_size):
             batch = fmt.batch([examples[i] for i in order[start : start + cfg.batch_size]])
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=ctx.mixed_precision == "bf16"):
+            with autocast(ctx.mixed_precision, device):
                 loss = fmt.loss(model, batch)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -21,6 +21,13 @@ from ..registry import Registry
 STAGES = ("model", "data", "loss", "gradient")
 
 
+def task_seed(seed: int, index: int) -> int:
+    """The seed of the task at ``index`` (0-based) in a run of ``seed``: the loop's data order and
+    dropout, and each method's own draws (offset by a constant of its own), are seeded from it, so
+    a resumed run draws as an uninterrupted one."""
+    return 1000 * seed + index
+
+
 @dataclass
 class TaskContext:
     """What a method may read about the current task."""

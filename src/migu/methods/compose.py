@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from ..data.tasks import Example
-from .base import Method, TaskContext
+from .base import Method, TaskContext, task_seed
 
-# seeds the draws of methods' before_task, apart from the loop's per-task seed (1000 * seed + index)
+# seeds the draws of methods' before_task, apart from the loop's per-task seed (``task_seed``)
 STRUCTURE_SEED = 7_000_000
 
 
@@ -55,7 +55,7 @@ class MethodStack:
     def before_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
         # adapters a method adds here (IncLoRA, O-LoRA) start from the same draw whatever ran
         # before in this process (other runs of a sweep, other methods' draws), resumed or not
-        torch.manual_seed(STRUCTURE_SEED + 1000 * ctx.seed + ctx.index)
+        torch.manual_seed(STRUCTURE_SEED + task_seed(ctx.seed, ctx.index))
         for method in self.methods:
             model = method.before_task(model, ctx)
         return model

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..core import MiguConfig, MiguHandle
 from ..settings import check_value, from_mapping
-from .base import METHODS, Method, TaskContext
+from .base import METHODS, Method, TaskContext, task_seed
 
 
 @dataclass
@@ -70,7 +70,7 @@ class Migu(Method):
             self.handle = MiguHandle(model, self.config.core)
         else:
             self.handle.refresh()  # a method may have added trainable layers (new adapters)
-        self.handle.reseed(self.config.core.seed + 1000 * ctx.seed + ctx.index)
+        self.handle.reseed(self.config.core.seed + task_seed(ctx.seed, ctx.index))
         self.handle.set_micro_batches_per_step(ctx.micro_batches_per_step)
         self.handle.reset_report()
         if ctx.index == 0 and self.config.skip_first_task:

@@ -8,7 +8,6 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,8 +20,9 @@ from transformers import get_scheduler
 
 from ..data.tasks import Example
 from ..formats import Format
-from ..methods.base import Method, TaskContext
+from ..methods.base import Method, TaskContext, task_seed
 from ..methods.compose import MethodStack
+from ..precision import autocast
 from .config import TrainConfig
 from .sharding import check_all_sharded, fsdp_requested, is_sharded
 
@@ -80,11 +80,6 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
     return accelerator
 
 
-def autocast(mixed_precision: str, device: torch.device) -> AbstractContextManager:
-    """bf16 autocast when asked (weights, gradients, optimizer state and MIGU stay fp32)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed_precision == "bf16")
-
-
 def set_dropout(model: nn.Module, p: float) -> None:
     """Every dropout probability of ``model`` to ``p``: ``nn.Dropout`` modules, and the float
     ``attention_dropout`` that Llama-style attention passes to its kernel."""
@@ -97,7 +92,7 @@ def set_dropout(model: nn.Module, p: float) -> None:
 
 def epoch_seed(seed: int, index: int, epoch: int) -> int:
     """The seed of a task's epoch (data order and dropout): the first epoch's is the task's own."""
-    return 1000 * seed + index + 7_919_000 * epoch
+    return task_seed(seed, index) + 7_919_000 * epoch
 
 
 @dataclass
