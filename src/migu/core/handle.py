@@ -45,7 +45,7 @@ class MiguHandle:
         self._updates = UpdateKeeper(config.mask_mode == "update", config.measure_update_leak, config.mask_bias)
         self._optimizer_hooks: list[RemovableHandle] = []
         self._grads = GradMasks()
-        self._step = StepSelection(config.threshold, config.selection, config.seed, config.sync_distributed)
+        self._step = StepSelection(config)
         self._recorder: Recorder | None = None
         self._start: BackwardStart | None = None
         self._accumulated = AccumulatedMasking(self)
@@ -94,6 +94,7 @@ class MiguHandle:
     def set_micro_batches_per_step(self, count: int | None) -> None:
         """Declare the forward/backward passes per optimizer step (1 enables the fast path)."""
         self.config = replace(self.config, micro_batches_per_step=count)
+        self._step.config = self.config
         self._update_fast_path()
 
     # -- state ---------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from .config import MiguConfig
 from .profiling import SELECT, scope
 from .report import KeptRowsLog
 from .selection import fast_rows, magnitude_keep, random_keep
@@ -18,11 +19,9 @@ class StepSelection:
     """Chooses the step's rows once (all-reducing the statistic), logs them, and hands the fast
     path its rows; ``reset`` starts the next step."""
 
-    def __init__(self, threshold: float, selection: str, seed: int, sync_distributed: bool) -> None:
-        self.threshold = threshold
-        self.selection = selection
-        self.sync_distributed = sync_distributed
-        self.generator = torch.Generator().manual_seed(seed)
+    def __init__(self, config: MiguConfig) -> None:
+        self.config = config  # (the handle's own: its threshold, selection and sync_distributed)
+        self.generator = torch.Generator().manual_seed(config.seed)
         self.log = KeptRowsLog()
         self.keeps: list[torch.Tensor | None] | None = None
         self.fast_rows: dict[int, torch.Tensor] = {}
@@ -76,19 +75,20 @@ class StepSelection:
         """Choose the rows of the sources ``indices`` (all recorded), stacking layers of equal width;
         the buffers of ``reduce`` (None: all) are first summed over ranks."""
         assert self.keeps is not None
-        buffers = recorder.gather(self.sync_distributed, reduce)
+        threshold = self.config.threshold
+        buffers = recorder.gather(self.config.sync_distributed, reduce)
         groups: dict[tuple[int, torch.device], list[int]] = {}
         for i in indices:
             groups.setdefault((buffers[i].numel() - 1, buffers[i].device), []).append(i)
         for members in groups.values():
             stats = torch.stack([buffers[i][:-1] for i in members])
-            if self.selection == "random":
-                keep = random_keep(stats, self.threshold, self.generator)
+            if self.config.selection == "random":
+                keep = random_keep(stats, threshold, self.generator)
             else:
-                keep = magnitude_keep(stats, self.threshold)
+                keep = magnitude_keep(stats, threshold)
             on_fast = [row for row, i in enumerate(members) if i in recorder.fast_sources]
             if on_fast:  # the fast path computes a fixed number of rows: with exact ties, fewer
-                rows = fast_rows(stats[on_fast], self.threshold)
+                rows = fast_rows(stats[on_fast], threshold)
                 keep[on_fast] &= torch.zeros_like(keep[on_fast]).scatter_(1, rows, True)
                 for k, row in enumerate(on_fast):
                     self.fast_rows[members[row]] = rows[k]
