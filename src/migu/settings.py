@@ -17,6 +17,7 @@ Fields annotated ``Any`` (or anything else) are left to the dataclass's own ``__
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -157,3 +158,30 @@ def to_dict(config: Any) -> dict[str, Any]:
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
         return dataclasses.asdict(config)
     return {}
+
+
+def check_fields(config: Any, where: str) -> None:
+    """Every field of a settings dataclass against its annotation, as ``from_mapping`` checks a
+    mapping (a ``Literal`` its allowed values, a number its type), for an instance built directly;
+    errors name ``where.<field>``. A dataclass's ``__post_init__`` calls it, so that both ways of
+    making a config are checked by this one checker."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        annotation = hints.get(f.name, Any)
+        if typing.get_origin(annotation) is typing.Literal or annotation in (bool, int, float, str):
+            setattr(config, f.name, check_value(getattr(config, f.name), annotation, _key(where, f.name)))
+
+
+def check_number(value: float | int | None, key: str, low: float | None = None, high: float | None = None,
+                 low_open: bool = False) -> None:  # fmt: skip
+    """A finite number within bounds (``low`` excluded when ``low_open``); None passes. One line
+    naming ``key`` otherwise (``train.lr=inf`` would train to NaN and ``data.n_train=-5`` drop five
+    examples, silently)."""
+    if value is None:
+        return
+    if not math.isfinite(value):
+        raise ValueError(f"{key} must be a finite number, got {value}")
+    if low is not None and (value <= low if low_open else value < low):
+        raise ValueError(f"{key} must be {'greater than' if low_open else 'at least'} {low:g}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{key} must be at most {high:g}, got {value}")

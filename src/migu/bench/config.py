@@ -6,12 +6,12 @@ import copy
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from ..data.base import check_source
-from ..settings import from_mapping
+from ..settings import check_fields, check_number, from_mapping
 from ..train.config import TrainConfig
 
 
@@ -22,7 +22,7 @@ class DataConfig:
     source: str = "cl_benchmark"
     """A name of ``migu.data.SOURCES``: ``cl_benchmark`` (local JSON), ``bbc`` (packaged
     BBC News), ``hub`` (Hugging Face), ``jsonl`` (your files, see ``migu.data.sources``), ..."""
-    kind: str = "options"
+    kind: Literal["options", "corpus", "instruction"] = "options"
     """Task kind for sources that hold several (``jsonl``): ``options``, ``corpus``, ``instruction``."""
     root: str = "../shared/data/cl_benchmark"
     order: Any = "order1"
@@ -32,9 +32,9 @@ class DataConfig:
     n_train: int | None = 1000
     n_test: int | None = 1000
     n_validation: int = 0
-    evaluate_on: str = "test"
+    evaluate_on: Literal["test", "validation"] = "test"
     """``test``, or ``validation`` (held out of the training data) to choose hyperparameters."""
-    evaluate_tasks: str = "all"
+    evaluate_tasks: Literal["all", "seen", "diagonal"] = "all"
     """``all``: every task of the sequence before training and after each task (the full accuracy
     matrix, FWT included); ``seen``: after each task only the tasks trained so far, which is all
     AA, BWT, forgetting and learning accuracy need, at about half the evaluation cost (row 0 and
@@ -42,7 +42,7 @@ class DataConfig:
     task only the task just trained, and every task after the last one (2T - 1 evaluations
     instead of T(T + 1): enough for AA, BWT and learning accuracy; forgetting and FWT are not
     computed)."""
-    evaluate_every: str = "task"
+    evaluate_every: Literal["task", "epoch"] = "task"
     """``task``: evaluate at task ends (the score matrices); ``epoch``: also after every epoch
     of a task, which gives learning curves (``curves`` in results.json) for long tasks."""
     seed: int | None = None
@@ -57,12 +57,10 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_source(self.source)
-        if self.evaluate_on not in ("test", "validation"):
-            raise ValueError(f"data.evaluate_on must be test or validation; got {self.evaluate_on!r}")
-        if self.evaluate_tasks not in ("all", "seen", "diagonal"):
-            raise ValueError(f"data.evaluate_tasks must be all, seen or diagonal; got {self.evaluate_tasks!r}")
-        if self.evaluate_every not in ("task", "epoch"):
-            raise ValueError(f"data.evaluate_every must be task or epoch; got {self.evaluate_every!r}")
+        check_fields(self, "data")  # (the Literal fields)
+        for name in ("n_train", "n_test"):  # None: every example
+            check_number(getattr(self, name), f"data.{name}", 1)
+        check_number(self.n_validation, "data.n_validation", 0)
         if self.names_in_input and self.source != "cl_benchmark":
             raise ValueError(f"data.names_in_input: only the cl_benchmark source has the official task categories; "
                              f"data.source is {self.source!r}")  # fmt: skip
@@ -86,7 +84,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Settings per method name, e.g. ``{migu: {threshold: 0.7}}``."""
-    evaluation: str = "generate"
+    evaluation: Literal["generate", "rank"] = "generate"
     """Decoders: ``generate`` (greedy, exact match; the paper's metric) or ``rank`` (candidates)."""
     format: dict[str, Any] = field(default_factory=dict)
     """Options of the task format, e.g. ``{layout: pack, mask_probability: 0.15}`` for corpus
@@ -105,6 +103,9 @@ class RunConfig:
     """Folder of the run under ``output_dir``; by default model-method-order-seed."""
     progress: bool | None = None
     """Progress bars for tasks, steps and evaluation; by default when stderr is a terminal."""
+
+    def __post_init__(self) -> None:
+        check_fields(self, "")  # (evaluation, seed, ...: also for a config built directly)
 
     def run_name(self) -> str:
         if self.name:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
-OPTIMIZERS = ("adamw_torch", "adamw_torch_fused")
+from ..settings import check_fields, check_number
+
+Optimizer = Literal["adamw_torch", "adamw_torch_fused"]
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 
 
 @dataclass
@@ -13,12 +17,12 @@ class TrainConfig:
     or 1e-3 (LoRA), batch 64, one epoch per task."""
 
     lr: float = 1e-4
-    optim: str = "adamw_torch"
+    optim: Optimizer = "adamw_torch"
     """AdamW's implementation, by Transformers' names: ``adamw_torch`` is ``torch.optim.AdamW``
     as torch defaults it (on a CPU a loop over the parameters; every committed result used it);
     ``adamw_torch_fused`` updates all parameters in one kernel, the same update up to rounding
     and several times faster on a CPU (``make_optimizer``; Transformers' default on torch >= 2.8)."""
-    schedule: str = "constant"
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
     """``constant``, ``linear`` or ``cosine`` decay over each task's steps."""
     warmup_ratio: float = 0.0
     batch_size: int = 64
@@ -30,7 +34,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0
     eval_batch_size: int = 64
-    mixed_precision: str = "no"
+    mixed_precision: Literal["no", "bf16"] = "no"
     """``no`` or ``bf16`` (autocast)."""
     dropout: float | None = None
     """Override every dropout probability of the model (``nn.Dropout`` modules and attention
@@ -38,34 +42,19 @@ class TrainConfig:
     one (dropout masks are drawn per process, so they differ otherwise)."""
 
     def __post_init__(self) -> None:
-        for name in ("lr", "warmup_ratio", "weight_decay", "max_grad_norm"):
-            value = getattr(self, name)
-            if isinstance(value, str):  # YAML 1.1 reads 1e-4 as a string
-                try:
-                    setattr(self, name, float(value))
-                except ValueError:
-                    raise ValueError(f"train.{name} must be a number, got {value!r}") from None
-        if self.dropout is not None and not 0 <= float(self.dropout) < 1:
-            raise ValueError(f"train.dropout must be in [0, 1), got {self.dropout}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.optim not in OPTIMIZERS:
-            raise ValueError(f"train.optim must be one of {', '.join(OPTIMIZERS)}; got {self.optim!r}")
-        if self.schedule not in ("constant", "linear", "cosine"):
-            raise ValueError(f"schedule must be constant, linear or cosine; got {self.schedule!r}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        check_fields(self, "train")  # (the Literal and number fields)
+        check_number(self.lr, "train.lr", 0, low_open=True)
+        check_number(self.weight_decay, "train.weight_decay", 0)
+        check_number(self.max_grad_norm, "train.max_grad_norm", 0, low_open=True)
+        check_number(self.warmup_ratio, "train.warmup_ratio", 0, 0.999999)
+        if self.dropout is not None:
+            check_number(self.dropout, "train.dropout", 0, 0.999999)
         for name in ("batch_size", "micro_batch_size", "epochs", "max_length", "eval_batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+            check_number(getattr(self, name), f"train.{name}", 1)
         if self.batch_size % self.micro_batch_size:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({self.micro_batch_size})"
             )
-        if self.mixed_precision is False:  # YAML 1.1 reads a bare `no` as false
-            self.mixed_precision = "no"
-        if self.mixed_precision not in ("no", "bf16"):
-            raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
 
     @property
     def accumulation_steps(self) -> int:
