@@ -31,7 +31,7 @@ several sessions):
 
 Rates: MiniLM runs take each method's rate from the standard benchmark's validation choice
 (``--choice-file``, default benchmarks/results/minilm_standard/lr_choice.json: order 1's
-validation split, seed 0); the SmolLM2 runs keep their config's rate (1e-3, the paper's LoRA
+validation split, seed 0); the SmolLM2 runs keep their config's rate (1e-3, O-LoRA's LoRA
 rate, for both). MIGU's threshold is the paper's for the combination (runner's
 ``default_threshold``: 0.7 for every method here). Tables:
 

@@ -238,3 +238,21 @@ def test_pairs_never_cross_settings_protocols_or_rates_and_intervals_count_indep
     rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| m | paper | o1 |")]
     assert sorted(cells[-2] for cells in rows) == ["–", "– / 0.0003"]
     assert "ft+migu (1)" in table  # the other protocol's run has no partner
+
+
+def test_mean_of_adds_the_papers_three_task_mean_beside_the_suites_own(tmp_path, capsys):
+    from migu.report.runs import add_mean_column
+
+    run = _run("lora", 0, [60.0, 80.0])
+    run["curves"] = {"points": [{"task_index": 0, "epoch": 0}], "scores": {"lm_eval/acc": {
+        "higher_is_better": True, "columns": ["hellaswag", "winogrande", "arc", "piqa", "mean"],
+        "values": [[42.0, 50.0, 40.0, 68.0, 50.0]]}}}  # fmt: skip
+    assert add_mean_column(run, "paper3", ("hellaswag", "winogrande", "arc")) == 1
+    entry = run["curves"]["scores"]["lm_eval/acc"]
+    assert entry["columns"][-1] == "paper3" and entry["values"][0][-1] == 44.0
+    assert add_mean_column(run, "other", ("hellaswag", "boolq")) == 0
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "results.json").write_text(json.dumps(_run("lora", 0, [60.0, 80.0])))
+    assert main(["report", str(tmp_path), "--mean-of", "x=hellaswag,arc"]) == 2
+    assert "no suite score of these runs has the columns hellaswag, arc" in capsys.readouterr().err
+    assert main(["report", str(tmp_path), "--mean-of", "x"]) == 2

@@ -58,10 +58,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .report.checks import check_options
-    from .report.runs import choose_score, load_results
+    from .report.runs import add_mean_column, choose_score, load_results, parse_mean_of
     from .report.tables import report_markdown
 
     runs = load_results(args.paths)
+    for spec in args.mean_of:
+        name, columns = parse_mean_of(spec)
+        if not sum(add_mean_column(run, name, columns) for run in runs):
+            raise ValueError(f"--mean-of {spec}: no suite score of these runs has the columns {', '.join(columns)}")
     score = choose_score(runs, args.score)
     check_options(runs, args.baseline, tuple(args.by), tuple(args.effect_of), score)
     baseline = "finetune" if args.baseline is None else args.baseline or None
@@ -233,6 +237,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_rep.add_argument(
         "--by", action="append", default=[], metavar="KEY",
         help="config key that splits methods into variants, e.g. --by train.lr --by methods.migu.threshold",
+    )  # fmt: skip
+    p_rep.add_argument(
+        "--mean-of", action="append", default=[], metavar="NAME=COL,COL",
+        help="add a column NAME, the mean of the named columns, to every suite score holding them (e.g. "
+        "paper3=hellaswag,winogrande,arc_challenge: the paper's general-ability mean)",
     )  # fmt: skip
     p_rep.set_defaults(func=cmd_report)
     p_plot = sub.add_parser("plot", help="figures (PNG + CSV) from results.json files and artifacts")

@@ -164,3 +164,34 @@ def flat_config(run: dict[str, Any]) -> dict[str, str]:
 
     walk(run.get("config", {}), "")
     return out
+
+
+def parse_mean_of(spec: str) -> tuple[str, tuple[str, ...]]:
+    """``NAME=a,b,c`` -> (NAME, (a, b, c)); a one-line error otherwise."""
+    name, _, columns = spec.partition("=")
+    parts = tuple(c.strip() for c in columns.split(",") if c.strip())
+    if not name.strip() or len(parts) < 2:
+        raise ValueError(f"--mean-of {spec!r}: write NAME=COLUMN,COLUMN[,...], e.g. "
+                         "paper3=hellaswag,winogrande,arc_challenge")  # fmt: skip
+    return name.strip(), parts
+
+
+def add_mean_column(run: dict[str, Any], name: str, columns: tuple[str, ...]) -> int:
+    """Append a column ``name``, the mean of ``columns``, to every suite score of ``run`` (per-epoch
+    curves and score-matrix rows) that has all of them, e.g. the paper's three-task general-ability
+    mean beside the suite's own mean over every task. Returns how many scores got it."""
+    added = 0
+    tables = [(e, "values") for e in run.get("curves", {}).get("scores", {}).values()]
+    tables += [(e, "matrix") for e in run.get("score_matrices", {}).values() if e.get("columns")]
+    for entry, key in tables:
+        cols = list(entry.get("columns") or [])
+        if name in cols or not all(c in cols for c in columns):
+            continue
+        index = [cols.index(c) for c in columns]
+        rows = []
+        for row in entry[key]:
+            picked = [row[i] for i in index]
+            rows.append([*row, None if None in picked else sum(picked) / len(picked)])
+        entry["columns"], entry[key] = [*cols, name], rows
+        added += 1
+    return added

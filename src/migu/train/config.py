@@ -13,8 +13,8 @@ OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 
 @dataclass
 class TrainConfig:
-    """Optimizer, batching and schedule. The paper: AdamW, constant lr 1e-4 (full finetuning)
-    or 1e-3 (LoRA), batch 64, one epoch per task."""
+    """Optimizer, batching and schedule. The official MIGU scripts: AdamW, constant lr 1e-4 for
+    full finetuning and LoRA alike, batch 8, one epoch per task (``configs/protocols/paper.yaml``)."""
 
     lr: float = 1e-4
     optim: Optimizer = "adamw_torch"
