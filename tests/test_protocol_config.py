@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from migu.bench import apply_overrides, load_yaml, run_config
-from migu.bench.runner import config_fingerprint, load_tasks
+from migu.bench.fingerprint import config_fingerprint
+from migu.bench.runner import load_tasks
 from migu.data import load_task
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -168,7 +168,7 @@ def test_a_run_resumes_with_its_data_moved_and_refuses_other_data(bench_dir, tmp
 def test_an_older_state_moves_with_its_data_once_resumed(bench_dir, tmp_path):
     """A state from before data digests (its fingerprint hashed data.root) resumes at the same
     root only; resumed once, it is identified as a new state and can move."""
-    from migu.bench.runner import config_fingerprint
+    from migu.bench.fingerprint import config_fingerprint
 
     def kill_after(task):
         def hook(index, state):
@@ -228,7 +228,7 @@ def test_evaluating_seen_tasks_only_keeps_every_metric_but_fwt(bench_dir, tmp_pa
 
 def test_committed_results_keep_their_fingerprints():
     # every committed run is still recognised as finished by this version's config
-    from migu.bench.runner import fingerprint_matches
+    from migu.bench.fingerprint import fingerprint_matches
 
     files = sorted((Path(__file__).parents[1] / "benchmarks" / "results").rglob("results.json"))
     assert files
@@ -238,7 +238,7 @@ def test_committed_results_keep_their_fingerprints():
 
 
 def test_a_setting_added_later_at_its_default_keeps_old_fingerprints(bench_dir, tmp_path):
-    from migu.bench.runner import config_fingerprint
+    from migu.bench.fingerprint import config_fingerprint
 
     config = _config(bench_dir, tmp_path)
     assert config.data.evaluate_tasks == "all"

@@ -1,7 +1,8 @@
 """The benchmark runner: task orders, runs, result files, resume."""
 
 from .config import DataConfig, RunConfig, apply_overrides, load_yaml, run_config
-from .runner import RunInProgress, config_fingerprint, fingerprint_matches, load_tasks, run
+from .fingerprint import config_fingerprint, fingerprint_matches
+from .runner import RunInProgress, load_tasks, run
 
 __all__ = [
     "DataConfig",

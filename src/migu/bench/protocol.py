@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from torch import nn
 from tqdm.auto import tqdm
@@ -72,6 +72,37 @@ class Scoreboard:
         return cls(dict(state["specs"]), {k: [list(r) for r in v] for k, v in state["rows"].items()})
 
 
+class Checkpointer(Protocol):
+    """What the protocol saves through: the state, the model and the methods at a task end, or
+    within a task after an epoch (``epoch``: the training's ``EpochState``; only where
+    ``epoch_checkpoints``, off when the optimizer's state is sharded); a task's artifacts; and,
+    for a state saved within task ``state["completed"]``, the load of that checkpoint into the
+    model built for the task and the methods (returning where training stands; None otherwise)."""
+
+    epoch_checkpoints: bool
+
+    def save(self, state: dict[str, Any], model: nn.Module, epoch: EpochState | None) -> None: ...
+
+    def save_artifacts(self, task_index: int, task: str, method: str, items: dict[str, Any]) -> None: ...
+
+    def resume_in_task(self, model: nn.Module, state: dict[str, Any]) -> EpochState | None: ...
+
+
+class NoCheckpoints:
+    """A ``Checkpointer`` that keeps nothing (evaluation only)."""
+
+    epoch_checkpoints = False
+
+    def save(self, state: dict[str, Any], model: nn.Module, epoch: EpochState | None) -> None:
+        return None
+
+    def save_artifacts(self, task_index: int, task: str, method: str, items: dict[str, Any]) -> None:
+        return None
+
+    def resume_in_task(self, model: nn.Module, state: dict[str, Any]) -> EpochState | None:
+        return None
+
+
 @dataclass
 class Setting:
     """Everything the protocol runs with (built by ``runner.run``)."""
@@ -83,23 +114,14 @@ class Setting:
     fmt: Any
     accelerator: Any
     eval_context: EvalContext
-    save: Callable[[dict[str, Any], nn.Module, EpochState | None], None]
-    """Save the state, the model and the methods at a task end, or within a task after an epoch
-    (with the training's ``EpochState``); the store's, a no-op off the main process."""
-    save_artifacts: Callable[[int, str, str, dict[str, Any]], None]
-    resume_in_task: Callable[[nn.Module, dict[str, Any]], EpochState | None] = lambda model, state: None
-    """For a state saved within task ``state["completed"]``: load that checkpoint into the model
-    (built for the task: its ``before_task`` has run) and the methods, and return where training
-    stands; None otherwise."""
-    epoch_checkpoints: bool = True
-    """Save within tasks of several epochs (off where the optimizer's state is sharded)."""
+    checkpointer: Checkpointer = field(default_factory=lambda: NoCheckpoints())
+    """Where the protocol saves (``checkpoint.RunCheckpointer`` in a run; nothing in ``migu eval``)."""
 
     @classmethod
     def for_evaluation(cls, config: RunConfig, sequence: TaskSequence, evaluators: list[Evaluator], fmt: Any,
                        accelerator: Any, eval_context: EvalContext) -> Setting:  # fmt: skip
         """A setting that only evaluates (``migu eval``): no methods, nothing saved."""
-        return cls(config, sequence, MethodStack([]), evaluators, fmt, accelerator, eval_context,
-                   save=lambda *a: None, save_artifacts=lambda *a: None)  # fmt: skip
+        return cls(config, sequence, MethodStack([]), evaluators, fmt, accelerator, eval_context, NoCheckpoints())
 
 
 def evaluate(setting: Setting, model: nn.Module, trained: int, when: str, final: bool
@@ -189,7 +211,7 @@ def run_sequence(setting: Setting, model: nn.Module, state: dict[str, Any],
         model = methods.before_task(model, ctx)
         state["trained_parameters"] = sorted(set(state.get("trained_parameters", ())) | {
             n for n, p in model.named_parameters(remove_duplicate=False) if p.requires_grad})  # fmt: skip
-        resume = setting.resume_in_task(model, state)  # before train_examples: the methods' state first
+        resume = setting.checkpointer.resume_in_task(model, state)  # before train_examples: the methods' state first
         examples = methods.train_examples(task.train, ctx)
         if resume is None:
             say(f"task {index + 1}/{total} {task.name}: training on {len(examples)} examples", is_main)
@@ -202,8 +224,8 @@ def run_sequence(setting: Setting, model: nn.Module, state: dict[str, Any],
                 curves.add_row(values, specs)
                 state["curve_points"].append({"task_index": index, "epoch": epoch.epoch})
                 state["curves"] = curves.to_state()
-            if setting.epoch_checkpoints:
-                setting.save(state, model, epoch)
+            if setting.checkpointer.epoch_checkpoints:
+                setting.checkpointer.save(state, model, epoch)
 
         trained = train_task(model, setting.fmt, examples, methods, ctx, config.train, setting.accelerator,
                              bool(config.progress), on_epoch_end=epoch_end, resume=resume)  # fmt: skip
@@ -213,7 +235,7 @@ def run_sequence(setting: Setting, model: nn.Module, state: dict[str, Any],
             f"mean loss {trained['mean_loss']:.4f}", is_main)  # fmt: skip
         state["diagnostics"].append(methods.after_task(model, ctx))
         for method, items in methods.artifacts(model, ctx).items():
-            setting.save_artifacts(index, task.name, method, items)
+            setting.checkpointer.save_artifacts(index, task.name, method, items)
         start = time.perf_counter()
         final = index + 1 == total
         values, specs = evaluate(setting, model, index + 1, f"after {task.name}", final=final)
@@ -226,7 +248,7 @@ def run_sequence(setting: Setting, model: nn.Module, state: dict[str, Any],
         state["timings"].append(trained)
         state["scores"] = board.to_state()
         state["completed"] = index + 1
-        setting.save(state, model, None)
+        setting.checkpointer.save(state, model, None)
         if on_task_end is not None:
             on_task_end(index, state)
     return model

@@ -18,7 +18,8 @@ from typing import Any
 
 from ..signals import Stopped, stop_on_signals
 from .config import RunConfig
-from .runner import RunInProgress, fingerprint_matches, load_tasks, run
+from .fingerprint import fingerprint_matches
+from .runner import RunInProgress, load_tasks, run
 
 DIFFERENT = "different config"
 

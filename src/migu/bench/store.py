@@ -24,6 +24,7 @@ from typing import IO, Any
 import torch
 
 from .. import artifacts
+from ..schema import check_schema
 
 RESULTS = "results.json"
 LOCK = "run.lock"
@@ -115,7 +116,11 @@ class RunStore:
     # --- results --------------------------------------------------------------------------------
     def finished(self) -> dict[str, Any] | None:
         path = self.dir / RESULTS
-        return read_json(path, "results file") if path.is_file() else None
+        if not path.is_file():
+            return None
+        results = read_json(path, "results file")
+        check_schema(results, path)
+        return results
 
     def write_results(self, results: dict[str, Any]) -> None:
         if self.is_main:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import metrics
+from ..schema import check_schema
 
 REQUIRED = ("model", "method", "seed", "sequence", "accuracy_matrix")
 """The keys of a results file that scores accuracy (every file written before score matrices)."""
@@ -51,6 +52,7 @@ def load_results(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
             missing.append("accuracy_matrix or score_matrices")
         if missing:
             raise ValueError(f"{path} is not a migu results file: missing {missing}; leave it out of the paths")
+        check_schema(run, path)
         run["_path"] = str(path)
         runs.append(run)
     return runs
