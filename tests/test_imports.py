@@ -93,3 +93,10 @@ def test_the_core_imports_nothing_else_of_migu_and_the_report_not_the_runner():
             assert all(d.startswith("migu.core") for d in deps), (name, deps)
         if name.startswith("migu.report"):
             assert not any(d.startswith(("migu.bench", "migu.train")) for d in deps), (name, deps)
+
+
+def test_the_report_imports_no_method_code():
+    graph = _graph()
+    for name, deps in graph.items():
+        if name.startswith("migu.report"):
+            assert not any(d.startswith("migu.methods") for d in deps), (name, deps)

@@ -63,6 +63,11 @@ def test_variants_and_pairing(tmp_path, capsys):
     # a run that leaves a method setting unset (an older results file) shows the default it ran with
     other = _run("finetune+migu", 0, [70.0, 90.0], train={"lr": 1e-4}, methods={"migu": {"skip_first_task": False}})
     plain = _run("finetune+migu", 0, [80.0, 90.0], train={"lr": 1e-4})
+    from migu.methods.registry import effective_method_settings
+    from migu.report.runs import with_effective_settings
+
+    assert config_value(plain, "methods.migu.skip_first_task") == "-"  # (the report imports no method code)
+    with_effective_settings([other, plain], effective_method_settings)  # (what the CLI's loading does)
     table = summary_table([other, plain], varying_keys([other, plain], ("methods.migu.skip_first_task",)))
     assert "| finetune+migu [methods.migu.skip_first_task=False] |" in table
     assert "| finetune+migu [methods.migu.skip_first_task=True] |" in table

@@ -57,11 +57,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from .methods.registry import effective_method_settings
     from .report.checks import check_options
     from .report.runs import add_mean_column, choose_score, load_results, parse_mean_of
     from .report.tables import report_markdown
 
-    runs = load_results(args.paths)
+    runs = load_results(args.paths, effective_method_settings)
     for spec in args.mean_of:
         name, columns = parse_mean_of(spec)
         if not sum(add_mean_column(run, name, columns) for run in runs):
@@ -162,10 +163,12 @@ def _one_line(err: BaseException) -> str:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    from .methods.registry import effective_method_settings
     from .report.figures import plot
     from .report.html import write_report
 
-    options = {"score": args.score, "layer": args.layer, "mask": args.mask, "by": tuple(args.by)}
+    options = {"score": args.score, "layer": args.layer, "mask": args.mask, "by": tuple(args.by),
+               "settings_of": effective_method_settings}  # fmt: skip
     if args.html:
         pages = write_report(args.paths, args.out, args.html, figures=tuple(args.figure), **options)
         print("\n".join(str(p) for p in pages))

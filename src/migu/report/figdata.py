@@ -8,7 +8,6 @@ an empty picture.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
@@ -20,9 +19,8 @@ import numpy as np
 
 from .. import metrics
 from ..artifacts import kept_row_masks, read_index
-from .runs import find_results, flat_config, order_of
+from .runs import SettingsOf, flat_config, load_results, order_of
 
-REQUIRED = ("model", "method", "seed", "sequence")
 # config keys that never tell variants apart (bookkeeping) or are shown in a label already
 _IGNORED = {"seed", "method", "model", "output_dir", "name", "progress", "data.root"}  # (not settings)
 # MIGU-like method components and their threshold / layer keys
@@ -46,21 +44,9 @@ class Score:
         return metrics.summary(self.matrix, self.higher_is_better)
 
 
-def load_runs(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
-    """Every results.json at or below ``paths`` that has a score matrix (``accuracy_matrix`` or
-    ``score_matrices``); ``run["_path"]`` is its file."""
-    runs = []
-    for path in find_results(paths):
-        try:
-            run = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON ({err.msg}); rerun the run or delete the file") from None
-        missing = [k for k in REQUIRED if k not in run]
-        if missing or not (run.get("accuracy_matrix") or run.get("score_matrices")):
-            raise ValueError(f"{path} is not a migu results file: missing {missing or ['a score matrix']}")
-        run["_path"] = str(path)
-        runs.append(run)
-    return runs
+def load_runs(paths: Iterable[str | Path], settings_of: SettingsOf | None = None) -> list[dict[str, Any]]:
+    """Every results.json at or below ``paths`` (``runs.load_results``); ``run["_path"]`` is its file."""
+    return load_results(paths, settings_of)
 
 
 def score_of(run: dict[str, Any], name: str) -> Score | None:

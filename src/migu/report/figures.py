@@ -315,15 +315,16 @@ def plot(
     layer: str = "auto",
     mask: str = "ever",
     by: Sequence[str] = (),
+    settings_of: figdata.SettingsOf | None = None,
 ) -> Plotted:
     """Draw ``figures`` (default: every figure the runs allow) from the results under ``paths`` into
     ``out``. A figure asked for by name with no matching runs raises ``NoMatchingRuns``; in the
     default mode it is listed in ``Plotted.skipped`` with the reason, and nothing drawn at all is
-    an error too."""
+    an error too. ``settings_of``: see ``runs.load_results``."""
     unknown = [f for f in figures if f not in FIGURES]
     if unknown:
         raise ValueError(f"unknown figure(s) {unknown}; choose from {', '.join(FIGURES)}")
-    runs = figdata.scored(figdata.load_runs(paths), score)
+    runs = figdata.scored(figdata.load_runs(paths, settings_of), score)
     out = Path(out)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ import html
 from collections.abc import Sequence
 from pathlib import Path
 
-from .figdata import load_runs, variant_keys
+from .figdata import SettingsOf, load_runs, variant_keys
 from .figures import Plotted, plot, slug
 from .runs import REQUIRED
 from .tables import report_markdown
@@ -78,10 +78,11 @@ def _page(title: str, body: str) -> str:
     return f'<!DOCTYPE html>\n<html lang="en"><head>{head}</head>{page}</html>\n'
 
 
-def benchmark_page(folder: str | Path, figures_dir: str | Path, by: Sequence[str] = (), **plot_options: object) -> str:
+def benchmark_page(folder: str | Path, figures_dir: str | Path, by: Sequence[str] = (),
+                   settings_of: SettingsOf | None = None, **plot_options: object) -> str:  # fmt: skip
     """One page: the report tables of the runs under ``folder`` and every figure they allow (drawn
-    into ``figures_dir``)."""
-    runs = load_runs([folder])
+    into ``figures_dir``); ``settings_of``: see ``runs.load_results``."""
+    runs = load_runs([folder], settings_of)
     with_accuracy = [r for r in runs if all(k in r for k in REQUIRED)]
     parts = []
     if with_accuracy:
@@ -90,7 +91,7 @@ def benchmark_page(folder: str | Path, figures_dir: str | Path, by: Sequence[str
         parts.append(markdown_to_html(report_markdown(with_accuracy, "finetune", by=keys, effect_of=("migu",))))
     else:
         parts.append('<p class="note">No run scores accuracy: the tables of migu report are left out.</p>')
-    done: Plotted = plot([folder], figures_dir, by=by, **plot_options)  # type: ignore[arg-type]
+    done: Plotted = plot([folder], figures_dir, by=by, settings_of=settings_of, **plot_options)  # type: ignore[arg-type]
     if "ablation" in done.tables:
         parts.append(
             "<h2>Component ablation (AA and BWT per masked-layer choice)</h2>"
@@ -113,14 +114,14 @@ def benchmark_page(folder: str | Path, figures_dir: str | Path, by: Sequence[str
 
 
 def write_report(folders: Sequence[str | Path], figures_dir: str | Path, out: str | Path, by: Sequence[str] = (),
-                 **plot_options: object) -> list[Path]:  # fmt: skip
+                 settings_of: SettingsOf | None = None, **plot_options: object) -> list[Path]:  # fmt: skip
     """Pages for the benchmark ``folders``: with one folder ``out`` is its page; with several, ``out``
     is an index linking one page per folder (``<out stem>-<folder>.html`` beside it), and each
     folder's figures go to ``figures_dir/<folder>``. Returns the pages written, index first."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if len(folders) == 1:
-        out.write_text(benchmark_page(folders[0], figures_dir, by, **plot_options))
+        out.write_text(benchmark_page(folders[0], figures_dir, by, settings_of, **plot_options))
         return [out]
     names = [slug(Path(f).resolve().name) for f in folders]
     if len(set(names)) < len(names):
@@ -128,7 +129,7 @@ def write_report(folders: Sequence[str | Path], figures_dir: str | Path, out: st
     pages = []
     for folder, name in zip(folders, names, strict=True):
         page = out.with_name(f"{out.stem}-{name}.html")
-        page.write_text(benchmark_page(folder, Path(figures_dir) / name, by, **plot_options))
+        page.write_text(benchmark_page(folder, Path(figures_dir) / name, by, settings_of, **plot_options))
         pages.append(page)
     links = "".join(
         f'<li><a href="{html.escape(p.name)}">{html.escape(n)}</a></li>' for p, n in zip(pages, names, strict=True)

@@ -4,7 +4,7 @@ the labels a report prints for a run (method, order, config values that tell var
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +33,16 @@ def find_results(paths: Iterable[str | Path]) -> list[Path]:
     return sorted(found)
 
 
-def load_results(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
+SettingsOf = Callable[[str, Any], dict[str, dict[str, Any]]]
+"""``(method spec, its config's methods section) -> {method: settings}``, defaults included: what
+a run that recorded no ``method_settings`` (files before they were recorded) ran with. The CLI
+passes ``migu.methods.registry.effective_method_settings``; the report imports no method code."""
+
+
+def load_results(paths: Iterable[str | Path], settings_of: SettingsOf | None = None) -> list[dict[str, Any]]:
     """Every results file at or below ``paths``; a file that is not one is a one-line error
-    naming it and what to do."""
+    naming it and what to do. ``settings_of`` fills in the effective method settings of files that
+    did not record them (``with_effective_settings``)."""
     runs = []
     for path in find_results(paths):
         try:
@@ -55,7 +62,22 @@ def load_results(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
         check_schema(run, path)
         run["_path"] = str(path)
         runs.append(run)
+    if settings_of is not None:
+        with_effective_settings(runs, settings_of)
     return runs
+
+
+def with_effective_settings(runs: Iterable[dict[str, Any]], settings_of: SettingsOf) -> None:
+    """Give each run without recorded ``method_settings`` the settings it ran with by default
+    (``run["_effective"]``; ``{}`` where this version no longer knows a method or setting)."""
+    for run in runs:
+        if "method_settings" in run or "_effective" in run:
+            continue
+        try:  # JSON round trip: tuples read as the lists a results file holds
+            settings = settings_of(run["method"], run.get("config", {}).get("methods"))
+            run["_effective"] = json.loads(json.dumps(settings, default=str))
+        except ValueError:
+            run["_effective"] = {}
 
 
 def score_matrices(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -129,15 +151,7 @@ def _default_setting(run: dict[str, Any], key: str) -> str:
     parts = key.split(".")
     if len(parts) != 3 or parts[0] != "methods" or parts[1] not in run["method"].split("+"):
         return "-"
-    if "_effective" not in run:
-        from ..methods.registry import effective_method_settings
-
-        try:  # JSON round trip: tuples read as the lists a results file holds
-            settings = effective_method_settings(run["method"], run.get("config", {}).get("methods"))
-            run["_effective"] = json.loads(json.dumps(settings))
-        except ValueError:  # a method or setting this version no longer knows
-            run["_effective"] = {}
-    method = run["_effective"].get(parts[1], {})
+    method = run.get("_effective", {}).get(parts[1], {})
     return str(method[parts[2]]) if parts[2] in method else "-"
 
 
