@@ -18,7 +18,7 @@ from conftest import TOPICS
 from migu.bench import run, run_config
 from migu.methods import METHODS, build_methods
 
-GRADIENT = ("migu", "random_update")
+GRADIENT = tuple(n for n in METHODS if METHODS.trait(n, "chooses_rows"))
 # the methods that decide what trains alone; the others composed onto finetune
 BASES = [n for n in METHODS if n not in GRADIENT]
 SPECS = [n if build_methods(n)[0].name == n else f"finetune+{n}" for n in BASES]

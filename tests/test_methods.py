@@ -13,8 +13,10 @@ from migu.methods.replay import Replay, ReplayConfig
 
 from tiny import build
 
-BASES = [n for n in METHODS if n not in ("migu", "random_update")]
-SPECS = BASES + [f"{b}+migu" for b in BASES] + ["lora+random_update", "lora+replay+migu"]
+BASES = [n for n in METHODS if not METHODS.trait(n, "chooses_rows")]
+ROWS = [n for n in METHODS if METHODS.trait(n, "chooses_rows") and n != "migu"]  # random_update, gradient, fisher
+SPECS = BASES + [f"{b}+migu" for b in BASES] + [f"{b}+{r}" for r in ROWS for b in ("finetune", "lora")]
+SPECS += ["lora+replay+migu"]
 
 
 class Stop(Exception):
@@ -237,7 +239,7 @@ def test_lora_checkpoint_holds_adapters_not_the_frozen_base(bench_dir, tmp_path)
 
 
 def test_resume_from_a_whole_model_checkpoint_keeps_earlier_adapters(bench_dir, tmp_path, monkeypatch):
-    import migu.bench.runner as runner
+    import migu.bench.checkpoint as checkpoint
 
     config = _config(bench_dir, tmp_path, "inc_lora")
 
@@ -250,7 +252,7 @@ def test_resume_from_a_whole_model_checkpoint_keeps_earlier_adapters(bench_dir, 
         raise Stop
 
     with monkeypatch.context() as patch:
-        patch.setattr(runner, "_changed_state", old_format)
+        patch.setattr(checkpoint, "changed_state", old_format)
         with pytest.raises(Stop):
             run(config, on_task_end=stop)
     kept = {}

@@ -6,7 +6,7 @@ This package imports nothing from the rest of migu. Reading order, from the idea
 2. ``selection``: which rows a layer keeps, from its statistic (pure functions, the quantile cut);
 3. ``statistics``: the per-channel ``|output|`` sums, recorded by forward hooks in one buffer;
 4. ``step``: one optimizer step's kept rows, chosen once from the statistic;
-5. ``handle``: ``attach``/``MiguHandle``, which ties them to a model and an optimizer (masks
+5. ``handle`` and ``attach``: ``MiguHandle``, which ties them to a model and an optimizer (masks
    before each step, pauses, reports, removes every hook it added).
 
 Then, as needed: ``targets`` (which layers, and where each statistic is read), ``config``,
@@ -14,8 +14,9 @@ Then, as needed: ``targets`` (which layers, and where each statistic is read), `
 rows only), ``backward`` (masking inside backward), ``sharding`` (FSDP2 row shards), ``report``.
 """
 
+from .attach import attach
 from .config import PRESETS, MiguConfig
-from .handle import LayerReport, MiguHandle, attach
+from .handle import LayerReport, MiguHandle
 from .selection import cut_index, magnitude_keep, random_keep
 from .targets import find_sources, in_preset, supported_layers
 

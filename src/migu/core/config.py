@@ -10,7 +10,7 @@ PRESETS = ("attention", "ffn", "all_linear")
 MaskMode = Literal["grad", "update", "observe"]
 MaskTiming = Literal["step", "in_backward"]
 Reduction = Literal["sum", "mean"]
-Selection = Literal["magnitude", "random"]
+Selection = Literal["magnitude", "random", "gradient", "given"]
 
 
 @dataclass
@@ -79,8 +79,11 @@ class MiguConfig:
     """Also zero the bias entries of masked rows. Off by default (bias untouched)."""
 
     selection: Selection = "magnitude"
-    """``magnitude`` is MIGU. ``random`` is the control: per layer and step, keep as many rows
-    as the magnitude rule would, chosen uniformly at random."""
+    """What rows are ranked by (``migu.core.scores``). ``magnitude`` is MIGU. ``random`` is the
+    control: per layer and step, keep as many rows as the magnitude rule would, chosen uniformly
+    at random. ``gradient``: the squared norm of each row of the step's weight gradient.
+    ``given``: scores set with ``MiguHandle.set_row_scores`` (e.g. a per-task Fisher diagonal).
+    The last two need ``mask_timing="step"`` (the whole gradient, or the scores, at the step)."""
 
     seed: int = 0
     """Seed of the ``random`` selection; the same on every rank, so all ranks agree."""
@@ -135,7 +138,10 @@ class MiguConfig:
         _choice("reduction", self.reduction, ("sum", "mean"))
         _choice("mask_mode", self.mask_mode, ("grad", "update", "observe"))
         _choice("mask_timing", self.mask_timing, ("step", "in_backward"))
-        _choice("selection", self.selection, ("magnitude", "random"))
+        _choice("selection", self.selection, ("magnitude", "random", "gradient", "given"))
+        if self.selection in ("gradient", "given") and self.mask_timing != "step":
+            raise ValueError(f"selection={self.selection!r} ranks rows at the optimizer step: it needs "
+                             f"mask_timing='step', got {self.mask_timing!r}")  # fmt: skip
         _choice("fast_path_kernel", self.fast_path_kernel, ("auto", "gather", "index_select", "dense"))
         if self.micro_batches_per_step is not None and (
             isinstance(self.micro_batches_per_step, bool)

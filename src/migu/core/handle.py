@@ -339,6 +339,15 @@ class MiguHandle:
         over this rank's rows)."""
         return self._updates.leak()
 
+    def set_row_scores(self, scores: dict[str, torch.Tensor]) -> None:
+        """Row scores for ``selection="given"``, by layer (the statistic sources' names, as in
+        ``report``): one value per row, higher kept first; they stay until set again."""
+        self._step.set_given(self.sources, scores)
+
+    def row_scores(self) -> dict[str, torch.Tensor]:
+        """The scores set with ``set_row_scores`` (empty if none)."""
+        return dict(self._step.given)
+
     def reseed(self, seed: int) -> None:
         """Restart the generator of the ``random`` selection (e.g. per task, for resumable runs)."""
         self._step.generator.manual_seed(seed)
@@ -389,22 +398,3 @@ class MiguHandle:
 
 def _has_step_hooks(optimizer: Any) -> bool:
     return isinstance(optimizer, torch.optim.Optimizer) and hasattr(optimizer, "_optimizer_step_pre_hooks")
-
-
-def attach(
-    model: nn.Module,
-    config: MiguConfig | None = None,
-    *,
-    optimizer: torch.optim.Optimizer | None = None,
-    **overrides: Any,
-) -> MiguHandle:
-    """Attach MIGU to ``model``; ``overrides`` are ``MiguConfig`` fields (``threshold=0.7``, ...).
-
-    With ``optimizer``, masking runs automatically around each ``optimizer.step()``; otherwise
-    call ``handle.before_optimizer_step()`` and ``handle.after_optimizer_step()`` around it.
-    """
-    if config is None:
-        config = MiguConfig(**overrides)
-    elif overrides:
-        config = replace(config, **overrides)
-    return MiguHandle(model, config, optimizer=optimizer)

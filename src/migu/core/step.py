@@ -10,6 +10,7 @@ import torch
 from .config import MiguConfig
 from .profiling import SELECT, scope
 from .report import KeptRowsLog
+from .scores import gradient_rows
 from .selection import fast_rows, magnitude_keep, random_keep
 from .statistics import Recorder
 from .targets import Source
@@ -22,6 +23,7 @@ class StepSelection:
     def __init__(self, config: MiguConfig) -> None:
         self.config = config  # (the handle's own: its threshold, selection and sync_distributed)
         self.generator = torch.Generator().manual_seed(config.seed)
+        self.given: dict[str, torch.Tensor] = {}  # selection "given": scores by source name
         self.log = KeptRowsLog()
         self.keeps: list[torch.Tensor | None] | None = None
         self.fast_rows: dict[int, torch.Tensor] = {}
@@ -59,6 +61,31 @@ class StepSelection:
                 self._select(recorder, sources, late, None if first else late)
         return self.keeps
 
+    def set_given(self, sources: list[Source], scores: dict[str, torch.Tensor]) -> None:
+        """Scores for ``selection="given"`` by source name, each one value per row (checked)."""
+        rows = {s.name: s.rows() for s in sources}
+        unknown = sorted(set(scores) - set(rows))
+        if unknown:
+            raise ValueError(f"set_row_scores: {unknown[:3]} are not layers of this handle (e.g. {next(iter(rows))})")
+        for name, values in scores.items():
+            if tuple(values.shape) != (rows[name],):
+                raise ValueError(f"set_row_scores: {name} has {rows[name]} rows, got scores of shape "
+                                 f"{tuple(values.shape)}")  # fmt: skip
+        self.given = {name: values.detach().float() for name, values in scores.items()}
+
+    def _scores(self, index: int, source: Source, buffer: torch.Tensor) -> torch.Tensor:
+        """The row scores of one source: its forward statistic (magnitude, random), its step's
+        weight-gradient rows (gradient) or the scores set for it (given)."""
+        selection = self.config.selection
+        if selection == "gradient":
+            return gradient_rows(source).to(buffer.device)
+        if selection == "given":
+            if source.name not in self.given:
+                raise ValueError(f"selection='given' but no row scores were set for layer {source.name} "
+                                 "(MiguHandle.set_row_scores)")  # fmt: skip
+            return self.given[source.name].to(buffer.device)
+        return buffer[:-1]
+
     def state_dict(self) -> dict[str, Any]:
         """What outlives a step: the random selection's generator and the kept-rows record."""
         return {"generator": self.generator.get_state(), "log": self.log.state_dict()}
@@ -81,7 +108,7 @@ class StepSelection:
         for i in indices:
             groups.setdefault((buffers[i].numel() - 1, buffers[i].device), []).append(i)
         for members in groups.values():
-            stats = torch.stack([buffers[i][:-1] for i in members])
+            stats = torch.stack([self._scores(i, sources[i], buffers[i]) for i in members])
             if self.config.selection == "random":
                 keep = random_keep(stats, threshold, self.generator)
             else:

@@ -13,7 +13,7 @@ about an order of magnitude less and would change with the batch size.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,19 +75,7 @@ class Ewc(Method):
             ctx.task.train, min(self.config.fisher_examples, len(ctx.task.train))
         )
         params = {n: p for n, p in _named_parameters(model) if p.requires_grad}
-        fisher = {n: torch.zeros_like(p) for n, p in params.items()}
-        size = self.config.fisher_batch_size
-        chunks = [sample[i : i + size] for i in range(0, len(sample), size)]
-        was_training = model.training
-        model.eval()  # no dropout in the estimate
-        for chunk in chunks:
-            model.zero_grad(set_to_none=True)
-            ctx.batch_loss(model, chunk).backward()
-            for n, p in params.items():
-                if p.grad is not None:
-                    fisher[n] += p.grad.detach().pow(2) / len(chunks)
-        model.zero_grad(set_to_none=True)
-        model.train(was_training)
+        fisher = empirical_fisher(model, ctx.batch_loss, sample, params, self.config.fisher_batch_size)
         for n, f in fisher.items():
             self.fisher[n] = self.fisher[n] + f if n in self.fisher else f
             self.anchor[n] = params[n].detach().clone()
@@ -98,6 +86,28 @@ class Ewc(Method):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.fisher, self.anchor = dict(state.get("fisher", {})), dict(state.get("anchor", {}))
+
+
+def empirical_fisher(model: nn.Module, batch_loss: Any, sample: list[Any], params: Mapping[str, torch.Tensor],
+                     batch_size: int = 1) -> dict[str, torch.Tensor]:  # fmt: skip
+    """The diagonal empirical Fisher of ``params`` over ``sample``: the mean over chunks of
+    ``batch_size`` examples (1: per example, the empirical Fisher proper) of the squared gradient
+    of ``batch_loss(model, chunk)``; in eval mode (no dropout), gradients cleared afterwards."""
+    fisher = {n: torch.zeros_like(p) for n, p in params.items()}
+    chunks = [sample[i : i + batch_size] for i in range(0, len(sample), batch_size)]
+    was_training = model.training
+    model.eval()
+    try:
+        for chunk in chunks:
+            model.zero_grad(set_to_none=True)
+            batch_loss(model, chunk).backward()
+            for n, p in params.items():
+                if p.grad is not None:
+                    fisher[n] += p.grad.detach().pow(2) / len(chunks)
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return fisher
 
 
 def _named_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:

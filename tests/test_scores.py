@@ -1,0 +1,132 @@
+"""Row scores besides MIGU's magnitude (``migu.core.scores``): the step's gradient rows, given
+scores, and FGGM's per-task Fisher rows, each against a direct computation on tiny models."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import migu
+from migu.core.config import MiguConfig
+from migu.methods import TaskContext, build_methods
+from migu.methods.fisher import FisherRows
+
+from tiny import batch, build, expected_layers
+
+ARCHS = ["bert", "t5", "llama", "gpt2"]
+
+
+def _rows_last(name: str) -> bool:  # GPT-2's Conv1D keeps output channels last
+    return any(part in name for part in (".c_attn", ".c_fc", ".c_proj"))
+
+
+def _top(scores: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The rows at or above the T-quantile (MIGU's rule), by the definition."""
+    return (scores >= torch.quantile(scores.double(), threshold).float()).nonzero().flatten()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_gradient_rows_are_the_largest_gradient_rows(arch):
+    model = build(arch)
+    names = expected_layers(arch, "all_linear")
+    handle = migu.attach(model, threshold=0.7, selection="gradient")
+    model(**batch(arch)).loss.backward()
+    params = dict(model.named_parameters())
+    dense = {n: params[f"{n}.weight"].grad.clone() for n in names}
+    handle.before_optimizer_step()
+    report = handle.report()
+    for name in names:
+        grad = dense[name].t() if _rows_last(name) else dense[name]
+        expected = _top(grad.float().pow(2).sum(1), 0.7)
+        assert torch.equal(report[name].kept_rows, expected), name
+        after = params[f"{name}.weight"].grad
+        after = after.t() if _rows_last(name) else after
+        keep = torch.zeros(grad.shape[0], dtype=torch.bool)
+        keep[expected] = True
+        assert torch.equal(after[keep], grad[keep]) and (after[~keep] == 0).all(), name
+    handle.remove()
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2"])
+def test_given_scores_choose_the_rows_until_set_again(arch):
+    model = build(arch)
+    names = expected_layers(arch, "all_linear")
+    handle = migu.attach(model, threshold=0.5, selection="given")
+    model(**batch(arch)).loss.backward()
+    with pytest.raises(ValueError, match="no row scores were set"):
+        handle.before_optimizer_step()
+    handle.after_optimizer_step()
+    rows = {s.name: s.rows() for s in handle.sources}
+    scores = {n: torch.randn(rows[n], generator=torch.Generator().manual_seed(i)) for i, n in enumerate(names)}
+    handle.set_row_scores(scores)
+    for _ in range(2):  # the same rows at every step
+        model.zero_grad()
+        model(**batch(arch, seed=1)).loss.backward()
+        handle.before_optimizer_step()
+        report = handle.report()
+        for name in names:
+            assert torch.equal(report[name].kept_rows, _top(scores[name], 0.5)), name
+        handle.after_optimizer_step()
+    with pytest.raises(ValueError, match="rows, got scores of shape"):
+        handle.set_row_scores({names[0]: torch.ones(3)})
+    with pytest.raises(ValueError, match="are not layers of this handle"):
+        handle.set_row_scores({"nope": torch.ones(3)})
+    handle.remove()
+
+
+def test_scores_read_at_the_step_refuse_masking_in_backward():
+    for selection in ("gradient", "given"):
+        with pytest.raises(ValueError, match="needs mask_timing='step'"):
+            MiguConfig(selection=selection, mask_timing="in_backward")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fisher_rows_equal_an_explicit_per_example_gradient_loop(arch):
+    """FGGM's score: per row, the mean over examples of the squared per-example gradient of the
+    loss, summed over the row's inputs; the top 1 - T rows are kept for the whole task."""
+    model = build(arch)
+    examples = [batch(arch, seed=s, size=1) for s in range(4)]
+
+    def batch_loss(m, chunk):
+        return torch.stack([m(**inputs).loss for inputs in chunk]).mean()
+
+    reference = build(arch)
+    reference.load_state_dict(model.state_dict())
+    reference.eval()
+    names = expected_layers(arch, "all_linear")
+    params = dict(reference.named_parameters())
+    expected = {n: torch.zeros(params[f"{n}.weight"].shape) for n in names}
+    for inputs in examples:  # one backward per example
+        reference.zero_grad()
+        reference(**inputs).loss.backward()
+        for n in names:
+            expected[n] += params[f"{n}.weight"].grad.pow(2) / len(examples)
+    task = SimpleNamespace(name="t", train=examples)  # (the method reads the task's training examples)
+    (_, fisher) = build_methods("finetune+fisher", {"fisher": {"fisher_examples": 4, "skip_first_task": False}})
+    assert isinstance(fisher, FisherRows)
+    fisher.before_task(model, TaskContext(0, task, 2, 0, 1, batch_loss))
+    scores = fisher.handle.row_scores()
+    for n in names:
+        rows = expected[n].sum(0 if _rows_last(n) else 1)
+        assert torch.allclose(scores[n], rows, rtol=1e-5, atol=1e-12), n
+    model(**examples[0]).loss.backward()  # a training step keeps the Fisher rows
+    fisher.before_optimizer_step(model, None)
+    report = fisher.handle.report()
+    for n in names:
+        assert torch.equal(report[n].kept_rows, _top(scores[n], 0.7)), n
+    state = fisher.state_dict()
+    assert set(state["row_scores"]) == set(names)
+    fisher.handle.set_row_scores({names[0]: torch.zeros(scores[names[0]].shape)})
+    fisher.load_state_dict(state)  # a resume within the task keeps the task's mask
+    assert torch.equal(fisher.handle.row_scores()[names[0]], scores[names[0]])
+    assert fisher.config.to_dict()["fisher_examples"] == 4 and fisher.config.core.selection == "given"
+    fisher.handle.remove()
+
+
+def test_bad_score_settings_are_one_line():
+    with pytest.raises(ValueError, match=r"methods\.fisher\.fisher_examples must be at least 1"):
+        build_methods("finetune+fisher", {"fisher": {"fisher_examples": 0}})
+    with pytest.raises(ValueError, match=r"unknown method\(s\) \['fishr'\]"):
+        build_methods("finetune+fishr")
+    with pytest.raises(ValueError, match="both choose the rows"):
+        build_methods("finetune+fisher+migu")
