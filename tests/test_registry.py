@@ -48,7 +48,7 @@ def test_every_plugin_kind_uses_the_one_registry():
                             (FORMATS, {"options/encoder", "corpus/decoder", "instruction/decoder"})):  # fmt: skip
         assert isinstance(registry, Registry) and names <= set(registry.names())
     assert METHODS.with_trait("decides_training") == ["finetune", "inc_lora", "lora", "moelora", "olora"]
-    assert METHODS.with_trait("chooses_rows") == ["migu", "random_update"]
+    assert METHODS.with_trait("chooses_rows") == ["fisher", "gradient", "migu", "random_update"]
     assert SOURCES.trait("das_cpu", "kinds") == ("corpus",)
 
 
