@@ -130,3 +130,27 @@ def test_bad_score_settings_are_one_line():
         build_methods("finetune+fishr")
     with pytest.raises(ValueError, match="both choose the rows"):
         build_methods("finetune+fisher+migu")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_freeze_bottom_keeps_the_bottom_blocks_and_embeddings_as_pretrained(arch):
+    from migu.methods.freeze_bottom import FreezeBottom, FreezeBottomConfig, transformer_blocks
+
+    model = build(arch)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    stacks = transformer_blocks(model)
+    assert all(len(stack) == 2 for stack in stacks) and len(stacks) == (2 if arch == "t5" else 1)
+    model = FreezeBottom(FreezeBottomConfig(blocks=1)).setup(model)
+    frozen = {f"{name}." for stack in stacks for name, _ in stack[:1]}
+    embedding = next(n for n, p in model.named_parameters() if p is model.get_input_embeddings().weight)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model(**batch(arch)).loss.backward()
+    optimizer.step()
+    for name, param in model.named_parameters():
+        still = torch.equal(param, before[name])
+        if name.startswith(tuple(frozen)) or name == embedding:
+            assert still and not param.requires_grad, name
+        elif param.grad is not None and param.grad.abs().sum() > 0:
+            assert not still, name
+    with pytest.raises(ValueError, match="would freeze every block"):
+        FreezeBottom(FreezeBottomConfig(blocks=2)).setup(build(arch))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..settings import to_dict
-from . import derpp, ewc, finetune, fisher, gradient, lora, migu_method, moelora, replay  # noqa: F401  (each registers its methods)
+from . import derpp, ewc, finetune, fisher, freeze_bottom, gradient, lora, migu_method, moelora, replay  # noqa: F401  (each registers its methods)
 from .base import METHODS, STAGES, Method
 from .finetune import Finetune
 

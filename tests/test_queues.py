@@ -1,0 +1,62 @@
+"""The fair-comparison and row-score queues (benchmarks/fair.py, benchmarks/scores.py): what they
+plan, and that the row-score runs share the fair queue's folder and protocol; nothing trains."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _module(name):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def fair():
+    return _module("fair")
+
+
+@pytest.fixture(scope="module")
+def scores():
+    return _module("scores")
+
+
+def test_the_fair_queue_plans_the_issues_runs_at_one_rate(fair, tmp_path):
+    runs = fair.configs(tmp_path)
+    folders = [Path(c.output_dir).name for c in runs]
+    assert folders.count("standard") == 27 + 12 and folders.count("no_names") == 6
+    assert folders.count("rates") == 6 and folders.count("long") == 15
+    standard = [c for c in runs if Path(c.output_dir).name == "standard"]
+    assert {c.train.lr for c in standard} == {1e-4} and {c.protocol for c in standard} == {"paper"}
+    assert all(c.data.names_in_input and c.train.batch_size == 8 for c in standard)
+    names = [c for c in runs if Path(c.output_dir).name == "no_names"]
+    assert not any(c.data.names_in_input for c in names) and {c.protocol for c in names} == {"paper_without_names"}
+    assert {c.train.lr for c in runs if Path(c.output_dir).name == "rates"} == {3e-5, 3e-4}
+
+
+def test_row_scores_share_the_fair_folder_and_choose_blocks_on_validation(fair, scores, tmp_path):
+    from migu.bench.queue import run_folder
+
+    select = scores.selection(tmp_path)
+    assert [c.methods["freeze_bottom"]["blocks"] for c in select] == [1, 2, 3, 4, 5]
+    assert all(c.data.evaluate_on == "validation" for c in select)
+    assert scores.choose_blocks(tmp_path) is None  # nothing ran yet
+    for k, config in enumerate(select, start=1):
+        folder = run_folder(config)
+        folder.mkdir(parents=True)
+        aa = 60.0 + (k == 3)
+        (folder / "results.json").write_text(json.dumps({"accuracy_matrix": [[None, None], [aa, None], [aa, aa]]}))
+    assert scores.choose_blocks(tmp_path) == 3
+    assert json.loads((tmp_path / "freeze_choice.json").read_text())["blocks"] == 3
+    tests = scores.tests(tmp_path, 3)
+    assert len(tests) == 18 + 3 and {c.methods["freeze_bottom"]["blocks"] for c in tests} == {3}
+    # a fair-queue run and a row-score run of the same setting live side by side: one folder, one protocol
+    fair_standard = {run_folder(c).parent for c in fair.configs(tmp_path) if Path(c.output_dir).name == "standard"}
+    assert {run_folder(c).parent for c in tests[:18]} == fair_standard
+    assert {c.protocol for c in tests} == {"paper"} and {c.train.lr for c in tests} == {1e-4}
