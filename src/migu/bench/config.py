@@ -208,9 +208,15 @@ def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     this one) lays the file's own settings over those files' settings, merged in order: a
     protocol written once (``configs/protocols/paper.yaml``) applies to every benchmark."""
     p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"config file {p} is a folder; give a YAML file (e.g. configs/quickstart.yaml)")
     if not p.is_file():
         raise FileNotFoundError(f"config file {p} does not exist")
-    raw = read_yaml(p.read_text(), str(p))
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"config file {p} is not a text (UTF-8) file; give a YAML file") from None
+    raw = read_yaml(text, str(p))
     if not isinstance(raw, dict):
         raise ValueError(f"{p} must hold a mapping of settings")
     parents = raw.pop("extends", None)

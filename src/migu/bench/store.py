@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import platform
 import shutil
 from collections.abc import Iterator, Mapping
@@ -154,11 +155,26 @@ class RunStore:
     # --- progress and checkpoints ---------------------------------------------------------------
     def load_progress(self) -> dict[str, Any] | None:
         path = self.state_dir / "progress.json"
-        return read_json(path, "unfinished run's state folder") if path.is_file() else None
+        if not path.is_file():
+            return None
+        state = read_json(path, "unfinished run's state folder")
+        if not isinstance(state, dict) or not {"fingerprint", "completed", "checkpoint"} <= state.keys():
+            raise ValueError(f"{path} is not the progress of a migu run (damaged?): restore it, or delete "
+                             f"{self.state_dir} to start the run over")  # fmt: skip
+        return state
 
     def load_checkpoint(self, name: str) -> Any:
+        """A checkpoint of the state folder; a missing or damaged one is one line naming it and the
+        ways out (restore it, or start the run over)."""
+        path = self.state_dir / name
         # on the CPU: every rank reads the file rank 0 wrote; loading moves tensors to their devices
-        return torch.load(self.state_dir / name, map_location="cpu", weights_only=False)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except FileNotFoundError:
+            problem = "is missing"
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, ValueError) as err:
+            problem = f"is damaged ({type(err).__name__}: {' '.join(str(err).split())[:120]})"
+        raise ValueError(f"{path} {problem}: restore it, or delete {self.state_dir} to start the run over")
 
     def save_progress(self, state: dict[str, Any], checkpoint: Any, name: str) -> None:
         """The checkpoint first, under a name of its own, then the progress that points to it;
