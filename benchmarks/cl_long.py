@@ -45,7 +45,7 @@ import json
 from pathlib import Path
 
 from migu.bench import apply_overrides, load_yaml, run_config
-from migu.bench.queue import run_folder, run_queue
+from migu.bench.queue import run_queue
 from migu.methods.registry import default_threshold, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,11 +115,7 @@ def main(argv: list[str] | None = None) -> None:
             raw["data"]["root"] = args.data_root
         configs.append(run_config(apply_overrides(raw, [*_overrides(config_path, method, order, seed, rates, out),
                                                         *args.set])))  # fmt: skip
-    if args.only:
-        configs = [c for c in configs if args.only in f"{run_folder(c).parent.name}/{c.run_name()}"]
-        if not configs:
-            parser.exit(2, f"cl_long.py: no run of the queue matches --only {args.only!r}\n")
-    status = run_queue(configs, "cl_long.py", args.list, bool(args.data_root))
+    status = run_queue(configs, "cl_long.py", args.list, bool(args.data_root), args.only)
     if status:
         parser.exit(status)
 

@@ -33,7 +33,7 @@ import argparse
 from pathlib import Path
 
 from migu.bench import RunConfig, apply_overrides, load_yaml, run_config
-from migu.bench.queue import run_folder, run_queue
+from migu.bench.queue import run_queue
 
 ROOT = Path(__file__).resolve().parents[1]
 STANDARD = ROOT / "configs" / "cpu" / "minilm_standard_paper.yaml"
@@ -85,11 +85,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="override a config key for every run (changes the runs' fingerprints)")  # fmt: skip
     args = parser.parse_args(argv)
     runs = configs(Path(args.out).resolve(), args.data_root, args.set)
-    if args.only:
-        runs = [c for c in runs if args.only in f"{run_folder(c).parent.name}/{c.run_name()}"]
-        if not runs:
-            parser.exit(2, f"fair.py: no run of the queue matches --only {args.only!r}\n")
-    status = run_queue(runs, "fair.py", args.list, bool(args.data_root))
+    status = run_queue(runs, "fair.py", args.list, bool(args.data_root), args.only)
     if status:
         parser.exit(status)
 

@@ -57,12 +57,19 @@ def task_logger(name: str) -> Callable[[int, dict[str, Any]], None]:
     return log
 
 
-def run_queue(configs: Sequence[RunConfig], prog: str, list_only: bool = False, check_data: bool = False) -> int:
+def run_queue(configs: Sequence[RunConfig], prog: str, list_only: bool = False, check_data: bool = False,
+              only: str | None = None) -> int:  # fmt: skip
     """Work through ``configs`` in order (see the module docstring); ``list_only`` prints each run's
-    state and trains nothing. Returns the exit status: 0; 2 when a folder holds another config's
+    state and trains nothing; ``only`` keeps the runs whose ``FOLDER/RUN`` (as listed) contains it
+    (none: status 2). Returns the exit status: 0; 2 when a folder holds another config's
     run (before anything trains) or a run was refused (the others still ran); 128 + the signal's
     number when SIGTERM, SIGHUP or SIGINT stopped it (``migu.signals``: the running run keeps its
     finished tasks and leaves no lock)."""
+    if only:
+        configs = [c for c in configs if only in f"{run_folder(c).parent.name}/{c.run_name()}"]
+        if not configs:
+            print(f"{prog}: no run of the queue matches --only {only!r}", file=sys.stderr)
+            return 2
     try:
         with stop_on_signals():
             return _work(configs, prog, list_only, check_data)
