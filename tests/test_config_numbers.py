@@ -40,3 +40,19 @@ def test_a_config_built_in_python_is_checked_by_the_same_checker():
         TrainConfig(mixed_precision="fp16")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"train\.epochs must be at least 1"):
         TrainConfig(epochs=0)
+
+
+def test_a_loss_that_turns_non_finite_stops_the_run_with_one_line(bench_dir, tmp_path, capsys):
+    """A rate that is finite but far too high trains to NaN: the run stops at that step, names the
+    task and step, writes no results and keeps its last finished task for a resume."""
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": "tiny-bert", "method": "finetune", "output_dir": str(tmp_path / "runs"), "progress": False,
+        "data": {"root": str(bench_dir), "order": "tiny", "n_train": 16, "n_test": 8},
+        "train": {"lr": 1.0e12, "batch_size": 4, "micro_batch_size": 4, "max_length": 32, "max_grad_norm": None},
+    }))  # fmt: skip
+    assert main(["run", str(config)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("migu:")]
+    assert len(err) == 1 and "the training loss is nan" in err[0].lower() and "step" in err[0], err
+    left = [p.name for p in (tmp_path / "runs").rglob("*")] if (tmp_path / "runs").exists() else []
+    assert "results.json" not in left and "run.lock" not in left  # (failing in task 1: nothing to keep)

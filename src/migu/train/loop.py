@@ -90,6 +90,18 @@ def set_dropout(model: nn.Module, p: float) -> None:
             module.attention_dropout = p  # type: ignore[assignment]  # a float, not a submodule
 
 
+class NonFiniteLoss(ValueError):
+    """The training loss became NaN or infinite: the run stops with one line (no results, the
+    last finished task's checkpoint kept)."""
+
+
+def non_finite(ctx: TaskContext, step: int, value: float) -> str:
+    return (
+        f"task {ctx.index + 1} ({ctx.task.name}), step {step}: the training loss is {value}; the run stops, "
+        "keeping its last finished task (lower train.lr, or check the data); the same command resumes from there"
+    )
+
+
 def epoch_seed(seed: int, index: int, epoch: int) -> int:
     """The seed of a task's epoch (data order and dropout): the first epoch's is the task's own."""
     return task_seed(seed, index) + 7_919_000 * epoch
@@ -193,6 +205,9 @@ def train_task(
                 accelerator.backward(loss)
                 losses.append(loss.detach())
                 if accelerator.sync_gradients:
+                    value = float(losses[-1])  # (the progress bar reads it anyway: no extra sync)
+                    if not math.isfinite(value):
+                        raise NonFiniteLoss(non_finite(ctx, done + 1, value))
                     # the methods' masks first, then clipping on the gradient that will be applied:
                     # the official MIGU order, and the one MIGU's fast path (rows masked during
                     # backward) computes, so that the fast and reference paths agree under clipping
@@ -208,7 +223,7 @@ def train_task(
                     step_seconds.append(now - last)
                     last = now
                     bar.update(1)
-                    bar.set_postfix(loss=f"{float(losses[-1]):.3f}")
+                    bar.set_postfix(loss=f"{value:.3f}")
                 optimizer.zero_grad(set_to_none=True)
         if on_epoch_end is not None and epoch + 1 < config.epochs:
             paused, cpu_paused = time.perf_counter(), time.process_time()
