@@ -12,11 +12,11 @@ shared, not rerun. The queue:
 1. ``freeze_select/``: freeze_bottom with 1-5 of MiniLM's 6 blocks frozen, on order 1's
    validation split (200 examples held out of each training file), seed 0; the best AA is
    written to ``freeze_choice.json`` (never chosen on test examples);
-2. ``standard/``: orders 1-3, seeds 0-1: finetune+fisher, finetune+gradient and freeze_bottom
-   (the chosen blocks);
-3. ``long/``: order 4, seed 0: the same three (the others come with ``fair.py``).
+2. ``standard/``: orders 1-3, seeds 0-1: finetune+fisher, finetune+gradient, freeze_bottom (the
+   chosen blocks) and osf;
+3. ``long/``: order 4, seed 0: the same four (the others come with ``fair.py``).
 
-OSF (PEFT's ``OSFConfig``) joins when its method lands. Tables:
+``osf`` (PEFT's ``OSFConfig``) runs with the scores in steps 2 and 3. Tables:
 
     migu report benchmarks/results/fair/standard --baseline finetune+random_update
     migu report benchmarks/results/fair/standard --baseline finetune
@@ -70,7 +70,7 @@ def choose_blocks(out: Path) -> int | None:
 
 
 def tests(out: Path, blocks: int) -> list[RunConfig]:
-    methods = [*SCORES, "freeze_bottom"]
+    methods = [*SCORES, "freeze_bottom", "osf"]
     freeze = [f"methods.freeze_bottom.blocks={blocks}"]
     runs = [_config(STANDARD, out / "standard", m, [f"data.order={o}", f"seed={s}", *freeze])
             for s in (0, 1) for o in ("order1", "order2", "order3") for m in methods]  # fmt: skip

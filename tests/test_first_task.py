@@ -20,7 +20,7 @@ from migu.methods import METHODS, build_methods
 
 GRADIENT = tuple(n for n in METHODS if METHODS.trait(n, "chooses_rows"))
 # the methods that decide what trains alone; the others composed onto finetune
-BASES = [n for n in METHODS if n not in GRADIENT]
+BASES = [n for n in METHODS if n not in GRADIENT and METHODS.trait(n, "masks_rows") is not False]
 SPECS = [n if build_methods(n)[0].name == n else f"finetune+{n}" for n in BASES]
 ARCHES = ("encoder", "decoder")
 

@@ -14,8 +14,9 @@ from migu.methods.replay import Replay, ReplayConfig
 from tiny import build
 
 BASES = [n for n in METHODS if not METHODS.trait(n, "chooses_rows")]
+MASKABLE = [n for n in BASES if METHODS.trait(n, "masks_rows") is not False]  # (osf trains SVD factors)
 ROWS = [n for n in METHODS if METHODS.trait(n, "chooses_rows") and n != "migu"]  # random_update, gradient, fisher
-SPECS = BASES + [f"{b}+migu" for b in BASES] + [f"{b}+{r}" for r in ROWS for b in ("finetune", "lora")]
+SPECS = BASES + [f"{b}+migu" for b in MASKABLE] + [f"{b}+{r}" for r in ROWS for b in ("finetune", "lora")]
 SPECS += ["lora+replay+migu"]
 
 

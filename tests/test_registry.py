@@ -47,7 +47,7 @@ def test_every_plugin_kind_uses_the_one_registry():
                             (SOURCES, {"cl_benchmark", "jsonl", "das_cpu", "skills"}),
                             (FORMATS, {"options/encoder", "corpus/decoder", "instruction/decoder"})):  # fmt: skip
         assert isinstance(registry, Registry) and names <= set(registry.names())
-    deciding = ["finetune", "freeze_bottom", "inc_lora", "lora", "moelora", "olora"]
+    deciding = ["finetune", "freeze_bottom", "inc_lora", "lora", "moelora", "olora", "osf"]
     assert METHODS.with_trait("decides_training") == deciding
     assert METHODS.with_trait("chooses_rows") == ["fisher", "gradient", "migu", "random_update"]
     assert SOURCES.trait("das_cpu", "kinds") == ("corpus",)

@@ -154,3 +154,35 @@ def test_freeze_bottom_keeps_the_bottom_blocks_and_embeddings_as_pretrained(arch
             assert not still, name
     with pytest.raises(ValueError, match="would freeze every block"):
         FreezeBottom(FreezeBottomConfig(blocks=2)).setup(build(arch))
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_osf_merges_each_task_and_preserves_more_each_time(arch):
+    """PEFT's OSF per task: the previous task's update is merged into the weights, and the next
+    wrapping preserves a larger share of singular directions (first_rank -> last_rank)."""
+    from peft import PeftModel
+
+    from migu.methods.osf import Osf, OsfMethodConfig, task_rank
+
+    config = OsfMethodConfig(first_rank=0.25, last_rank=0.75)
+    assert [task_rank(config, i, 3) for i in range(3)] == [0.25, 0.5, 0.75]
+    method = Osf(config)
+    task = SimpleNamespace(name="t", train=[])
+    model = method.before_task(build(arch), TaskContext(0, task, 3, 0, 1))
+    assert isinstance(model, PeftModel) and model.peft_config["default"].effective_rank == 0.25
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert trainable and len(trainable) < len(list(model.parameters()))
+    optimizer = torch.optim.AdamW(trainable, lr=1e-2)
+    model(**batch(arch)).loss.backward()
+    optimizer.step()
+    model.eval()
+    trained = model(**batch(arch, seed=1)).logits.detach()
+    model = method.before_task(model, TaskContext(1, task, 3, 0, 1))  # merged, wrapped again
+    model.eval()
+    assert model.peft_config["default"].effective_rank == 0.5
+    assert torch.allclose(model(**batch(arch, seed=1)).logits, trained, atol=1e-4)  # the update was kept
+    assert method.rewrites_weights
+    with pytest.raises(ValueError, match="osf trains no weight rows that migu could mask"):
+        build_methods("osf+migu")
+    with pytest.raises(ValueError, match="last_rank"):
+        OsfMethodConfig(first_rank=0.5, last_rank=0.3)

@@ -209,8 +209,9 @@ def run_sequence(setting: Setting, model: nn.Module, state: dict[str, Any],
         task = sequence[index]
         ctx = task_context(setting, index)
         model = methods.before_task(model, ctx)
+        every = methods.rewrites_weights  # (a method that merges updates into frozen weights: keep them all)
         state["trained_parameters"] = sorted(set(state.get("trained_parameters", ())) | {
-            n for n, p in model.named_parameters(remove_duplicate=False) if p.requires_grad})  # fmt: skip
+            n for n, p in model.named_parameters(remove_duplicate=False) if p.requires_grad or every})  # fmt: skip
         resume = setting.checkpointer.resume_in_task(model, state)  # before train_examples: the methods' state first
         examples = methods.train_examples(task.train, ctx)
         if resume is None:

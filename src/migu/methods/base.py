@@ -52,6 +52,9 @@ class Method:
     own_layers = False
     """Whether the method puts layers of its own into the model (MoELoRA's mixtures), which
     ``save_pretrained`` writes but Transformers and PEFT cannot load back."""
+    rewrites_weights = False
+    """Whether the method changes weights that no parameter it trains holds (OSF merges each
+    task's update into the base weights): the run's checkpoints then keep every weight."""
 
     def setup(self, model: nn.Module) -> nn.Module:
         """Once, before the first task; returns the model to train (possibly wrapped)."""

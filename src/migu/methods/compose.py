@@ -36,6 +36,11 @@ class MethodStack:
     def name(self) -> str:
         return "+".join(m.name for m in self.methods)
 
+    @property
+    def rewrites_weights(self) -> bool:
+        """Whether a method changes weights outside what it trains (checkpoint every weight)."""
+        return any(m.rewrites_weights for m in self.methods)
+
     def setup(self, model: nn.Module) -> nn.Module:
         for method in self.methods:
             model = method.setup(model)

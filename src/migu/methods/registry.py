@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..settings import to_dict
-from . import derpp, ewc, finetune, fisher, freeze_bottom, gradient, lora, migu_method, moelora, replay  # noqa: F401  (each registers its methods)
+from . import derpp, ewc, finetune, fisher, freeze_bottom, gradient, lora, migu_method, moelora, osf, replay  # noqa: F401
 from .base import METHODS, STAGES, Method
 from .finetune import Finetune
 
@@ -23,6 +23,9 @@ def parse_spec(spec: str) -> list[str]:
     rows = [n for n in names if METHODS.trait(n, "chooses_rows")]
     if len(rows) > 1:
         raise ValueError(f"{' and '.join(rows)} both choose the rows to update: use one of them")
+    unmaskable = [n for n in names if METHODS.trait(n, "masks_rows") is False]
+    if rows and unmaskable:
+        raise ValueError(f"{unmaskable[0]} trains no weight rows that {rows[0]} could mask; use {unmaskable[0]} alone")
     models = [n for n in names if METHODS.trait(n, "decides_training")]
     if len(models) > 1:
         raise ValueError(f"{spec!r} names {len(models)} methods that decide what trains ({models}): use one")
