@@ -64,7 +64,7 @@ def test_jsonl_bad_input_names_file_and_line_and_leaves_no_run_folder(tmp_path, 
 def test_jsonl_missing_task_folder_and_unknown_label(tmp_path):
     root = _jsonl_dir(tmp_path / "data", "options")
     (root / "t1" / "labels.json").write_text(json.dumps(["no", "maybe"]))
-    with pytest.raises(ValueError, match=r"t1/train.jsonl: example \d+ has label 'yes'"):
+    with pytest.raises(ValueError, match=r"t1/train.jsonl line \d+: label 'yes' is not one of"):
         run(_jsonl_config(root, tmp_path / "out", "options"))
     config = run_config({"model": "tiny-bert", "output_dir": str(tmp_path / "out"),
                          "data": {"source": "jsonl", "root": str(root), "order": ["t3"]}})  # fmt: skip
