@@ -50,6 +50,10 @@ def test_two_processes_give_the_matrix_of_one_and_resume_after_a_killed_rank(ben
     # the same global batches: the same predictions (tolerance: none needed at this size)
     assert two["accuracy_matrix"] == one["accuracy_matrix"]
     assert two["score_matrices"]["macro_f1"] == one["score_matrices"]["macro_f1"]
+    # the recorded training loss is the whole batches' on every rank count (before: rank 0's share)
+    losses = [[t["mean_loss"] for t in r["timings"] if t.get("task")] for r in (one, two)]
+    assert losses[1][0] == pytest.approx(losses[0][0], rel=1e-5)  # (first task: the same weights throughout)
+    assert losses[1] == pytest.approx(losses[0], rel=0.05)  # (later: parameters differ by float order)
     # geometry gathers embeddings across ranks: on the same model (before training) it matches one
     # process to float error (after training the runs' parameters differ by ~1e-6, which the
     # near-collapsed embeddings of this rate amplify to ~1e-3 in these scores)

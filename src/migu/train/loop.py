@@ -102,6 +102,15 @@ def non_finite(ctx: TaskContext, step: int, value: float) -> str:
     )
 
 
+def _mean_over_ranks(value: torch.Tensor, accelerator: Any) -> float:
+    """A rank's mean training loss averaged over the ranks (each trains on an equal slice of
+    every batch), so that a run on N processes records the loss of the whole batches, as one
+    process does (a collective: every rank calls it)."""
+    if accelerator.num_processes > 1:
+        value = accelerator.reduce(value.to(accelerator.device), reduction="mean")
+    return float(value)
+
+
 def epoch_seed(seed: int, index: int, epoch: int) -> int:
     """The seed of a task's epoch (data order and dropout): the first epoch's is the task's own."""
     return task_seed(seed, index) + 7_919_000 * epoch
@@ -240,7 +249,7 @@ def train_task(
     return {
         "steps": done,
         "examples": len(examples) * config.epochs,
-        "mean_loss": float(torch.stack(losses).float().mean()),
+        "mean_loss": _mean_over_ranks(torch.stack(losses).float().mean(), accelerator),
         "seconds": trained_before + time.perf_counter() - start - outside,
         "median_step_seconds": statistics.median(step_seconds) if step_seconds else 0.0,
         "epoch_end_seconds": outside,
