@@ -16,7 +16,7 @@ from migu.train import TrainConfig
         ("train.lr=nan", "train.lr must be a finite number, got nan"),
         ("train.lr=0", "train.lr must be greater than 0, got 0"),
         ("train.weight_decay=-1", "train.weight_decay must be at least 0, got -1"),
-        ("train.max_grad_norm=-1", "train.max_grad_norm must be greater than 0, got -1"),
+        ("train.max_grad_norm=-1", "train.max_grad_norm must be at least 0, got -1"),
         ("train.warmup_ratio=1", "train.warmup_ratio must be at most"),
         ("data.n_train=-5", "data.n_train must be at least 1, got -5"),
         ("data.n_validation=-3", "data.n_validation must be at least 0, got -3"),

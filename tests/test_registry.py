@@ -70,3 +70,11 @@ def test_a_new_evaluator_is_one_file_and_one_registration(bench_dir, tmp_path):
     assert entry["higher_is_better"] is False
     final = entry["matrix"][-1]
     assert all(100 / 3 <= v <= 100 for v in final)  # (the tiny tasks have at most three labels)
+
+
+def test_a_section_that_is_not_a_mapping_is_one_line():
+    from migu.methods import build_methods
+
+    for value in (5, [1, 2], "x"):
+        with pytest.raises(ValueError, match=r"methods\.replay must be a mapping of settings"):
+            build_methods("lora+replay", {"replay": value})

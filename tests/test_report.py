@@ -261,3 +261,15 @@ def test_mean_of_adds_the_papers_three_task_mean_beside_the_suites_own(tmp_path,
     assert main(["report", str(tmp_path), "--mean-of", "x=hellaswag,arc"]) == 2
     assert "no suite score of these runs has the columns hellaswag, arc" in capsys.readouterr().err
     assert main(["report", str(tmp_path), "--mean-of", "x"]) == 2
+
+
+def test_a_setting_in_another_shape_is_another_setting_and_unpaired_runs_are_named():
+    from migu.report.pairing import same_setting
+
+    base = _run("ft", 0, [60.0, 80.0], format={}, evaluators=None)
+    packed = _run("ft+migu", 0, [60.0, 80.0], format={"layout": "pack"}, evaluators=None)
+    suite = _run("ft+migu", 0, [60.0, 80.0], format={}, evaluators={"lm_eval": {"limit": 5}})
+    older = _run("ft+migu", 0, [60.0, 80.0], format={})  # (a file from before evaluators existed)
+    assert not same_setting(base, packed) and not same_setting(base, suite) and same_setting(base, older)
+    table = paired_table([base, packed, _run("ft+random_update", 0, [1.0, 1.0], format={}, evaluators=None)], "ft")
+    assert "Without a ft run in the same setting" in table and "ft+migu (1)" in table

@@ -186,3 +186,28 @@ def test_osf_merges_each_task_and_preserves_more_each_time(arch):
         build_methods("osf+migu")
     with pytest.raises(ValueError, match="last_rank"):
         OsfMethodConfig(first_rank=0.5, last_rank=0.3)
+
+
+def test_fisher_resumes_after_its_second_task_to_the_uninterrupted_numbers(bench_dir, tmp_path):
+    """A resume replays the finished tasks' before_task without their loss; fisher must not need
+    it there (the checkpoint holds the scores)."""
+    from migu.bench import run, run_config
+
+    def config(out):
+        return run_config({"model": "tiny-bert", "method": "finetune+fisher", "output_dir": str(out),
+                           "progress": False, "methods": {"fisher": {"fisher_examples": 4}},
+                           "data": {"root": str(bench_dir), "order": "tiny", "n_train": 8, "n_test": 4},
+                           "train": {"batch_size": 4, "micro_batch_size": 4, "max_length": 24}})  # fmt: skip
+
+    class Stop(Exception):
+        pass
+
+    def stop(index, state):
+        if index == 1:
+            raise Stop
+
+    whole = run(config(tmp_path / "a"))
+    with pytest.raises(Stop):
+        run(config(tmp_path / "b"), on_task_end=stop)
+    resumed = run(config(tmp_path / "b"))
+    assert resumed["resumed_at"] == [2] and resumed["accuracy_matrix"] == whole["accuracy_matrix"]

@@ -81,6 +81,8 @@ class Registry(Generic[T]):
         config class may read its own mapping with a ``from_dict(values, where)`` classmethod
         (settings nested in the file but flat in the config); every error names the key."""
         entry, where = self.entry(name), f"{self.where}.{name}"
+        if mapping is not None and not isinstance(mapping, Mapping):
+            raise ValueError(f"{where} must be a mapping of settings, got {mapping!r}")
         values = dict(mapping or {})
         if entry.config_cls is None:
             if values:

@@ -64,8 +64,8 @@ class FisherRows(Migu):
         assert self.handle is not None
         if self.handle.is_paused:  # (the first task, trained unmasked)
             return model
-        if ctx.batch_loss is None:
-            raise ValueError("fisher needs the task format's loss (TaskContext.batch_loss)")
+        if ctx.batch_loss is None:  # a resume replaying a finished task: its scores are not needed, and
+            return model  # the checkpoint's (the last task's) are loaded right after
         sample = random.Random(f"fisher:{ctx.seed}:{ctx.index}").sample(
             ctx.task.train, min(self.fisher_config.fisher_examples, len(ctx.task.train))
         )

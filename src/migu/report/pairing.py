@@ -19,7 +19,7 @@ from typing import Any
 from scipy import stats
 
 from .. import metrics
-from .runs import config_value, flat_config, order_of
+from .runs import config_value, order_of
 
 FREE_KEYS = ("method", "methods.", "name", "output_dir", "progress", "save_model", "train.lr", "data.root")
 """Config keys that may differ between the two runs of a pair: the method, its settings, where
@@ -28,14 +28,32 @@ beside every difference; see ``rates``)."""
 
 
 def _setting(run: dict[str, Any]) -> dict[str, str]:
-    return {k: v for k, v in flat_config(run).items() if not k.startswith(FREE_KEYS)}
+    """The run's settings as dotted keys, an empty section as ``"{}"`` (so that ``format: {}``
+    and ``format: {layout: pack}`` differ), without ``FREE_KEYS``."""
+    flat: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict) and node:
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            flat[prefix[:-1]] = "{}" if isinstance(node, dict) else str(node)
+
+    walk(run.get("config", {}), "")
+    return {k: v for k, v in flat.items() if not k.startswith(FREE_KEYS)}
 
 
 def same_setting(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Whether two runs agree on every setting but the method's (``FREE_KEYS``); a key only one
-    of them records (a setting added to migu later) is not counted against them."""
+    """Whether two runs agree on every setting but the method's (``FREE_KEYS``). A key only one of
+    them records counts against them when the other records that path in another shape (a value
+    against a section: ``evaluators: null`` against ``evaluators.lm_eval.limit``), and not
+    otherwise (a setting added to migu later, absent from older files)."""
     sa, sb = _setting(a), _setting(b)
-    return all(sa[k] == sb[k] for k in sa.keys() & sb.keys())
+    if any(sa[k] != sb[k] for k in sa.keys() & sb.keys()):
+        return False
+    one_sided = sa.keys() ^ sb.keys()
+    every = sa.keys() | sb.keys()
+    return not any(o != k and (k.startswith(o + ".") or o.startswith(k + ".")) for o in one_sided for k in every)
 
 
 def pm(values: Sequence[float | None]) -> str:

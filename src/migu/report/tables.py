@@ -120,9 +120,12 @@ def paired_table(runs: list[dict[str, Any]], baseline: str, by: tuple[str, ...] 
     t-based 95% interval over the independent units, and the rates ("baseline's / the variant's"
     where they differ: pairs of other rates are another row)."""
     members: dict[tuple[str, tuple[str, str], str], list[Pair]] = defaultdict(list)
+    unpaired: dict[str, int] = defaultdict(int)
     for run, base in partners(runs, lambda method: None if method == baseline else baseline, by):
         if base is not None:
             members[(run["model"], row_key((base, run)), label_of(run, by))].append((base, run))
+        else:
+            unpaired[label_of(run, by)] += 1
     if not members:
         return ""
     first = "acc." if score == ACCURACY else score
@@ -141,6 +144,9 @@ def paired_table(runs: list[dict[str, Any]], baseline: str, by: tuple[str, ...] 
         lines.append(f"| {model} | {_protocol(key)} | {method} | {pm(d['aa'])} | {_ci(pairs, d['aa'])[0]} | "
                      f"{pm(d['bwt'])} | {_ci(pairs, d['bwt'])[0]} | {pm(d['first'])} | {key[1]} | "
                      f"{_count(pairs)} |")  # fmt: skip
+    if unpaired:
+        lines.append(f"\nWithout a {baseline} run in the same setting (or with several that --by does not tell "
+                     "apart): " + ", ".join(f"{k} ({v})" for k, v in sorted(unpaired.items())))  # fmt: skip
     return "\n".join(lines) + "\n" + _shared_note([p for ps in members.values() for p in ps])
 
 

@@ -45,7 +45,7 @@ class TrainConfig:
         check_fields(self, "train")  # (the Literal and number fields)
         check_number(self.lr, "train.lr", 0, low_open=True)
         check_number(self.weight_decay, "train.weight_decay", 0)
-        check_number(self.max_grad_norm, "train.max_grad_norm", 0, low_open=True)
+        check_number(self.max_grad_norm, "train.max_grad_norm", 0)  # (0 or null: no clipping)
         check_number(self.warmup_ratio, "train.warmup_ratio", 0, 0.999999)
         if self.dropout is not None:
             check_number(self.dropout, "train.dropout", 0, 0.999999)
