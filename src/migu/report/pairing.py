@@ -19,7 +19,7 @@ from typing import Any
 from scipy import stats
 
 from .. import metrics
-from .runs import config_value, order_of
+from .runs import config_value, flat_config, order_of
 
 FREE_KEYS = ("method", "methods.", "name", "output_dir", "progress", "save_model", "train.lr", "data.root")
 """Config keys that may differ between the two runs of a pair: the method, its settings, where
@@ -30,17 +30,7 @@ beside every difference; see ``rates``)."""
 def _setting(run: dict[str, Any]) -> dict[str, str]:
     """The run's settings as dotted keys, an empty section as ``"{}"`` (so that ``format: {}``
     and ``format: {layout: pack}`` differ), without ``FREE_KEYS``."""
-    flat: dict[str, str] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict) and node:
-            for key, value in node.items():
-                walk(value, f"{prefix}{key}.")
-        else:
-            flat[prefix[:-1]] = "{}" if isinstance(node, dict) else str(node)
-
-    walk(run.get("config", {}), "")
-    return {k: v for k, v in flat.items() if not k.startswith(FREE_KEYS)}
+    return {k: v for k, v in flat_config(run, empty_sections=True).items() if not k.startswith(FREE_KEYS)}
 
 
 def same_setting(a: dict[str, Any], b: dict[str, Any]) -> bool:

@@ -167,16 +167,19 @@ def varying_keys(runs: list[dict[str, Any]], by: tuple[str, ...]) -> tuple[str, 
     return tuple(k for k in by if len({config_value(r, k) for r in runs}) > 1)
 
 
-def flat_config(run: dict[str, Any]) -> dict[str, str]:
-    """The run's config as dotted keys (``methods.migu.threshold``) -> values as text."""
+def flat_config(run: dict[str, Any], empty_sections: bool = False) -> dict[str, str]:
+    """The run's config as dotted keys (``methods.migu.threshold``) -> values as text; with
+    ``empty_sections``, an empty section is a key of its own with the value ``"{}"``."""
     out: dict[str, str] = {}
 
     def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict):
+        if isinstance(node, dict) and (node or not empty_sections):
             for key, value in node.items():
                 walk(value, f"{prefix}{key}.")
         else:
-            out[prefix[:-1]] = json.dumps(node) if isinstance(node, list | tuple) else str(node)
+            out[prefix[:-1]] = (
+                "{}" if isinstance(node, dict) else (json.dumps(node) if isinstance(node, list | tuple) else str(node))
+            )
 
     walk(run.get("config", {}), "")
     return out
