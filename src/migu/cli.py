@@ -29,6 +29,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .report.tables import format_matrix, report_markdown
 
     raw = apply_overrides(load_yaml(args.config), args.overrides)
+    if args.log_with:  # (not an override: a comma there makes a grid)
+        raw["log_with"] = [name.strip() for name in args.log_with.split(",") if name.strip()]
     configs = check_grid(raw)  # the whole grid, before its first run starts
     # under torchrun / accelerate launch every rank runs the grid; only rank 0 prints
     main_process = int(os.environ.get("RANK", "0")) == 0
@@ -221,6 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     p_run.add_argument("config", help="YAML file (see configs/)")
     p_run.add_argument("overrides", nargs="*", help="key=value, e.g. train.lr=3e-5 method=finetune,finetune+migu")
+    p_run.add_argument("--log-with", metavar="TRACKERS", help="log to experiment trackers, comma-separated: "
+                       "tensorboard (in RUN_DIR/logs), wandb, mlflow, trackio (the run setting log_with)")  # fmt: skip
     p_run.set_defaults(func=cmd_run)
     p_rep = sub.add_parser("report", help="tables from results.json files")
     p_rep.add_argument("paths", nargs="+", help="results files or folders holding them")

@@ -13,6 +13,7 @@ import yaml
 from ..data.base import check_source
 from ..settings import check_fields, check_number, from_mapping
 from ..train.config import TrainConfig
+from .tracking import check_log_with
 
 
 @dataclass
@@ -103,9 +104,15 @@ class RunConfig:
     """Folder of the run under ``output_dir``; by default model-method-order-seed."""
     progress: bool | None = None
     """Progress bars for tasks, steps and evaluation; by default when stderr is a terminal."""
+    log_with: list[str] | str = field(default_factory=list)
+    """Experiment trackers to log to through Accelerate (a name or a list): ``tensorboard`` (files in
+    ``RUN_DIR/logs``), ``wandb``, ``mlflow``, ``trackio`` (``migu.bench.tracking``: the config,
+    each step's loss and MIGU's kept fraction, each task's scores, AA, BWT, times and the matrix
+    as an image). Not part of the run's identity."""
 
     def __post_init__(self) -> None:
         check_fields(self, "")  # (evaluation, seed, ...: also for a config built directly)
+        self.log_with = check_log_with(self.log_with, installed=False)
 
     def run_name(self) -> str:
         if self.name:

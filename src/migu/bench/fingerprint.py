@@ -27,12 +27,15 @@ _ADDED_LATER: dict[tuple[str | None, str], Any] = {
 }
 
 
+_NOT_IDENTITY = ("progress", "output_dir", "save_model", "log_with")
+
+
 def config_fingerprint(config: RunConfig, with_data_root: bool = False) -> str:
     """What identifies a run's results: a hash of its config without the keys that do not change
-    them (progress bars, output folder, keeping the model, and where the data was read from: the
+    them (progress bars, output folder, keeping the model, trackers, and where the data was read from: the
     data itself is identified by ``TaskSequence.digest``, so a run resumes with its data moved).
     ``with_data_root``: the fingerprint of runs before 2026-12-02, which hashed ``data.root``."""
-    settings = {k: v for k, v in config.to_dict().items() if k not in ("progress", "output_dir", "save_model")}
+    settings = {k: v for k, v in config.to_dict().items() if k not in _NOT_IDENTITY}
     for (section, key), value in _ADDED_LATER.items():
         node = settings if section is None else settings[section]
         if key in node and node[key] == value:

@@ -103,6 +103,16 @@ class NoCheckpoints:
         return None
 
 
+class Tracker(Protocol):
+    """What the protocol logs through (``tracking.RunTracker`` in a run with ``log_with``): each
+    optimizer step's values, and each evaluation point once it is in ``state["scores"]`` (with the
+    finished task's timing record, or None before training)."""
+
+    def step(self, step: int, values: dict[str, float]) -> None: ...
+
+    def evaluated(self, state: dict[str, Any], trained: dict[str, Any] | None) -> None: ...
+
+
 @dataclass
 class Setting:
     """Everything the protocol runs with (built by ``runner.run``)."""
@@ -116,6 +126,8 @@ class Setting:
     eval_context: EvalContext
     checkpointer: Checkpointer = field(default_factory=lambda: NoCheckpoints())
     """Where the protocol saves (``checkpoint.RunCheckpointer`` in a run; nothing in ``migu eval``)."""
+    tracker: Tracker | None = None
+    """Where the protocol logs as it goes (``log_with``), if anywhere."""
 
     @classmethod
     def for_evaluation(cls, config: RunConfig, sequence: TaskSequence, evaluators: list[Evaluator], fmt: Any,
@@ -205,6 +217,8 @@ def run_sequence(setting: Setting, model: nn.Module, state: dict[str, Any],
             state["curve_points"].append({"task_index": 0, "epoch": 0})
         state["timings"].append({"task": None, "eval_seconds": time.perf_counter() - start})
         state["scores"] = board.to_state()
+        if setting.tracker is not None:
+            setting.tracker.evaluated(state, None)
     for index in range(state["completed"], total):
         task = sequence[index]
         ctx = task_context(setting, index)
@@ -228,8 +242,9 @@ def run_sequence(setting: Setting, model: nn.Module, state: dict[str, Any],
             if setting.checkpointer.epoch_checkpoints:
                 setting.checkpointer.save(state, model, epoch)
 
+        on_step = setting.tracker.step if setting.tracker is not None else None
         trained = train_task(model, setting.fmt, examples, methods, ctx, config.train, setting.accelerator,
-                             bool(config.progress), on_epoch_end=epoch_end, resume=resume)  # fmt: skip
+                             bool(config.progress), on_epoch_end=epoch_end, resume=resume, on_step=on_step)  # fmt: skip
         if resume is not None:
             trained["resumed_after_epoch"] = resume.epoch
         say(f"task {index + 1}/{total} {task.name}: {trained['steps']} steps in {trained['seconds']:.1f} s, "
@@ -248,6 +263,8 @@ def run_sequence(setting: Setting, model: nn.Module, state: dict[str, Any],
         trained.update(task=task.name, eval_seconds=time.perf_counter() - start)
         state["timings"].append(trained)
         state["scores"] = board.to_state()
+        if setting.tracker is not None:
+            setting.tracker.evaluated(state, trained)
         state["completed"] = index + 1
         setting.checkpointer.save(state, model, None)
         if on_task_end is not None:

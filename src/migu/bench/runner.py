@@ -43,6 +43,7 @@ from .protocol import Setting, run_sequence, say, task_context_for
 from .provenance import cpu_name, source_revision, versions
 from .results import results_record
 from .store import RESULTS, RunInProgress, RunStore, write_json
+from .tracking import RunTracker, check_log_with, logs_dir
 
 __all__ = ["RESULTS", "RunInProgress", "config_fingerprint", "fingerprint_matches", "load_tasks", "run", "write_json"]
 
@@ -77,14 +78,16 @@ def run(config: RunConfig, on_task_end: TaskHook | None = None) -> dict[str, Any
     methods = MethodStack(build_methods(config.method, config.methods))
     methods.check_sequence(len(sequence))  # (before anything is written, as bad data)
     evaluators = build_evaluators(config.evaluators, sequence.kind)
-    accelerator = make_accelerator(config.train)
+    log_with = check_log_with(config.log_with)  # (an uninstalled tracker: before anything is written)
+    run_dir = Path(config.output_dir) / config.run_name()
+    accelerator = make_accelerator(config.train, log_with, logs_dir(run_dir))
     _same_data_on_every_rank(sequence.digest(), accelerator)
     if config.save_model:
         methods.check_save_model()
     if config.save_model and accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
         raise ValueError("save_model: not available when Accelerate shards the model (FSDP on GPUs, DeepSpeed); "
                          "one process, DDP and migu's FSDP2 on CPU save it")  # fmt: skip
-    store = RunStore(Path(config.output_dir) / config.run_name(), accelerator.is_main_process)
+    store = RunStore(run_dir, accelerator.is_main_process)
     with ExitStack() as stack:
         error = None
         try:
@@ -162,8 +165,16 @@ def _run(config: RunConfig, on_task_end: TaskHook | None, sequence: TaskSequence
     rank, world = (accelerator.process_index, accelerator.num_processes) if sharded else (0, 1)
     eval_context = eval_context_for(config, bundle, rank, world)
     checkpointer = RunCheckpointer(store, methods, accelerator)
-    setting = Setting(config, sequence, methods, evaluators, fmt, accelerator, eval_context, checkpointer)
-    model = run_sequence(setting, model, state, on_task_end)
+    tracker = None
+    if config.log_with:
+        steps_before = sum(int(t.get("steps", 0)) for t in state["timings"] if t.get("task") is not None)
+        tracker = RunTracker(accelerator, store.dir.name, config.to_dict(), sequence.names, steps_before)
+    setting = Setting(config, sequence, methods, evaluators, fmt, accelerator, eval_context, checkpointer, tracker)
+    try:
+        model = run_sequence(setting, model, state, on_task_end)
+    finally:  # (trackers flush and close on every way out: a signal, an error)
+        if tracker is not None:
+            tracker.finish()
     if config.save_model:  # before results.json: a finished run has its model
         full = full_state_dict(model) if migu_shards(accelerator) else None  # (a collective)
         saved = store.save_model(model, bundle.tokenizer, full)

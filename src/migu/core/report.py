@@ -83,5 +83,12 @@ class KeptRowsLog:
         return out
 
 
+def kept_share(masks: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> float | None:
+    """The share of all rows kept at the last step, over the layers of ``MiguHandle.kept_masks``
+    (every layer's rows counted once); None before any selection."""
+    rows = sum(last.numel() for last, _ in masks.values())
+    return sum(int(last.sum()) for last, _ in masks.values()) / rows if rows else None
+
+
 def _cpu(mask: torch.Tensor) -> torch.Tensor:
     return mask.to("cpu", copy=True)

@@ -10,6 +10,12 @@ backward does not reach (a layer unused by the last micro-batch) is masked at
 statistic would have to be reduced across ranks inside backward) or under gradient
 checkpointing (it runs forwards inside backward); those two cases warn when clipping is on.
 No trainer is forked and nothing is patched.
+
+At each of the Trainer's logging steps the callback adds MIGU's diagnostics to the Trainer's log
+entry (``on_log``): ``migu/kept_fraction``, the share of rows kept at the last step. The Trainer's
+loggers (``report_to``: TensorBoard, W&B, ...) are callbacks that read each entry in list order,
+before the callbacks passed to the Trainer; ``add_migu_callback(trainer, ...)`` puts the callback
+ahead of them, so that they log MIGU's values as well.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from accelerate.state import GradientState
 from transformers import TrainerCallback
 
 from ..core import MiguConfig, MiguHandle, attach
+from ..core.report import kept_share
 from ..core.statistics import distributed_world
 
 
@@ -39,6 +46,9 @@ class MiguCallback(TrainerCallback):
         self._owned = handle is None
         self.handle: MiguHandle | None = handle
         self._in_backward = False  # this callback asked the handle to mask during backward
+        self.ahead_of_loggers = False
+        """Whether ``add_migu_callback`` placed it before the Trainer's loggers."""
+        self._told = False
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         if self.handle is None:
@@ -71,6 +81,22 @@ class MiguCallback(TrainerCallback):
         if self.handle is not None:
             self.handle.after_optimizer_step()
 
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if self.handle is None or logs is None or "loss" not in logs:  # (training log entries only)
+            return
+        share = None if self.handle.is_paused else kept_share(self.handle.kept_masks())
+        if share is None:
+            return
+        logs["migu/kept_fraction"] = share
+        if not self.ahead_of_loggers and getattr(args, "report_to", None) and not self._told:
+            self._told = True
+            warnings.warn(
+                "MiguCallback adds migu/kept_fraction to the Trainer's logs, but the Trainer's loggers "
+                f"({', '.join(args.report_to)}) read them before it; add it with migu.add_migu_callback(trainer, ...) "
+                "to have them log it",
+                stacklevel=2,
+            )
+
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self._in_backward and self.handle is not None:
             self.handle.mask_in_backward(None)
@@ -78,6 +104,24 @@ class MiguCallback(TrainerCallback):
         if self._owned and self.handle is not None:
             self.handle.remove()
             self.handle = None
+
+
+def add_migu_callback(trainer: Any, callback: MiguCallback | None = None, **config: Any) -> MiguCallback:
+    """Add ``callback`` (or ``MiguCallback(**config)``) to ``trainer`` ahead of its loggers
+    (``report_to``), so that they log MIGU's diagnostics; returns the callback. The same as
+    ``callbacks=[MiguCallback(...)]`` otherwise."""
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    if callback is None:
+        callback = MiguCallback(**config)
+    elif config:
+        raise ValueError("pass either a MiguCallback or its settings, not both")
+    loggers = tuple(c for c in INTEGRATION_TO_CALLBACK.values() if isinstance(c, type))
+    handler = trainer.callback_handler
+    first = next((i for i, c in enumerate(handler.callbacks) if isinstance(c, loggers)), len(handler.callbacks))
+    handler.callbacks.insert(first, callback)
+    callback.ahead_of_loggers = True
+    return callback
 
 
 def _last_micro_batch() -> bool:

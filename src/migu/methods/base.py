@@ -86,6 +86,11 @@ class Method:
         """After training on a task (before evaluation); returns diagnostics to record."""
         return {}
 
+    def step_log(self, model: nn.Module, ctx: TaskContext) -> dict[str, float]:
+        """After an optimizer step, in runs that log to trackers (``log_with``) only: values to log
+        at that step (MIGU: the share of rows it kept), by short name."""
+        return {}
+
     def artifacts(self, model: nn.Module, ctx: TaskContext) -> dict[str, Mapping[str, Any]]:
         """After a task: arrays to save beside the results, ``{name: {key: array}}`` (e.g. MIGU's
         kept-row masks); the run store writes them (``migu.artifacts``)."""

@@ -89,6 +89,10 @@ class MethodStack:
     def after_task(self, model: nn.Module, ctx: TaskContext) -> dict[str, Any]:
         return {m.name: m.after_task(model, ctx) for m in self.methods}
 
+    def step_log(self, model: nn.Module, ctx: TaskContext) -> dict[str, float]:
+        """Every method's ``step_log``, as ``method/name``."""
+        return {f"{m.name}/{key}": value for m in self.methods for key, value in m.step_log(model, ctx).items()}
+
     def artifacts(self, model: nn.Module, ctx: TaskContext) -> dict[str, dict[str, Mapping[str, Any]]]:
         """``{method: {artifact name: arrays}}`` of the methods that have any."""
         out = {}

@@ -9,6 +9,7 @@ from typing import Any
 from torch import nn
 
 from ..core import MiguConfig, MiguHandle
+from ..core.report import kept_share
 from ..settings import check_value, from_mapping
 from .base import METHODS, Method, TaskContext, task_seed
 
@@ -95,6 +96,13 @@ class Migu(Method):
     def after_optimizer_step(self, model: nn.Module, ctx: TaskContext) -> None:
         assert self.handle is not None
         self.handle.after_optimizer_step()
+
+    def step_log(self, model: nn.Module, ctx: TaskContext) -> dict[str, float]:
+        """``kept_fraction``: the share of the masked layers' rows kept at this step (none while
+        the task trains unmasked)."""
+        assert self.handle is not None
+        share = None if self.handle.is_paused else kept_share(self.handle.kept_masks())
+        return {} if share is None else {"kept_fraction": share}
 
     def artifacts(self, model: nn.Module, ctx: TaskContext) -> dict[str, Mapping[str, Any]]:
         """``kept_rows``: per layer, the rows kept at the task's last step and at any step of it

@@ -92,6 +92,15 @@ def _heat(ax: Any, values: np.ndarray, rows: list[str], cols: list[str], title: 
     ax.figure.colorbar(image, ax=ax, shrink=0.8)
 
 
+def heatmap_figure(rows: Sequence[Sequence[float | None]], columns: Sequence[str], title: str) -> Any:
+    """A score matrix (rows: before training, then after each task) as a heatmap figure."""
+    values = np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=float)
+    labels = ["(start)", *[f"after {c}" for c in columns]][: len(rows)]
+    fig, ax = plt.subplots(figsize=SIZES["matrix"], layout="constrained")
+    _heat(ax, values, labels, list(columns), title)
+    return fig
+
+
 def _unique(out: Path, stem: str, taken: set[str]) -> Path:
     name, k = stem, 1
     while name in taken:

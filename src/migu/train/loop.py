@@ -47,9 +47,11 @@ def make_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.opt
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
 
 
-def make_accelerator(config: TrainConfig) -> Accelerator:
-    """Accelerate handles devices, processes and accumulation; bf16 autocast is ours (``autocast``),
-    so that the model's ``forward`` is left as it is. Batches are split across processes
+def make_accelerator(config: TrainConfig, log_with: list[str] | None = None,
+                     project_dir: str | os.PathLike[str] | None = None) -> Accelerator:  # fmt: skip
+    """Accelerate handles devices, processes, accumulation and experiment trackers (``log_with``,
+    writing under ``project_dir``); bf16 autocast is ours (``autocast``), so that the model's
+    ``forward`` is left as it is. Batches are split across processes
     (``split_batches``): ``train.micro_batch_size`` is the global micro-batch whatever the number
     of processes, so a run on N processes trains on the same batches as on one."""
     accelerator = Accelerator(
@@ -58,6 +60,8 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
         dataloader_config=DataLoaderConfiguration(split_batches=True),
         # parts of a model that a task's loss does not reach (BERT's pooler) must not stall DDP
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        log_with=list(log_with) if log_with else None,
+        project_dir=project_dir if log_with else None,
     )
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != accelerator.num_processes:
@@ -148,6 +152,7 @@ def train_task(
     progress: bool = True,
     on_epoch_end: Callable[[EpochState], None] | None = None,
     resume: EpochState | None = None,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
     """Train on one task: a fresh AdamW over the trainable parameters, ``config.epochs`` passes
     over the (seeded, shuffled) examples; each epoch's data order and dropout are seeded by
@@ -155,6 +160,8 @@ def train_task(
     evaluate a learning curve, or to save ``state`` with the model and the methods' state);
     ``resume`` (such a state, loaded into a model and methods restored to that moment) continues
     the task after its ``resume.epoch`` epochs with the same results as an uninterrupted run.
+    ``on_step(step, values)`` (trackers) is called after every optimizer step with the task's step
+    count so far and the step's loss (``loss``) and the methods' ``step_log``.
     Under several processes each rank trains on its slice of every micro-batch (Accelerate's
     ``split_batches``), so the global batch is that of one process.
     Methods' moments are called with ``model`` itself, never with the wrapper that trains it.
@@ -200,6 +207,7 @@ def train_task(
     start = last = time.perf_counter()
     cpu_start = time.process_time()
     outside = cpu_outside = 0.0  # seconds (wall, CPU) spent in on_epoch_end
+    step_start = len(losses)  # the first micro-batch loss of the current optimizer step
     for epoch in range(first_epoch, config.epochs):
         if epoch:  # the first epoch keeps the draws made since the task's seeding
             generator.manual_seed(epoch_seed(ctx.seed, ctx.index, epoch))
@@ -233,6 +241,10 @@ def train_task(
                     last = now
                     bar.update(1)
                     bar.set_postfix(loss=f"{value:.3f}")
+                    if on_step is not None:  # the step's loss: the mean over its micro-batches
+                        step_loss = float(torch.stack(losses[step_start:]).float().mean())
+                        on_step(done, {"loss": step_loss, **stack.step_log(model, ctx)})
+                    step_start = len(losses)
                 optimizer.zero_grad(set_to_none=True)
         if on_epoch_end is not None and epoch + 1 < config.epochs:
             paused, cpu_paused = time.perf_counter(), time.process_time()
