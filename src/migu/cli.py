@@ -212,7 +212,9 @@ def cmd_curves(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``migu`` command line: every subcommand with its arguments (also read by ``migu.docgen``
+    for the CLI reference of the documentation)."""
     parser = _Parser(prog="migu", description="Continual learning with MIGU.")
     parser.add_argument("--version", action="version", version=f"migu {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -292,7 +294,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                        "lm_eval/acc:mean)")  # fmt: skip
     p_cur.add_argument("--title", default=None, help="a title above both panels")
     p_cur.set_defaults(func=cmd_curves)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         with stop_on_signals():
             return args.func(args)

@@ -26,13 +26,19 @@ class DataConfig:
     kind: Literal["options", "corpus", "instruction"] = "options"
     """Task kind for sources that hold several (``jsonl``): ``options``, ``corpus``, ``instruction``."""
     root: str = "../shared/data/cl_benchmark"
+    """Folder of the local data (``cl_benchmark``: the 15-task benchmark with ``orders.json``;
+    ``jsonl``: a folder per task); packaged sources ignore it."""
     order: Any = "order1"
     """An order name from ``orders.json`` or a list of task names (for bbc: lists of topics)."""
     replace: dict[str, str | None] = field(default_factory=dict)
     """Stand-ins for missing tasks, e.g. ``{yahoo: yelp}``; null drops one (``{yahoo: null}``: 14 tasks)."""
     n_train: int | None = 1000
+    """Training examples per task, a sample seeded by ``data.seed`` (null: every example)."""
     n_test: int | None = 1000
+    """Test examples per task, a seeded sample (null: every example)."""
     n_validation: int = 0
+    """Validation examples per task, held out of the training data (disjoint from the training
+    sample); 0: none."""
     evaluate_on: Literal["test", "validation"] = "test"
     """``test``, or ``validation`` (held out of the training data) to choose hyperparameters."""
     evaluate_tasks: Literal["all", "seen", "diagonal"] = "all"
@@ -76,8 +82,13 @@ class RunConfig:
     """Everything that defines one run (one model, one method, one seed, one task order)."""
 
     model: str = "minilm"
+    """``minilm`` or ``smollm2`` (packaged, offline), a ``tiny-*`` test model, a Hugging Face hub id
+    (cached for offline use) or a local model folder."""
     method: str = "finetune"
+    """Methods joined by ``+`` (``lora+replay+migu``); a list (or ``a,b`` on the command line) runs
+    each in turn."""
     seed: int = 0
+    """Seed of training and sampling; a list (or ``0,1,2``) runs each seed in turn."""
     protocol: str | None = None
     """The name of the protocol the run follows (``paper``: ``configs/protocols/paper.yaml``),
     recorded in results.json; ``migu report`` never pairs runs of different protocols."""
@@ -96,6 +107,7 @@ class RunConfig:
     (accuracy, macro-F1) for labelled options, ``lm_loss`` (loss, perplexity) for corpora and
     instruction pairs. See ``migu.evaluators``."""
     output_dir: str = "runs"
+    """Folder that holds one folder per run (``results.json``, ``artifacts/``, ``state/``)."""
     save_model: bool = False
     """Save the trained model into ``RUN_DIR/model`` when the run ends (``save_pretrained``: a
     PEFT model saves its adapters, any other model its weights; the tokenizer beside it), to load

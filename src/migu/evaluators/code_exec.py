@@ -69,9 +69,13 @@ class PassAt1Config:
     """Settings of ``pass_at_1`` and ``humaneval``."""
 
     max_new_tokens: int = 384
+    """Tokens generated per completion at most (greedy; generation also stops after a code block)."""
     timeout: float = SandboxLimits.timeout
+    """Wall-clock seconds a program may run, its tests included, before it is killed."""
     cpu_seconds: int = SandboxLimits.cpu_seconds
+    """CPU seconds a program may use (``RLIMIT_CPU``)."""
     memory_mb: int = SandboxLimits.memory_mb
+    """Address space a program may map, in MB (``RLIMIT_AS``)."""
     workers: int = 1
     """Programs run at once (each in its own process)."""
     limit: int | None = None

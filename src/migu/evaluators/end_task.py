@@ -36,15 +36,19 @@ class EndTaskConfig:
     lr: float = 5e-5
     """AdamW learning rate of the end-task finetuning."""
     epochs: int = 3
+    """Passes over the end task's training examples."""
     batch_size: int = 16
+    """Examples per optimizer step of the end-task finetuning."""
     n_train: int | None = None
     """End-task training examples used (a seeded sample; None: all the source gives)."""
     n_test: int | None = None
     """End-task test examples scored (the first n; None: all)."""
     max_length: int = 128
+    """Tokens per end-task input at most (at least 8)."""
     every_domain: bool = False
     """Score the end tasks after every domain, not only after the last."""
     seed: int = 0
+    """Seed of the end-task sample and finetuning (combined with each domain's name)."""
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1 or self.max_length < 8:

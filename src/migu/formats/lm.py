@@ -85,6 +85,7 @@ class _LMFormat:
     max_length: int = 128
     with_task_name: bool = False
     layout: str = "split"
+    """How documents become rows: ``split``, ``pack`` or ``truncate`` (see ``migu.formats.lm``)."""
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -139,7 +140,9 @@ class MaskedLMFormat(_LMFormat):
     """Masked LM on an encoder with an MLM head (see the module docstring)."""
 
     mask_probability: float = 0.15
+    """Share of the real, non-special tokens chosen for masking, in (0, 1)."""
     eval_seed: int = 1234
+    """Seed of the fixed held-out masks (with each row's tokens): the held-out loss is deterministic."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -37,6 +37,7 @@ class EncoderFormat:
     max_length: int = 128
     with_task_name: bool = False
     scale: float = 20.0
+    """Multiplier of the cosine similarity between input and label embeddings (the logits' scale)."""
 
     def embed(self, model: nn.Module, texts: list[str], max_length: int) -> torch.Tensor:
         """Unit-length sentence embeddings (mean pooling over the non-padding tokens), float32."""

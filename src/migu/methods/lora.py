@@ -22,8 +22,11 @@ class LoraMethodConfig:
     """LoRA settings (paper: r = 8, alpha = 32; the official code adapts query and value)."""
 
     r: int = 8
+    """Rank of each adapter's A and B matrices."""
     alpha: int = 32
+    """Scale numerator: the adapter's update is multiplied by alpha / r."""
     dropout: float = 0.05
+    """Dropout on the adapter's input, in [0, 1)."""
     target_modules: list[str] | None = None
     """Module-name suffixes to adapt; by default the query and value projections of the model type."""
 
@@ -88,7 +91,9 @@ class OLoraConfig(LoraMethodConfig):
     code) of the new adapter's A and B matrices (the official defaults: 0.5, 0)."""
 
     lambda1: float = 0.5
+    """Weight of the orthogonality loss between the new adapter and the earlier ones."""
     lambda2: float = 0.0
+    """Weight of the L2 term on the new adapter's A and B matrices."""
 
 
 class OLora(IncLora):

@@ -17,6 +17,7 @@ class TrainConfig:
     full finetuning and LoRA alike, batch 8, one epoch per task (``configs/protocols/paper.yaml``)."""
 
     lr: float = 1e-4
+    """AdamW's peak learning rate, the same for every task."""
     optim: Optimizer = "adamw_torch"
     """AdamW's implementation, by Transformers' names: ``adamw_torch`` is ``torch.optim.AdamW``
     as torch defaults it (on a CPU a loop over the parameters; every committed result used it);
@@ -25,15 +26,23 @@ class TrainConfig:
     schedule: Literal["constant", "linear", "cosine"] = "constant"
     """``constant``, ``linear`` or ``cosine`` decay over each task's steps."""
     warmup_ratio: float = 0.0
+    """Share of each task's steps over which the rate warms up linearly from 0, under the ``linear``
+    and ``cosine`` schedules (Transformers' ``constant`` schedule ignores it)."""
     batch_size: int = 64
     """Examples per optimizer step (the statistic of MIGU covers all of them)."""
     micro_batch_size: int = 16
     """Examples per forward; ``batch_size`` must be a multiple (gradient accumulation)."""
     epochs: int = 1
+    """Passes over each task's training examples."""
     max_length: int = 128
+    """Tokens per input at most (longer inputs are cut); also the row length of corpus tasks."""
     weight_decay: float = 0.0
+    """AdamW's decoupled weight decay."""
     max_grad_norm: float | None = 1.0
+    """Clip the gradient's global norm to this before each step (after MIGU's mask); 0 or null:
+    no clipping."""
     eval_batch_size: int = 64
+    """Examples per forward when evaluating."""
     mixed_precision: Literal["no", "bf16"] = "no"
     """``no`` or ``bf16`` (autocast)."""
     dropout: float | None = None
