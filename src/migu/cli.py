@@ -204,6 +204,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _suites_help() -> str:
+    from .bench.forgetting import suites_help
+
+    return suites_help()
+
+
+def cmd_forgetting(args: argparse.Namespace) -> int:
+    from .bench.forgetting import compare, format_table
+    from .bench.store import write_json
+
+    out = Path(args.out) if args.out else None
+    if out is not None and out.is_dir():
+        raise IsADirectoryError(f"--out {out} is a folder; give a file name (e.g. {out / 'forgetting.json'})")
+    result = compare(args.before, args.after, args.suite, args.limit, args.seed, args.adapter_base)
+    print(format_table(result))
+    if out is not None:
+        write_json(out, result)
+        print(out)
+    return 0
+
+
 def cmd_curves(args: argparse.Namespace) -> int:
     from .report.curves import curves_figure
 
@@ -285,6 +306,21 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--base", action="store_true", help="score the model the run started from (as its "
                         "before-training point) instead of its saved model")  # fmt: skip
     p_eval.set_defaults(func=cmd_eval)
+    p_fg = sub.add_parser("forgetting", help="did it forget? two models (names, folders, adapters) scored on one "
+                          "suite, with the changes and their standard errors", epilog=_suites_help,  # type: ignore[arg-type]
+                          formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p_fg.add_argument("before", help="the model before: a name (smollm2, a cached hub id), a model folder or a "
+                      "PEFT adapter folder")  # fmt: skip
+    p_fg.add_argument("after", help="the model after, as BEFORE (e.g. a run's RUN_DIR/model)")
+    p_fg.add_argument("--suite", default="general", help="the evaluators (below; default general)")
+    p_fg.add_argument("--limit", type=int, default=None, help="at most N documents or problems per benchmark "
+                      "(default: the suite's)")  # fmt: skip
+    p_fg.add_argument("--out", help="also write the comparison as JSON here")
+    p_fg.add_argument("--seed", type=int, default=0, help="seed of the held-out MBPP sample (a run's seed) and "
+                      "of tiny test models (default 0)")  # fmt: skip
+    p_fg.add_argument("--adapter-base", default=None, metavar="MODEL", help="the base model of adapter folders "
+                      "(default: their adapter_config.json's base_model_name_or_path)")  # fmt: skip
+    p_fg.set_defaults(func=cmd_forgetting)
     p_cur = sub.add_parser("curves", help="learning and general-ability curves per epoch (PNG + CSV)")
     p_cur.add_argument("paths", nargs="+", help="results files or folders holding them (runs with "
                        "data.evaluate_every=epoch)")  # fmt: skip

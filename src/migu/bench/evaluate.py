@@ -31,27 +31,33 @@ from .runner import eval_context_for, format_for, load_tasks
 from .store import RESULTS, read_json
 
 
-def _adapters(folder: Path) -> list[Path]:
+def adapter_folders(folder: Path) -> list[Path]:
     """The adapter folders PEFT wrote: the folder itself (adapter "default") or one per adapter."""
     if (folder / "adapter_config.json").is_file():
         return [folder]
     return sorted(p for p in folder.iterdir() if (p / "adapter_config.json").is_file())
 
 
-def load_saved(config: RunConfig, folder: Path, kind: str) -> tuple[nn.Module, Any]:
-    """The saved model and its bundle (tokenizer, arch) for the run's task kind."""
-    adapters = _adapters(folder)
+def load_folder(folder: Path, base: str, seed: int, kind: str) -> tuple[nn.Module, Any]:
+    """A saved model and its bundle (tokenizer, arch) for a task kind: a model folder as a local
+    model, or a folder holding one PEFT adapter loaded on the model ``base`` (a name or a folder)."""
+    adapters = adapter_folders(folder)
     if not adapters:
-        bundle = load_model(str(folder), seed=config.seed, kind=kind)
+        bundle = load_model(str(folder), seed=seed, kind=kind)
         return bundle.model, bundle
     if len(adapters) > 1:
         raise ValueError(f"{folder} holds {len(adapters)} adapters ({', '.join(p.name for p in adapters)}): "
-                         "migu eval loads a single adapter (lora and its combinations)")  # fmt: skip
+                         "migu loads a single adapter (lora and its combinations)")  # fmt: skip
     from peft import PeftModel
 
-    bundle = load_model(config.model, seed=config.seed, kind=kind)
+    bundle = load_model(base, seed=seed, kind=kind)
     name = "default" if adapters[0] == folder else adapters[0].name
     return PeftModel.from_pretrained(bundle.model, adapters[0], adapter_name=name), bundle
+
+
+def load_saved(config: RunConfig, folder: Path, kind: str) -> tuple[nn.Module, Any]:
+    """A run's saved model and its bundle (an adapter on the run's model, loaded as the run loaded it)."""
+    return load_folder(folder, config.model, config.seed, kind)
 
 
 def evaluate_saved(run_dir: str | Path, overrides: list[str] | None = None, base: bool = False) -> dict[str, Any]:

@@ -12,6 +12,11 @@ is an error when the config is loaded, not after an hour of training). Two shape
 Under several processes every rank calls ``evaluate`` with the whole split; an evaluator shards
 it (``shard``) and combines the ranks' partial results (``gather``), so that all ranks return the
 same scores and only rank 0 writes them.
+
+Kept samples (for standard errors, ``migu forgetting``): an evaluator whose score is the mean of
+per-item values may have a ``samples`` attribute, None by default; set to a dict, each
+``evaluate`` call records ``samples[score][column]``, the values of the items it scored, on the
+score's scale (``pass_at_1``: 0 or 100 per problem, column the task; ``lm_eval``: per document).
 """
 
 from __future__ import annotations

@@ -125,17 +125,28 @@ def completions(model: nn.Module, fmt: Any, examples: Sequence[InstructionExampl
     return out
 
 
-def pass_at_1(model: nn.Module, fmt: Any, examples: Sequence[InstructionExample], ctx: EvalContext,
-              config: PassAt1Config) -> float:  # fmt: skip
-    """Percent of ``examples`` whose greedy completion passes its tests (sharded over ranks)."""
+def pass_results(model: nn.Module, fmt: Any, examples: Sequence[InstructionExample], ctx: EvalContext,
+                 config: PassAt1Config) -> list[bool]:  # fmt: skip
+    """Whether each of ``examples``' greedy completion passes its tests (sharded over ranks; every
+    rank's results, rank by rank)."""
     local = shard(examples, ctx)
     answers = completions(model, fmt, local, ctx, config.max_new_tokens)
     programs = [build_program(c, dict(e.meta)) for e, c in zip(local, answers, strict=True)]
     if programs:
         check_sandbox(config.sandbox())
-    passed = sum(r.passed for r in run_programs(programs, config.sandbox(), config.workers)) if programs else 0
-    parts = gather((passed, len(local)), ctx)
-    return 100.0 * sum(p for p, _ in parts) / max(1, sum(n for _, n in parts))
+    passed = [r.passed for r in run_programs(programs, config.sandbox(), config.workers)] if programs else []
+    return [p for part in gather(passed, ctx) for p in part]
+
+
+def pass_at_1(model: nn.Module, fmt: Any, examples: Sequence[InstructionExample], ctx: EvalContext,
+              config: PassAt1Config, samples: dict[str, dict[str, list[float]]] | None = None,
+              column: str = "") -> float:  # fmt: skip
+    """Percent of ``examples`` whose greedy completion passes its tests (sharded over ranks); with
+    ``samples``, each problem's result (0 or 100) is kept in ``samples["pass@1"][column]``."""
+    passed = pass_results(model, fmt, examples, ctx, config)
+    if samples is not None:
+        samples.setdefault("pass@1", {})[column] = [100.0 * p for p in passed]
+    return 100.0 * sum(passed) / max(1, len(passed))
 
 
 class PassAt1:
@@ -148,6 +159,8 @@ class PassAt1:
     def __init__(self, config: PassAt1Config | None = None) -> None:
         self.config = config or PassAt1Config()
         isolated(self.config.sandbox())  # (refused here, before training, where code cannot be isolated)
+        self.samples: dict[str, dict[str, list[float]]] | None = None
+        """Per-problem results when set to a dict (``migu.evaluators.base``: kept samples)."""
 
     def specs(self) -> list[ScoreSpec]:
         return [ScoreSpec("pass@1", True)]
@@ -161,7 +174,8 @@ class PassAt1:
             raise ValueError(
                 f"pass_at_1: example {missing} of {ctx.desc or 'the evaluation split'} has no meta['tests']"
             )
-        return {"pass@1": pass_at_1(model, fmt, chosen, ctx, self.config)}
+        column = getattr(ctx.task, "name", "") or ctx.desc
+        return {"pass@1": pass_at_1(model, fmt, chosen, ctx, self.config, self.samples, column)}
 
 
 HUMANEVAL_INSTRUCTION = ("Complete the following Python function. Answer with the whole function in a Python code "
@@ -194,6 +208,8 @@ class HumanEval:
         self.config = config or PassAt1Config()
         isolated(self.config.sandbox())  # (refused here, before training, where code cannot be isolated)
         self._examples: list[InstructionExample] | None = None
+        self.samples: dict[str, dict[str, list[float]]] | None = None
+        """Per-problem results when set to a dict (``migu.evaluators.base``: kept samples)."""
 
     def specs(self) -> list[ScoreSpec]:
         return [ScoreSpec("pass@1", True)]
@@ -201,7 +217,8 @@ class HumanEval:
     def evaluate(self, model: nn.Module, fmt: Any, examples: Sequence[Any] | None, ctx: EvalContext) -> dict[str, Any]:
         if self._examples is None:
             self._examples = humaneval_examples(self.config.limit)
-        return {"pass@1": {"humaneval": pass_at_1(model, fmt, self._examples, ctx, self.config)}}
+        value = pass_at_1(model, fmt, self._examples, ctx, self.config, self.samples, "humaneval")
+        return {"pass@1": {"humaneval": value}}
 
 
 register_evaluator("pass_at_1", PassAt1, PassAt1Config, kinds=("instruction",))

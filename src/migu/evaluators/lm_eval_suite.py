@@ -172,6 +172,8 @@ class LmEvalSuite:
     def __init__(self, config: LmEvalConfig | None = None) -> None:
         self.config = config or LmEvalConfig()
         self._loaded: dict[str, Any] | None = None
+        self.samples: dict[str, dict[str, list[float]]] | None = None
+        """Per-document scores when set to a dict (``migu.evaluators.base``: kept samples)."""
 
     def specs(self) -> list[ScoreSpec]:
         return [ScoreSpec("acc", True), ScoreSpec("acc_norm", True)]
@@ -214,7 +216,8 @@ class LmEvalSuite:
                   batch_size=self.config.batch_size or ctx.batch_size, max_length=self.config.max_length,
                   add_bos_token=self.config.add_bos_token,
                   mixed_precision_dtype=torch.bfloat16 if ctx.mixed_precision == "bf16" else None)  # fmt: skip
-        out = evaluate(lm=lm, task_dict=self._loaded, limit=self.config.limit, bootstrap_iters=0, log_samples=False)
+        keep = self.samples is not None
+        out = evaluate(lm=lm, task_dict=self._loaded, limit=self.config.limit, bootstrap_iters=0, log_samples=keep)
         assert out is not None  # rank 0 of lm-eval's single-process view
         scores: dict[str, dict[str, float]] = {"acc": {}, "acc_norm": {}}
         for task in self.config.tasks:
@@ -222,6 +225,10 @@ class LmEvalSuite:
             for score in scores:
                 if f"{score},none" in metrics:
                     scores[score][task] = 100.0 * float(metrics[f"{score},none"])
+                    docs = out.get("samples", {}).get(task)  # (a group, mmlu: its subtasks' samples)
+                    if self.samples is not None and docs:  # each document once, in document order
+                        docs = sorted(docs, key=lambda d: d["doc_id"])
+                        self.samples.setdefault(score, {})[task] = [100.0 * float(d[score]) for d in docs]
         for values in scores.values():
             if values:
                 values["mean"] = sum(values.values()) / len(values)
