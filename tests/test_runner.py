@@ -242,7 +242,7 @@ def test_a_setting_added_later_at_its_default_keeps_old_fingerprints(bench_dir, 
 
     config = _config(bench_dir, tmp_path)
     assert config.data.evaluate_tasks == "all"
-    old = {k: v for k, v in config.to_dict().items() if k not in ("progress", "output_dir", "save_model")}
+    old = {k: v for k, v in config.to_dict().items() if k not in ("progress", "output_dir", "save_model", "log_with")}
     # what an earlier version hashed
     del old["data"]["evaluate_tasks"], old["data"]["kind"], old["data"]["evaluate_every"], old["evaluators"]
     del old["train"]["dropout"], old["train"]["optim"], old["format"]
@@ -254,6 +254,7 @@ def test_a_setting_added_later_at_its_default_keeps_old_fingerprints(bench_dir, 
     assert config_fingerprint(config) == expected
     assert config_fingerprint(replace(config, train=replace(config.train, optim="adamw_torch_fused"))) != expected
     assert config_fingerprint(replace(config, save_model=True)) == expected  # not part of the run's identity
+    assert config_fingerprint(replace(config, log_with=["tensorboard"])) == expected  # (nor are trackers)
     assert config_fingerprint(replace(config, protocol="paper")) != expected
     assert config_fingerprint(replace(config, data=replace(config.data, names_in_input=True))) != expected
     config.data.evaluate_tasks = "seen"

@@ -1,5 +1,7 @@
 """Real packaged models end to end (slow: run with ``python -m pytest -m slow``)."""
 
+from pathlib import Path
+
 import pytest
 
 from migu.bench import run, run_config
@@ -49,3 +51,15 @@ def test_smollm2_trains_and_generates():
     assert stats["steps"] == 1
     assert methods[-1].handle.fast_path_layers  # one micro-batch per step: kept rows only
     assert 0.0 <= label_scores(bundle.model, fmt, examples, EvalContext(batch_size=4))["accuracy"] <= 100.0
+
+
+def test_trl_example_trains_and_saves(tmp_path):
+    """examples/trl_sft_migu.py on the packaged SmolLM2 and MBPP: one step, LoRA, saved adapter."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("trl_sft_migu", Path(__file__).parents[1] / "examples" /
+                                                  "trl_sft_migu.py")  # fmt: skip
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    example.main(["--steps", "1", "--output-dir", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "adapter_config.json").is_file()
