@@ -223,3 +223,21 @@ def test_moelora_wraps_gpt2_conv1d_and_starts_at_the_base_output():
     methods[-1].handle.before_optimizer_step()
     rows = model.get_submodule(f"{name}.lora_A.0").weight.grad.abs().sum(1)
     assert (rows == 0).any() and (rows != 0).any()  # A's rows masked by A's own output, some kept
+
+
+@pytest.mark.parametrize("method", ["lora", "osf"])
+def test_making_an_adapter_prints_no_peft_deprecation(method):
+    """PEFT reads transformers' deprecated ``is_gradient_checkpointing``: migu's adapters are made
+    without that FutureWarning (issue 41 item 12), and without silencing any other warning."""
+    import warnings
+
+    from migu.methods import build_methods
+    from migu.methods.compose import MethodStack
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        MethodStack(build_methods(method, {})).setup(build("llama"))
+        warnings.warn("still shown", FutureWarning, stacklevel=1)
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "is_gradient_checkpointing" in m]
+    assert "still shown" in messages

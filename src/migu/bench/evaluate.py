@@ -23,6 +23,7 @@ from torch import nn
 
 from ..evaluators import build_evaluators
 from ..models import load_model
+from ..models.loading import quiet_peft
 from ..train import make_accelerator
 from .config import RunConfig, apply_overrides, run_config
 from .protocol import Setting, evaluate
@@ -52,7 +53,8 @@ def load_folder(folder: Path, base: str, seed: int, kind: str) -> tuple[nn.Modul
 
     bundle = load_model(base, seed=seed, kind=kind)
     name = "default" if adapters[0] == folder else adapters[0].name
-    return PeftModel.from_pretrained(bundle.model, adapters[0], adapter_name=name), bundle
+    with quiet_peft():
+        return PeftModel.from_pretrained(bundle.model, adapters[0], adapter_name=name), bundle
 
 
 def load_saved(config: RunConfig, folder: Path, kind: str) -> tuple[nn.Module, Any]:

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..models.loading import quiet_peft
 from .base import METHODS, Method, TaskContext
 
 # the official code adapts the attention query and value projections
@@ -64,7 +65,8 @@ class Lora(Method):
     def setup(self, model: nn.Module) -> nn.Module:
         from peft import get_peft_model
 
-        return get_peft_model(model, _peft_config(model, self.config), adapter_name="task0")
+        with quiet_peft():
+            return get_peft_model(model, _peft_config(model, self.config), adapter_name="task0")
 
 
 class IncLora(Lora):

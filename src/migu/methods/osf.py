@@ -21,6 +21,7 @@ from typing import Any
 
 from torch import nn
 
+from ..models.loading import quiet_peft
 from .base import METHODS, Method, TaskContext
 
 
@@ -66,7 +67,8 @@ class Osf(Method):
             model = model.merge_and_unload()
         rank = task_rank(self.config, ctx.index, ctx.num_tasks)
         targets: Any = list(self.config.target_modules) if self.config.target_modules else None
-        return get_peft_model(model, OSFConfig(effective_rank=rank, target_modules=targets))
+        with quiet_peft():
+            return get_peft_model(model, OSFConfig(effective_rank=rank, target_modules=targets))
 
 
 METHODS.register("osf", Osf, OsfMethodConfig, decides_training=True, masks_rows=False)

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Callable
+import socket
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -157,15 +160,59 @@ def model_source(name: str) -> str | Path:
     return {"minilm": minilm_path, "smollm2": smollm2_path}.get(name, lambda: name)()
 
 
+@contextmanager
+def quiet_peft() -> Iterator[None]:
+    """While PEFT wraps a model: PEFT 0.21 reads ``model.is_gradient_checkpointing``, which
+    transformers 5 deprecated, so every adapter made printed a FutureWarning that no migu user can
+    act on. That one message is silenced here; every other warning passes."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+
+
+def local_only(source: str | Path) -> bool:
+    """Whether ``source`` loads from local files only: a folder, offline mode, or a hub id while
+    the hub cannot be reached (one quick connection attempt instead of the hub client's retries,
+    about 30 s); a hub id that is neither cached nor reachable is a one-line ValueError."""
+    if _offline() or Path(source).exists():
+        return True
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return False  # (a proxy: a direct connection says nothing; let the hub client try)
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    endpoint = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname or "", endpoint.port or 443), timeout=3).close()
+        return False
+    except OSError as err:
+        reason = f"{constants.ENDPOINT} cannot be reached: {err}"
+    try:
+        cached = isinstance(try_to_load_from_cache(str(source), "config.json"), str)
+    except ValueError:  # (not a valid repository id)
+        cached = False
+    if not cached:
+        raise ValueError(f"model {str(source)!r} is neither packaged ({', '.join(PACKAGED)}, tiny-*) nor a local "
+                         f"model folder nor a cached hub id, and {reason}")  # fmt: skip
+    return True
+
+
 def model_config(name: str, source: str | Path | None = None) -> Any:
     """The transformers config of a packaged, cached or local model; a name that is none of these
     is a one-line ValueError that lists the packaged names (the runner checks this before a run)."""
     import transformers as tf
 
+    source = model_source(name) if source is None else source
+    local = local_only(source)
     try:
-        return tf.AutoConfig.from_pretrained(model_source(name) if source is None else source)
+        return tf.AutoConfig.from_pretrained(source, local_files_only=local)
     except (OSError, ValueError) as err:
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        offline = _offline() or local
         reason = " ".join(str(err).split()).split(". ")[0].rstrip(".")
         raise ValueError(
             f"model {name!r} is neither packaged ({', '.join(PACKAGED)}, tiny-*) nor a local model folder nor a "
@@ -208,8 +255,9 @@ def load_model(name: str, seed: int = 0, dtype: torch.dtype | None = None, kind:
     path = model_source(name)
     config = model_config(name, path)
     arch = arch_of(config)
-    model = auto_class(arch).from_pretrained(path, **({"dtype": dtype} if dtype is not None else {}))
-    tokenizer = tf.AutoTokenizer.from_pretrained(path)
+    local = local_only(path)
+    model = auto_class(arch).from_pretrained(path, local_files_only=local, **({"dtype": dtype} if dtype else {}))
+    tokenizer = tf.AutoTokenizer.from_pretrained(path, local_files_only=local)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return _built(ModelBundle(model, tokenizer, arch, name), path, kind)
