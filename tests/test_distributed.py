@@ -62,3 +62,17 @@ def test_no_distributed_call_without_process_group(monkeypatch):
     model(**batch("bert")).loss.backward()
     handle.before_optimizer_step()
     handle.after_optimizer_step()
+
+
+def test_a_loss_non_finite_on_one_rank_stops_every_rank(tmp_path):
+    """Rank 1 alone sees NaN: both ranks stop at the same step with the one-line error, instead of
+    rank 0 waiting forever in the next collective."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(HERE / "nan_rank_worker.py"), str(tmp_path)]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    outcomes = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
+    assert all(o.startswith("stopped: task 1 (t), step 2: the training loss is") for o in outcomes), outcomes
+    assert "nan" in outcomes[1] and "another process" in outcomes[0]

@@ -99,9 +99,20 @@ class NonFiniteLoss(ValueError):
     last finished task's checkpoint kept)."""
 
 
+def _finite_everywhere(value: float, accelerator: Any) -> bool:
+    """Whether the loss is finite on every rank (a collective under several processes: a rank that
+    stopped alone would leave the others waiting in their next collective forever)."""
+    finite = math.isfinite(value)
+    if accelerator.num_processes > 1:
+        flag = torch.tensor([0.0 if finite else 1.0], device=accelerator.device)
+        finite = float(accelerator.reduce(flag, reduction="sum")) == 0
+    return finite
+
+
 def non_finite(ctx: TaskContext, step: int, value: float) -> str:
+    where = f"{value}" if not math.isfinite(value) else "not finite in another process"
     return (
-        f"task {ctx.index + 1} ({ctx.task.name}), step {step}: the training loss is {value}; the run stops, "
+        f"task {ctx.index + 1} ({ctx.task.name}), step {step}: the training loss is {where}; the run stops, "
         "keeping its last finished task (lower train.lr, or check the data); the same command resumes from there"
     )
 
@@ -223,7 +234,7 @@ def train_task(
                 losses.append(loss.detach())
                 if accelerator.sync_gradients:
                     value = float(losses[-1])  # (the progress bar reads it anyway: no extra sync)
-                    if not math.isfinite(value):
+                    if not _finite_everywhere(value, accelerator):
                         raise NonFiniteLoss(non_finite(ctx, done + 1, value))
                     # the methods' masks first, then clipping on the gradient that will be applied:
                     # the official MIGU order, and the one MIGU's fast path (rows masked during
