@@ -16,6 +16,8 @@ It prints a markdown table; paste it into an issue with ``nvidia-smi -L``'s line
 
 Without a GPU (``--device cpu --tiny``) it runs the same code on tiny sizes: what the test
 suite checks. It has not been run on a GPU by the project yet (no GPU in its sessions).
+``benchmarks/gpu_check.sh`` runs its ``time_variant`` at batch 8 and 64 on models of real shapes,
+with the reference and update-mode checks, into one JSON file: the first command for a GPU.
 """
 
 from __future__ import annotations

@@ -136,6 +136,51 @@ def smollm2_lora_case(batch: int = 8, seq: int = 128) -> Case:
     return model, lambda: {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, None
 
 
+def smollm2_lora_cl_case(task: str = "dbpedia", batch: int = 16, batches: int = 4) -> Case:
+    """The decoder CL benchmark's training step (configs/cpu/smollm2_lora_order1.yaml): the packaged
+    SmolLM2 with LoRA (r 8, alpha 32, q and v) learning 16 real examples of order 1's first task,
+    prompt + answer up to 160 tokens, loss on the answer tokens (the options format's loss), a new
+    batch each step."""
+    from itertools import cycle
+
+    from peft import LoraConfig, get_peft_model
+
+    from migu.bench.config import DataConfig
+    from migu.data.cl_benchmark import load_task
+    from migu.formats import make_format
+    from migu.models import load_model
+
+    bundle = load_model("smollm2")
+    fmt = make_format(bundle.arch, bundle.tokenizer, 160)
+    root = os.environ.get("MIGU_CL_BENCHMARK", DataConfig.root)
+    train = load_task(root, task, n_train=batch * batches, n_test=1).train
+    queue = cycle([fmt.batch(train[i : i + batch]) for i in range(0, len(train), batch)])
+    config = LoraConfig(r=8, lora_alpha=32, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
+    return get_peft_model(bundle.model, config), lambda: next(queue), fmt.loss
+
+
+def smollm2_lora_instruct_case(batch: int = 8, batches: int = 4) -> Case:
+    """The instruction-tuning step (configs/cpu/instruct_smollm2.yaml): the packaged SmolLM2 with
+    LoRA learning 8 packaged MBPP problems with their solutions (chat template, up to 320 tokens,
+    loss on the response tokens), a new batch each step."""
+    from itertools import cycle
+
+    from peft import LoraConfig, get_peft_model
+
+    from migu.bench.config import DataConfig
+    from migu.data import load_source
+    from migu.formats import make_format
+    from migu.models import load_model
+
+    data = DataConfig(source="skills", kind="instruction", order=["code_mbpp"], n_train=batch * batches, n_test=1)
+    train = load_source(data, seed=0).tasks[0].train
+    bundle = load_model("smollm2", kind="instruction")
+    fmt = make_format(bundle.arch, bundle.tokenizer, 320, kind="instruction")
+    queue = cycle([fmt.batch(train[i : i + batch]) for i in range(0, len(train), batch)])
+    config = LoraConfig(r=8, lora_alpha=32, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
+    return get_peft_model(bundle.model, config), lambda: next(queue), fmt.loss
+
+
 CASES: dict[str, Callable[[], Case]] = {
     "block_d1024": lambda: block_case(1024),
     "minilm_full": minilm_case,
@@ -150,6 +195,10 @@ CASES: dict[str, Callable[[], Case]] = {
     # the continual pre-training step (MLM on real passages), as configs/cpu/cpt_minilm.yaml trains
     "minilm_cpt": minilm_cpt_case,
     "minilm_cl_b64_bf16": minilm_cl_case,
+    # the decoder CL benchmark's step: SmolLM2 LoRA on real prompts, loss on the answer tokens
+    "smollm2_lora_cl_b16": smollm2_lora_cl_case,
+    # the instruction-tuning step: SmolLM2 LoRA on MBPP problems, loss on the response tokens
+    "smollm2_lora_instruct_b8": smollm2_lora_instruct_case,
 }
 DEFAULT = "block_d1024,minilm_full,smollm2_lora,block_d512_tokens512,block_d512_tokens2048,block_d512_tokens8192,"
 DEFAULT += "block_width256_tokens1024,block_width1024_tokens1024,block_width4096_tokens1024,"

@@ -3,6 +3,8 @@ they are measurements, made by their own commands on a quiet machine)."""
 
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -32,6 +34,57 @@ def test_gpu_speed_check_runs_on_cpu_tiny():
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert float(cells[1]) > 0 and float(cells[2].split()[0]) > 0  # step time, ratio
+
+
+REFERENCE_FIELDS = {"passed", "layers", "fast_path_layers", "layers_identical", "rows_differing", "worst_tie_rel",
+                    "tie_rtol", "worst_grad_rel", "grad_rtol", "layers_with_masked_gradient",
+                    "layers_without_gradient"}  # fmt: skip
+TIMING_FIELDS = {"step_s", "time_ratio", "time_ratio_min", "time_ratio_max", "dense_time_ratio",
+                 "dense_time_ratio_min", "dense_time_ratio_max", "peak_gb", "kernels"}  # fmt: skip
+
+
+def test_gpu_check_dry_run_writes_every_field(tmp_path):
+    """``gpu_check.sh --device cpu --tiny``: every section and field in the JSON, every check passed."""
+    out = tmp_path / "gpu_check.json"
+    args = ["--device", "cpu", "--tiny", "--steps", "2", "--warmup", "1", "--rounds", "1", "--out", str(out)]
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(["bash", str(BENCHMARKS / "gpu_check.sh"), *args], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert [line for line in done.stdout.splitlines() if line.startswith(("PASS", "FAIL"))] == [
+        f"PASS {key}" for key in [*result["reference"], *result["update_mode"]]
+    ]
+    models = ["minilm_l6", "smollm2_135m", "llama_1b"]
+    assert set(result["environment"]) == {"device", "device_type", "torch", "transformers", "cuda", "python", "commit"}
+    assert result["tiny"] is True and result["skipped"] == [] and result["passed"] is True
+    assert set(result["reference"]) == {f"{m}/{d}" for m in models for d in ("fp32", "bf16")}
+    for check in result["reference"].values():
+        assert set(check) == REFERENCE_FIELDS and check["passed"] and check["layers"] == check["fast_path_layers"] > 0
+    assert set(result["update_mode"]) == set(models)
+    for check in result["update_mode"].values():
+        assert check["passed"] and len(check["steps"]) == 3
+        assert all(s["masked_rows_unchanged"] == s["kept_rows_moved"] == s["layers"] > 0 for s in check["steps"])
+    assert set(result["timing"]) == {f"{m}/b{b}" for m in models for b in (8, 64)}
+    for row in result["timing"].values():
+        assert set(row) == TIMING_FIELDS
+        assert all(row["step_s"][v] > 0 for v in ("plain", "migu", "migu_dense")) and row["time_ratio"] > 0
+        assert row["peak_gb"] == {"plain": None, "migu": None, "migu_dense": None}  # CUDA only
+    assert set(result["seconds"]) >= {"all", *(f"checks {m}" for m in models)}
+
+
+def test_gpu_checks_fail_when_they_should():
+    """The checks can fail: reference rows of another threshold, masked rows moved in grad mode."""
+    gpu_check = _load("gpu_check")
+    cpu = torch.device("cpu")
+    shape = gpu_check.TINY["smollm2_135m"]
+    model = gpu_check.build("smollm2_135m", shape, cpu)
+    batch = gpu_check.make_batch("smollm2_135m", shape, 8, cpu)
+    assert gpu_check.reference_check(model, batch, cpu, "fp32")["passed"]
+    wrong = gpu_check.reference_check(model, batch, cpu, "fp32", reference_threshold=0.5)
+    assert not wrong["passed"] and wrong["rows_differing"] > 0
+    assert gpu_check.update_mode_check(model, "smollm2_135m", shape, cpu)["passed"]
+    grad_mode = gpu_check.update_mode_check(model, "smollm2_135m", shape, cpu, mode="grad")
+    assert not grad_mode["passed"] and grad_mode["steps"][0]["masked_rows_unchanged"] < grad_mode["steps"][0]["layers"]
 
 
 def test_flop_limit_of_a_block_matches_a_hand_count():

@@ -40,7 +40,9 @@ class MiguConfig:
 
     include_lm_head: bool = False
     """Also target the output embedding (``lm_head``) and any layer tied to the input
-    embedding. Off by default, as in the paper."""
+    embedding. Off by default, as in the paper. Its statistic covers the positions the head is
+    applied to: migu's decoder formats apply it only where the loss reads the next token (not
+    at the prompt, the last token or padding), so there it counts exactly those positions."""
 
     reduction: Reduction = "sum"
     """``sum`` of |output| over the step's tokens, or its ``mean`` (sum / token count).

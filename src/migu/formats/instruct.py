@@ -6,7 +6,8 @@ template's end-of-turn token), else with a plain template (``PLAIN_TEMPLATE``) e
 tokenizer's EOS. The prompt part is everything up to and including the assistant header (what
 ``add_generation_prompt=True`` renders); the response part is the rest. Labels are -100 on the
 prompt and on padding, so the training loss, ``token_loss`` (held-out loss, through the
-``lm_loss`` evaluator) and the learning signal all cover exactly the response tokens.
+``lm_loss`` evaluator) and the learning signal all cover exactly the response tokens; the
+vocabulary logits are computed at those positions only (``migu.formats.causal``).
 
 Too long a pair is cut to ``max_length`` keeping the response: the prompt loses its beginning
 (after a leading BOS token, which is kept), so the question's end and the assistant header stay
@@ -20,12 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from ..data.tasks import InstructionExample
 from .base import Batch, register_format, unwrap
+from .causal import label_losses
 
 PLAIN_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
 MIN_PROMPT = 16
@@ -121,20 +122,13 @@ class InstructionFormat:
         return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask), "labels": torch.tensor(labels)}
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        """Mean cross-entropy over the batch's response tokens."""
-        device = next(model.parameters()).device
-        return model(**{k: v.to(device) for k, v in batch.items()}).loss
+        """Mean cross-entropy over the batch's response tokens (logits computed there only: ``causal``)."""
+        return label_losses(model, batch).mean()
 
     def token_loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
         """Summed cross-entropy over the response tokens and their count (token-weighted means)."""
-        device = next(model.parameters()).device
-        logits = model(
-            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-        ).logits
-        labels = batch["labels"][:, 1:].to(device)
-        total = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels.flatten(), ignore_index=-100,
-                                reduction="sum")  # fmt: skip
-        return total, int((labels != -100).sum())
+        losses = label_losses(model, batch)
+        return losses.sum(), losses.numel()
 
     @torch.no_grad()
     def generate(

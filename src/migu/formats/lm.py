@@ -25,7 +25,8 @@ batching. The model is the encoder with its MLM head built by ``migu.models.mlm_
 (``load_model(name, kind="corpus")``), whose forward takes ``positions`` and scores only the
 masked positions (the vocabulary projection on every position would cost as much as MiniLM's
 encoder). Causal LM (``CausalLMFormat``): next-token loss on every real token after the first,
-for any Hugging Face causal LM.
+for any Hugging Face causal LM, its logits computed at the predicting positions only
+(``migu.formats.causal``: no vocabulary projection of padding).
 
 Both formats also give what DER++ (``migu.methods.derpp``) stores and replays: ``snapshot``
 (rows with the model's logits at the predicted positions, the top-k of each for CLM) and
@@ -45,6 +46,7 @@ from torch import nn
 from ..data.tasks import TextExample
 from ..models.mlm_head import mask_tokens
 from .base import Batch, LossPair, Records, register_format
+from .causal import label_logits
 
 LAYOUTS = ("split", "pack", "truncate")
 
@@ -271,11 +273,10 @@ class CausalLMFormat(_LMFormat):
         return {"input_ids": ids, "attention_mask": attention, "labels": ids.masked_fill(attention == 0, -100)}
 
     def _losses(self, model: nn.Module, ids: torch.Tensor, attention: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        device = _device(model)
-        logits = model(input_ids=ids.to(device), attention_mask=attention.to(device)).logits[:, :-1]
-        targets = ids.to(device)[:, 1:]
-        real = attention.to(device)[:, 1:].bool()
-        return logits, F.cross_entropy(logits[real].float(), targets[real], reduction="none")
+        """(logits [N, vocab], cross-entropy [N]) of the N predicting positions (every real token
+        but each row's last), row-major; the logits are computed there only (``causal``)."""
+        logits, targets = label_logits(model, ids, attention, ids.masked_fill(attention == 0, -100))
+        return logits, F.cross_entropy(logits.float(), targets, reduction="none")
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         return self._losses(model, batch["input_ids"], batch["attention_mask"])[1].mean()
@@ -290,20 +291,17 @@ class CausalLMFormat(_LMFormat):
         """One record per row: its tokens and the top-k logits of every predicting position."""
         batch = self.batch(examples)
         logits, _ = self._losses(model, batch["input_ids"], batch["attention_mask"])
+        real = batch["attention_mask"].sum(1).tolist()
         out = []
-        for row in range(len(batch["input_ids"])):
-            real = int(batch["attention_mask"][row].sum())
-            stored = _compress(logits[row, : real - 1], top_k)
-            out.append({"input_ids": batch["input_ids"][row, :real].clone(), **stored})
+        for row, part in enumerate(logits.split([n - 1 for n in real])):
+            out.append({"input_ids": batch["input_ids"][row, : real[row]].clone(), **_compress(part, top_k)})
         return out
 
     def replay_losses(self, model: nn.Module, logit_records: Records, label_records: Records) -> LossPair:
         mse = ce = None
         if logit_records:
             ids, attention = self._pad([r["input_ids"].tolist() for r in logit_records])
-            logits, _ = self._losses(model, ids, attention)
-            real = attention[:, 1:].bool().to(logits.device)
-            mse = _distill(logits[real], logit_records)
+            mse = _distill(self._losses(model, ids, attention)[0], logit_records)
         if label_records:
             ids, attention = self._pad([r["input_ids"].tolist() for r in label_records])
             ce = self._losses(model, ids, attention)[1].mean()

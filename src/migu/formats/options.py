@@ -20,6 +20,7 @@ from torch import nn
 from ..data.prompts import ANSWER_CUE, render_input, render_prompt
 from ..data.tasks import Example
 from .base import Batch, register_format, unwrap
+from .causal import label_log_likelihoods, label_losses
 
 
 def normalize_answer(text: str) -> str:
@@ -122,8 +123,8 @@ class DecoderFormat:
         return self._pad(rows, left=False)
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        device = next(model.parameters()).device
-        return model(**{k: v.to(device) for k, v in batch.items()}).loss
+        """Mean cross-entropy over the answer tokens (logits computed there only: ``causal``)."""
+        return label_losses(model, batch).mean()
 
     @torch.no_grad()
     def predict(self, model: nn.Module, examples: list[Example]) -> list[str]:
@@ -152,15 +153,7 @@ class DecoderFormat:
                 answer = self._answer_ids(option, eos=False)
                 rows.append((self._prompt_ids(e, self.max_length - len(answer)), answer))
                 owners.append((i, option))
-        batch = self._pad(rows, left=False)
-        device = next(model.parameters()).device
-        logits = model(
-            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-        ).logits
-        labels = batch["labels"][:, 1:].to(device)
-        logp = torch.log_softmax(logits[:, :-1].float(), -1)
-        picked = logp.gather(2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (labels >= 0)
-        totals = picked.sum(1).tolist()
+        totals = label_log_likelihoods(model, self._pad(rows, left=False)).tolist()
         best: dict[int, tuple[float, str]] = {}
         for (i, option), score in zip(owners, totals, strict=True):
             if i not in best or score > best[i][0]:

@@ -41,6 +41,7 @@ from torch import nn
 
 from ..data.tasks import Example
 from ..formats.base import LossPair, Records, Replays
+from ..formats.causal import label_log_likelihoods
 from .base import METHODS, Method, TaskContext
 
 
@@ -86,13 +87,7 @@ class _OptionsReplay:
             for option in e.options:
                 answer = self.fmt._answer_ids(option, eos=False)
                 rows.append((self.fmt._prompt_ids(e, self.fmt.max_length - len(answer)), answer))
-        batch = self.fmt._pad(rows, left=False)
-        device = next(model.parameters()).device
-        inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask")}
-        logits = model(**inputs).logits
-        labels = batch["labels"][:, 1:].to(device)
-        logp = torch.log_softmax(logits[:, :-1].float(), -1)
-        totals = (logp.gather(2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (labels >= 0)).sum(1)
+        totals = label_log_likelihoods(model, self.fmt._pad(rows, left=False))
         return list(totals.split([len(e.options) for e in examples]))
 
     @torch.no_grad()
