@@ -63,3 +63,42 @@ def test_trl_example_trains_and_saves(tmp_path):
     spec.loader.exec_module(example)
     example.main(["--steps", "1", "--output-dir", str(tmp_path / "out")])
     assert (tmp_path / "out" / "adapter_config.json").is_file()
+
+
+def test_quickstart_resumes_after_sigterm(tmp_path):
+    """``migu run configs/quickstart.yaml`` (its MIGU run) stopped by SIGTERM after its first task:
+    exit 143, one line, no lock; the same command then finishes with the numbers of a run that
+    was never stopped."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
+
+    def command(out):
+        return [sys.executable, "-m", "migu", "run", str(root / "configs" / "quickstart.yaml"), "method=finetune+migu",
+                f"output_dir={out}", "progress=false"]  # fmt: skip
+
+    stopped = tmp_path / "stopped"
+    run_dir = stopped / "minilm_finetune+migu_business-entertainment-politics-tech-sports-business_seed0"
+    proc = subprocess.Popen(command(stopped), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    progress = run_dir / "state" / "progress.json"
+    while proc.poll() is None and not (progress.is_file() and json.loads(progress.read_text())["completed"] >= 1):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    said = [line for line in err.splitlines() if line.startswith("migu:")]
+    assert len(said) == 1 and "stopped by SIGTERM" in said[0], err[-2000:]
+    assert not (run_dir / "run.lock").exists()
+    subprocess.run(command(stopped), env=env, check=True, capture_output=True, timeout=1800)
+    whole = tmp_path / "whole"
+    subprocess.run(command(whole), env=env, check=True, capture_output=True, timeout=1800)
+    resumed = json.loads((run_dir / "results.json").read_text())
+    uninterrupted = json.loads((whole / run_dir.name / "results.json").read_text())
+    assert resumed["resumed_at"] == [1]
+    assert resumed["accuracy_matrix"] == uninterrupted["accuracy_matrix"]
