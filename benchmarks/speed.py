@@ -63,7 +63,7 @@ from speed_fisher import PAPER_CONFIG, measure_fisher
 from speed_table import table
 
 import migu
-from migu.bench.provenance import cpu_name
+from migu.bench.provenance import cpu_name, source_revision
 from migu.core.report import kept_share
 from migu.methods.fisher import FisherConfig, fisher_rows
 from migu.train import TrainConfig, make_optimizer
@@ -337,6 +337,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-time", action="store_true", help="measure memory only (time kept from --out)")
     parser.add_argument("--out", help="write the results as JSON here (updated after every case)")
     args = parser.parse_args(argv)
+    args.command = " ".join(sys.argv if argv is None else ["benchmarks/speed.py", *argv])
     names = [n for part in args.cases.split(",") if part for n in named.get(part, [part])]
     for name in names:
         if name not in CASES:
@@ -346,6 +347,7 @@ def main(argv: list[str] | None = None) -> None:
         results = json.loads(Path(args.out).read_text())
     variants = (*VARIANTS, *SCORE_VARIANTS) if args.scores else VARIANTS
     for name in names:
+        load = os.getloadavg()
         if args.no_time:
             row = dict(results.get(name, {}))  # type: ignore[call-overload]
         else:
@@ -356,15 +358,24 @@ def main(argv: list[str] | None = None) -> None:
         if not args.no_memory:
             row.update(measure_memory(name, args.threshold, args.optim, args.seq))
         row["memory_date" if args.no_time else "date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        results[name] = row
+        results[name] = _provenance(row, load, args.command)
         print(name, json.dumps(row), flush=True)
         _save(results, args)
     if args.fisher:
+        load = os.getloadavg()
         results["_fisher"] = fisher_rounds(args.fisher_task, args.fisher_examples, args.fisher_batch_size,
                                            args.rounds, args.repeats, args.warmup, args.threshold, args.optim,
                                            args.seq)  # fmt: skip
+        _provenance(results["_fisher"], load, args.command)  # type: ignore[arg-type]
         print("_fisher", json.dumps(results["_fisher"]), flush=True)
         _save(results, args)
+
+
+def _provenance(row: dict[str, object], load: tuple[float, ...], command: str) -> dict[str, object]:
+    """The command, the commit and the load average (1, 5, 15 min) before and after a row: on a
+    shared machine the load says how far its numbers can be trusted."""
+    row.update(command=command, commit=source_revision(), load_average=[list(load), list(os.getloadavg())])
+    return row
 
 
 def _save(results: dict[str, object], args: argparse.Namespace) -> None:
@@ -374,7 +385,7 @@ def _save(results: dict[str, object], args: argparse.Namespace) -> None:
         "cpu": cpu_name(),
         "torch": torch.__version__,
         "threshold": args.threshold,
-        "command": " ".join(sys.argv),
+        "command": args.command,
     }
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))

@@ -74,9 +74,22 @@ def table(path: str) -> str:
         lines += [
             "",
             f"Fisher estimate per task (`empirical_fisher` of the masked weights on {f['examples']} examples of "
-            f"{f['task']}, {f['fisher_batch_size']} per backward): {_cell(f, 'fisher_s', None)} s = "
-            f"{_cell(f, 'plain_steps_per_estimate', None)} plain steps of {f['plain_batch']} examples "
-            f"({f['plain_step_s']:.3f} s) = {_cell(f, 'task_share', None)} of a task's {f['task_steps']} steps "
-            f"({f.get('config', '?')}); {f.get('rounds', 1)} round(s)",
+            f"{f['task']}, {f['fisher_batch_size']} per backward): {_span(f, 'fisher_s', '{:.1f}')} s = "
+            f"{_span(f, 'plain_steps_per_estimate', '{:.1f}')} plain steps of {f['plain_batch']} examples "
+            f"({f['plain_step_s']:.3f} s) = {_span(f, 'task_share', '{:.1%}')} of the plain time of a task's "
+            f"{f['task_steps']} steps ({f.get('config', '?')}); {f.get('rounds', 1)} round(s)",
         ]
+    loads = [r["load_average"] for r in [*rows.values(), *([fisher] if fisher else [])] if "load_average" in r]
+    if loads:
+        ones = [x[0] for pair in loads for x in pair]
+        lines += ["", f"Load average (1 min) before and after the rows: {min(ones):.2f}-{max(ones):.2f}"
+                  + f" on {meta.get('machine', '?')}"]  # fmt: skip
     return "\n".join(lines)
+
+
+def _span(row: dict, key: str, form: str) -> str:
+    """A median over rounds with its [min-max] where there were several rounds."""
+    text = form.format(row[key])
+    if row.get("rounds", 1) > 1 and f"{key}_min" in row:
+        text += f" [{form.format(row[f'{key}_min'])}-{form.format(row[f'{key}_max'])}]"
+    return text

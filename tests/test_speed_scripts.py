@@ -185,6 +185,9 @@ def test_score_variants_run_in_rounds_and_tabulate(tmp_path, bench_dir, monkeypa
                   and line.count("|") == 9)  # fmt: skip
     assert all(cell.strip() for cell in scores.strip("|").split("|")), scores  # every score has its ratio
     assert "Fisher estimate per task (`empirical_fisher` of the masked weights on 2 examples of alpha" in text
+    for measured in (row, fisher):  # provenance: a shared machine's load says how far to trust a row
+        assert "commit" in measured and "--scores" in measured["command"] and len(measured["load_average"]) == 2
+    assert "Load average (1 min) before and after the rows: " in text
 
 
 def test_memory_child_takes_the_sequence_length(capsys):
