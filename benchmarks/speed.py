@@ -1,18 +1,28 @@
-"""Step time and peak memory of MIGU vs plain finetuning.
+"""Step time and peak memory of MIGU vs plain finetuning, and the cost of each row score.
 
     python benchmarks/speed.py --out benchmarks/results/speed/speed.json [--cases a,b] [--repeats 10]
-    python benchmarks/speed.py --table benchmarks/results/speed/speed.json    # markdown table
+    python benchmarks/speed.py --cases batch8 --scores --fisher --out FILE.json   # issues 40 and 38
+    python benchmarks/speed.py --table benchmarks/results/speed/speed.json    # markdown tables
 
-Time: one process per case; a plain model and identical copies with MIGU attached through their
-optimizers take interleaved training steps (forward, backward, AdamW step as ``train.optim`` or
-``--optim`` makes it), median of
-``--repeats`` steps each after warm-up. ``migu`` is the default (fast path: the loop declares one
-micro-batch per optimizer step); ``migu_dense`` forces the reference path (dense weight
-gradients, then masking). Memory: each variant runs alone in a fresh subprocess (glibc mmap threshold
-fixed, so that freed memory leaves the process); its peak resident memory during 3 steps minus
-the resident memory before the first step (after loading the code of MIGU's operators, the same
-in every variant).
-Output: ``{case: {"time_ratio", "memory_ratio", "dense_time_ratio", "dense_memory_ratio", ...}}``.
+Cases: ``speed_cases.py`` (``--cases`` takes names and the groups ``batch8``, ``batch16``).
+Time: one process per case and round (``--rounds``); a plain model and identical copies with MIGU
+attached through their optimizers take interleaved training steps (forward, backward, AdamW step
+as ``train.optim`` or ``--optim`` makes it), median of ``--repeats`` steps each after warm-up.
+``migu`` is the default (fast path: the loop declares one micro-batch per optimizer step);
+``migu_dense`` forces the reference path (dense weight gradients, then masking). ``--scores``
+adds one copy per other row score (issue 38), interleaved with the same steps: ``random``
+(``selection="random"``), ``gradient`` (the row norm of the step's own weight gradient) and
+``given`` (the Fisher method's per-step cost: ``selection="given"``, scores set once with
+``set_row_scores``, here ``fisher_rows`` of the case's first batch); none of them has the fast
+path, which is magnitude's alone. ``--fisher`` times what the Fisher method adds once per task:
+``empirical_fisher`` on the method's default sample (``fisher_examples`` per-example backwards) of
+a MiniLM task, against plain steps at the paper protocol's micro-batch in the same process.
+Memory (plain, migu, migu_dense): each variant runs alone in a fresh subprocess (glibc mmap
+threshold fixed, so that freed memory leaves the process); its peak resident memory during 3
+steps minus the resident memory before the first step (after loading the code of MIGU's
+operators, the same in every variant).
+Output: ``{case: {"time_ratio", "memory_ratio", "dense_time_ratio", "dense_memory_ratio",
+"random_time_ratio", ...}, "_fisher": {...}}``.
 """
 
 from __future__ import annotations
@@ -27,222 +37,67 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from datetime import datetime, timezone
+from pathlib import Path
 
 import torch
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).parent))
+from speed_cases import (
+    CASES,
+    DEFAULT,
+    MIGU_SETTINGS,
+    SCORE_VARIANTS,
+    SEQ,
+    TARGETS,
+    VARIANTS,
+    Block,
+    BlockStack,
+    Loss,
+    _batch_loss,
+    _step,
+    groups,
+)
+from speed_fisher import PAPER_CONFIG, measure_fisher
+from speed_table import table
+
 import migu
-from migu.bench.provenance import cpu_name
+from migu.bench.provenance import cpu_name, source_revision
+from migu.core.report import kept_share
+from migu.methods.fisher import FisherConfig, fisher_rows
 from migu.train import TrainConfig, make_optimizer
 from migu.train.config import OPTIMIZERS
 
+# (the cases and the table, for profile_step.py, gpu_speed_check.py and the tests)
+__all__ = ["CASES", "TARGETS", "Block", "BlockStack", "_step", "table"]
 OPTIM = TrainConfig().optim
 
 
-Batch = Callable[[], dict]
-Loss = Callable[[nn.Module, dict], torch.Tensor]
-Case = tuple[nn.Module, Batch, Loss | None]
-VARIANTS = ("plain", "migu", "migu_dense")
-
-
-class Block(nn.Module):
-    """The linear layers of a transformer block: q, k, v, o and a 2-layer FFN."""
-
-    def __init__(self, d: int, ffn: int) -> None:
-        super().__init__()
-        self.attention = nn.ModuleDict({n: nn.Linear(d, d) for n in ("q", "k", "v", "o")})
-        self.ffn = nn.Sequential(nn.Linear(d, ffn), nn.GELU(), nn.Linear(ffn, d))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.attention
-        x = x + a["o"](a["q"](x) + a["k"](x) + a["v"](x))
-        return x + self.ffn(x)
-
-
-class BlockStack(nn.Module):
-    def __init__(self, d: int, ffn: int, depth: int) -> None:
-        super().__init__()
-        self.blocks = nn.ModuleList(Block(d, ffn) for _ in range(depth))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            x = block(x)
-        return x
-
-
-def block_case(d: int, tokens: int = 16 * 128, depth: int = 2) -> Case:
-    model = BlockStack(d, 4 * d, depth)
-    x = torch.randn(tokens // 128, 128, d) if tokens >= 128 else torch.randn(1, tokens, d)
-    return model, lambda: {"x": x}, None
-
-
-def minilm_case(batch: int = 16, seq: int = 128) -> Case:
-    from migu.models import load_model
-
-    model = load_model("minilm").model
-    ids = torch.randint(1000, 20000, (batch, seq))
-    return model, lambda: {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, None
-
-
-def minilm_cl_case(task: str = "amazon", batch: int = 64, batches: int = 8) -> Case:
-    """The CL benchmark's training step: the packaged MiniLM scoring 64 real examples of a task of
-    the shared data against their candidate labels (configs/cpu/minilm_standard.yaml), a new batch
-    each step."""
-    from itertools import cycle
-
-    from migu.bench.config import DataConfig
-    from migu.data.cl_benchmark import load_task
-    from migu.formats import make_format
-    from migu.models import load_model
-
-    bundle = load_model("minilm")
-    fmt = make_format(bundle.arch, bundle.tokenizer, 128)
-    root = os.environ.get("MIGU_CL_BENCHMARK", DataConfig.root)  # the tests' variable and the configs' default
-    train = load_task(root, task, n_train=batch * batches, n_test=1).train
-    queue = cycle([fmt.batch(train[i : i + batch]) for i in range(0, len(train), batch)])
-    return bundle.model, lambda: next(queue), fmt.loss
-
-
-def minilm_cpt_case(batch: int = 32, batches: int = 4) -> Case:
-    """The continual pre-training step (configs/cpu/cpt_minilm.yaml): the packaged MiniLM with its
-    MLM head learning 32 real yelp passages of the das_cpu source by masked LM, up to 128 tokens,
-    a new batch each step."""
-    from itertools import cycle
-
-    from migu.bench.config import DataConfig
-    from migu.data import load_source
-    from migu.formats import make_format
-    from migu.models import load_model
-
-    root = os.environ.get("MIGU_CL_BENCHMARK", DataConfig.root)
-    data = DataConfig(source="das_cpu", root=root, order=["yelp"], n_train=batch * batches, n_test=8)
-    texts = load_source(data, seed=0).tasks[0].train
-    bundle = load_model("minilm", kind="corpus")
-    fmt = make_format(bundle.arch, bundle.tokenizer, 128, kind="corpus")
-    queue = cycle([fmt.batch(texts[i : i + batch]) for i in range(0, len(texts), batch)])
-    return bundle.model, lambda: next(queue), fmt.loss
-
-
-def smollm2_lora_case(batch: int = 8, seq: int = 128) -> Case:
-    from peft import LoraConfig, get_peft_model
-
-    from migu.models import load_model
-
-    base = load_model("smollm2").model
-    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=32, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]))
-    ids = torch.randint(100, 40000, (batch, seq))
-    return model, lambda: {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, None
-
-
-def smollm2_lora_cl_case(task: str = "dbpedia", batch: int = 16, batches: int = 4) -> Case:
-    """The decoder CL benchmark's training step (configs/cpu/smollm2_lora_order1.yaml): the packaged
-    SmolLM2 with LoRA (r 8, alpha 32, q and v) learning 16 real examples of order 1's first task,
-    prompt + answer up to 160 tokens, loss on the answer tokens (the options format's loss), a new
-    batch each step."""
-    from itertools import cycle
-
-    from peft import LoraConfig, get_peft_model
-
-    from migu.bench.config import DataConfig
-    from migu.data.cl_benchmark import load_task
-    from migu.formats import make_format
-    from migu.models import load_model
-
-    bundle = load_model("smollm2")
-    fmt = make_format(bundle.arch, bundle.tokenizer, 160)
-    root = os.environ.get("MIGU_CL_BENCHMARK", DataConfig.root)
-    train = load_task(root, task, n_train=batch * batches, n_test=1).train
-    queue = cycle([fmt.batch(train[i : i + batch]) for i in range(0, len(train), batch)])
-    config = LoraConfig(r=8, lora_alpha=32, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
-    return get_peft_model(bundle.model, config), lambda: next(queue), fmt.loss
-
-
-def smollm2_lora_instruct_case(batch: int = 8, batches: int = 4) -> Case:
-    """The instruction-tuning step (configs/cpu/instruct_smollm2.yaml): the packaged SmolLM2 with
-    LoRA learning 8 packaged MBPP problems with their solutions (chat template, up to 320 tokens,
-    loss on the response tokens), a new batch each step."""
-    from itertools import cycle
-
-    from peft import LoraConfig, get_peft_model
-
-    from migu.bench.config import DataConfig
-    from migu.data import load_source
-    from migu.formats import make_format
-    from migu.models import load_model
-
-    data = DataConfig(source="skills", kind="instruction", order=["code_mbpp"], n_train=batch * batches, n_test=1)
-    train = load_source(data, seed=0).tasks[0].train
-    bundle = load_model("smollm2", kind="instruction")
-    fmt = make_format(bundle.arch, bundle.tokenizer, 320, kind="instruction")
-    queue = cycle([fmt.batch(train[i : i + batch]) for i in range(0, len(train), batch)])
-    config = LoraConfig(r=8, lora_alpha=32, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
-    return get_peft_model(bundle.model, config), lambda: next(queue), fmt.loss
-
-
-CASES: dict[str, Callable[[], Case]] = {
-    "block_d1024": lambda: block_case(1024),
-    "minilm_full": minilm_case,
-    "smollm2_lora": smollm2_lora_case,
-    **{f"block_d512_tokens{t}": (lambda t=t: block_case(512, tokens=t)) for t in (512, 2048, 8192)},
-    **{f"block_width{d}_tokens1024": (lambda d=d: block_case(d, tokens=1024, depth=1)) for d in (256, 1024, 4096)},
-    # the same steps under bf16 autocast (fp32 weights, bf16 matmuls), as the CPU-scale CL configs run
-    "block_d1024_bf16": lambda: block_case(1024),
-    "minilm_full_bf16": minilm_case,
-    # the step of the CPU-scale CL benchmark (batch 64 of real text, label scoring), fp32 and bf16
-    "minilm_cl_b64": minilm_cl_case,
-    # the continual pre-training step (MLM on real passages), as configs/cpu/cpt_minilm.yaml trains
-    "minilm_cpt": minilm_cpt_case,
-    "minilm_cl_b64_bf16": minilm_cl_case,
-    # the decoder CL benchmark's step: SmolLM2 LoRA on real prompts, loss on the answer tokens
-    "smollm2_lora_cl_b16": smollm2_lora_cl_case,
-    # the instruction-tuning step: SmolLM2 LoRA on MBPP problems, loss on the response tokens
-    "smollm2_lora_instruct_b8": smollm2_lora_instruct_case,
-}
-DEFAULT = "block_d1024,minilm_full,smollm2_lora,block_d512_tokens512,block_d512_tokens2048,block_d512_tokens8192,"
-DEFAULT += "block_width256_tokens1024,block_width1024_tokens1024,block_width4096_tokens1024,"
-DEFAULT += "block_d1024_bf16,minilm_full_bf16"
-
-
-def _loss(output: object) -> torch.Tensor:
-    if isinstance(output, torch.Tensor):
-        hidden = output
-    else:
-        hidden = getattr(output, "last_hidden_state", None)
-        hidden = hidden if hidden is not None else output.logits  # type: ignore[attr-defined]
-    return hidden.float().pow(2).mean()
-
-
 def _prepare(
-    variant: str, model: nn.Module, threshold: float, optim: str = OPTIM
+    variant: str,
+    model: nn.Module,
+    threshold: float,
+    optim: str = OPTIM,
+    batch: dict | None = None,
+    loss_fn: Loss | None = None,
 ) -> tuple[nn.Module, torch.optim.Optimizer, migu.MiguHandle | None]:
-    """The variant's model and optimizer, as migu's training loop makes it (``train.optim``)."""
+    """The variant's model and optimizer, as migu's training loop makes it (``train.optim``); the
+    ``given`` variant's row scores are the Fisher method's (``fisher_rows``) on ``batch``."""
     model.train()
     opt = make_optimizer([p for p in model.parameters() if p.requires_grad], TrainConfig(lr=1e-5, optim=optim))
     handle = None
     if variant != "plain":
-        handle = migu.attach(
-            model, threshold=threshold, optimizer=opt, micro_batches_per_step=1, fast_path=variant == "migu"
-        )
+        handle = migu.attach(model, threshold=threshold, optimizer=opt, micro_batches_per_step=1,
+                             **MIGU_SETTINGS[variant])  # type: ignore[arg-type]  # fmt: skip
+    if variant == "given":
+        assert handle is not None
+        if batch is None:
+            raise ValueError("the given variant needs a batch for its row scores")
+        with handle.paused():  # as FisherRows.before_task: the estimate's forwards are no training steps
+            handle.set_row_scores(fisher_rows(model, handle.sources, lambda m, chunk: _batch_loss(m, chunk[0], loss_fn),
+                                              [batch]))  # fmt: skip
     return model, opt, handle
-
-
-def _step(
-    model: nn.Module,
-    opt: torch.optim.Optimizer,
-    batch: dict,
-    bf16: bool = False,
-    loss_fn: Loss | None = None,
-    device_type: str = "cpu",
-) -> None:
-    """One training step as every speed script times it: forward (bf16 autocast or not), backward,
-    optimizer step, gradients freed."""
-    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
-        loss = loss_fn(model, batch) if loss_fn else _loss(model(**batch))
-    loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
 
 
 def flop_limit(model: nn.Module, batch: dict, loss_fn: Loss | None, threshold: float) -> dict[str, float]:
@@ -265,7 +120,7 @@ def flop_limit(model: nn.Module, batch: dict, loss_fn: Loss | None, threshold: f
     ]
     model.train()
     with FlopCounterMode(display=False) as counter:
-        (loss_fn(model, batch) if loss_fn else _loss(model(**batch))).backward()
+        _batch_loss(model, batch, loss_fn).backward()
     for hook in hooks:
         hook.remove()
     model.zero_grad(set_to_none=True)
@@ -279,11 +134,35 @@ def flop_limit(model: nn.Module, batch: dict, loss_fn: Loss | None, threshold: f
     return {"flop_limit": (total - saved) / total, "matmul_gflop": total / 1e9}
 
 
-def measure_time(name: str, repeats: int, warmup: int, threshold: float, optim: str = OPTIM) -> dict[str, float]:
+def _selection(handle: migu.MiguHandle) -> dict[str, object]:
+    """What a MIGU variant did in its steps: its score, the layers on the fast path, the share of
+    rows kept at the last step and the mean Jaccard overlap of consecutive steps' kept rows."""
+    overlaps = [r.mean_jaccard for r in handle.report().values() if r.mean_jaccard is not None]
+    return {
+        "selection": handle.config.selection,
+        "fast_path_layers": len(handle.fast_path_layers),
+        "kept_share": kept_share(handle.kept_masks()),
+        "mean_jaccard": statistics.fmean(overlaps) if overlaps else None,
+    }
+
+
+def measure_time(
+    name: str,
+    repeats: int,
+    warmup: int,
+    threshold: float,
+    optim: str = OPTIM,
+    variants: tuple[str, ...] = VARIANTS,
+    seq: int = SEQ,
+) -> dict[str, object]:
+    """One round: interleaved steps of ``plain`` and ``variants`` (the tests time fewer than
+    ``plain``, ``migu`` and ``migu_dense``, which the script always times)."""
+    variants = tuple(dict.fromkeys(("plain", *variants)))
     torch.manual_seed(0)
-    model, make_batch, loss_fn = CASES[name]()
-    limit = flop_limit(copy.deepcopy(model), make_batch(), loss_fn, threshold)
-    runs = {v: (*_prepare(v, copy.deepcopy(model), threshold, optim), []) for v in VARIANTS}
+    model, make_batch, loss_fn = CASES[name](seq=seq)
+    first = make_batch()
+    limit = flop_limit(copy.deepcopy(model), first, loss_fn, threshold)
+    runs = {v: (*_prepare(v, copy.deepcopy(model), threshold, optim, first, loss_fn), []) for v in variants}
     del model
     for i in range(warmup + repeats):
         batch = make_batch()  # the same batch for every variant within a repetition
@@ -293,40 +172,72 @@ def measure_time(name: str, repeats: int, warmup: int, threshold: float, optim: 
             if i >= warmup:
                 times.append(time.perf_counter() - start)
     med = {v: statistics.median(t) for v, (_, _, _, t) in runs.items()}
-    handle = runs["migu"][2]
+    handle = runs["migu"][2] if "migu" in runs else None
     kernels = sorted(set(handle.fast_path_kernels().values())) if handle is not None else []
+    ratios = {"migu": "time_ratio", "migu_dense": "dense_time_ratio", **{v: f"{v}_time_ratio" for v in SCORE_VARIANTS}}
     return {
-        "time_ratio": med["migu"] / med["plain"],
-        "dense_time_ratio": med["migu_dense"] / med["plain"],
-        **{f"{v}_step_s": med[v] for v in VARIANTS},
+        **{ratios[v]: med[v] / med["plain"] for v in variants if v != "plain"},
+        **{f"{v}_step_s": med[v] for v in variants},
         "repeats": repeats,
+        "seq": seq,
+        "batch_shape": list(next(v for v in first.values() if isinstance(v, torch.Tensor)).shape),  # (batch, tokens)
         **limit,
         "kernels": kernels,
+        "selections": {v: _selection(h) for v, (_, _, h, _) in runs.items() if h is not None},
     }
 
 
-def measure_rounds(
-    name: str, rounds: int, repeats: int, warmup: int, threshold: float, optim: str = OPTIM
-) -> dict[str, object]:
-    """``measure_time`` in ``rounds`` fresh processes: the median ratio, its spread, every round."""
-    per_round = []
-    for _ in range(rounds):
-        out = subprocess.run(
-            [sys.executable, __file__, "--time-child", name, str(repeats), str(warmup), str(threshold), optim],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        per_round.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    row: dict[str, object] = {}
-    for key in ("time_ratio", "dense_time_ratio", *(f"{v}_step_s" for v in VARIANTS)):
+def _child(*args: object) -> dict:
+    out = subprocess.run([sys.executable, __file__, *map(str, args)], capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"{' '.join(map(str, args[:2]))} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _spread(row: dict[str, object], per_round: list[dict], keys: list[str]) -> None:
+    """The median over rounds of each key into ``row``, with its min and max."""
+    for key in keys:
         values = [r[key] for r in per_round]
         row[key] = statistics.median(values)
         row[f"{key}_min"], row[f"{key}_max"] = min(values), max(values)
-    row["time_ratio_rounds"] = [r["time_ratio"] for r in per_round]
-    row["dense_time_ratio_rounds"] = [r["dense_time_ratio"] for r in per_round]
-    row.update({k: per_round[0][k] for k in ("flop_limit", "matmul_gflop", "repeats")})
+
+
+def measure_rounds(
+    name: str,
+    rounds: int,
+    repeats: int,
+    warmup: int,
+    threshold: float,
+    optim: str = OPTIM,
+    variants: tuple[str, ...] = VARIANTS,
+    seq: int = SEQ,
+) -> dict[str, object]:
+    """``measure_time`` in ``rounds`` fresh processes: the median ratio, its spread, every round."""
+    per_round = [_child("--time-child", name, repeats, warmup, threshold, optim, ",".join(variants), seq)
+                 for _ in range(rounds)]  # fmt: skip
+    ratios = [k for k in per_round[0] if k.endswith("time_ratio")]
+    row: dict[str, object] = {}
+    _spread(row, per_round, [*ratios, *(k for k in per_round[0] if k.endswith("_step_s"))])
+    for key in ratios:
+        row[f"{key}_rounds"] = [r[key] for r in per_round]
+    row.update({k: per_round[0][k] for k in ("flop_limit", "matmul_gflop", "repeats", "seq", "batch_shape",
+                                             "selections")})  # fmt: skip
     row["kernels"] = sorted({k for r in per_round for k in r["kernels"]})
     row["rounds"] = rounds
     row["optim"] = optim
+    return row
+
+
+def fisher_rounds(task: str, examples: int, batch_size: int, rounds: int, repeats: int, warmup: int,
+                  threshold: float, optim: str = OPTIM, seq: int = SEQ) -> dict[str, object]:  # fmt: skip
+    """``measure_fisher`` in ``rounds`` fresh processes: medians over rounds with their spread."""
+    per_round = [_child("--fisher-child", task, examples, batch_size, repeats, warmup, threshold, optim, seq)
+                 for _ in range(rounds)]  # fmt: skip
+    keys = ("task", "examples", "fisher_batch_size", "plain_batch", "task_steps", "seq", "repeats")
+    row: dict[str, object] = {k: per_round[0][k] for k in keys}
+    _spread(row, per_round, ["fisher_s", "fisher_s_per_example", "plain_step_s", "plain_steps_per_estimate",
+                             "task_share"])  # fmt: skip
+    row.update(rounds=rounds, optim=optim, config=str(PAPER_CONFIG.relative_to(PAPER_CONFIG.parents[2])))
     return row
 
 
@@ -350,11 +261,11 @@ def _load_library_code(bf16: bool) -> None:
             opt.step()
 
 
-def memory_child(name: str, variant: str, threshold: float, optim: str = OPTIM) -> None:
+def memory_child(name: str, variant: str, threshold: float, optim: str = OPTIM, seq: int = SEQ) -> None:
     """Run in a subprocess: print the peak memory growth of 3 training steps (kB)."""
     _load_library_code(name.endswith("_bf16"))
     torch.manual_seed(0)
-    model, make_batch, loss_fn = CASES[name]()
+    model, make_batch, loss_fn = CASES[name](seq=seq)
     model, opt, _ = _prepare(variant, model, threshold, optim)
     batch = make_batch()
     before = _rss_kb("VmRSS:")
@@ -365,14 +276,14 @@ def memory_child(name: str, variant: str, threshold: float, optim: str = OPTIM) 
     print(json.dumps({"peak_growth_kb": _rss_kb("VmHWM:") - before}))
 
 
-def measure_memory(name: str, threshold: float, optim: str = OPTIM) -> dict[str, float]:
+def measure_memory(name: str, threshold: float, optim: str = OPTIM, seq: int = SEQ) -> dict[str, object]:
     growth = {}
     # glibc's adaptive mmap threshold keeps freed blocks resident at random, which makes RSS peaks
     # vary by about 5% from run to run; a fixed threshold makes them repeatable to the kilobyte
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
     for variant in VARIANTS:
         out = subprocess.run(
-            [sys.executable, __file__, "--memory-child", name, variant, str(threshold), optim],
+            [sys.executable, __file__, "--memory-child", name, variant, str(threshold), optim, str(seq)],
             env=env,
             capture_output=True,
             text=True,
@@ -387,115 +298,97 @@ def measure_memory(name: str, threshold: float, optim: str = OPTIM) -> dict[str,
     }
 
 
-# the speed issue's targets: (fast path / plain, dense path / plain); peak memory <= 1.02 everywhere
-TARGETS = {
-    "block_d1024": (0.85, 1.03),
-    "minilm_full": (0.92, 1.03),
-    "smollm2_lora": (1.00, 1.03),
-    "block_d1024_bf16": (1.00, 1.03),
-    "minilm_full_bf16": (1.00, 1.03),
-}
-
-
-def _cell(row: dict, key: str, target: float | None) -> str:
-    value = row.get(key)
-    if value is None:
-        return ""
-    text = f"{value:.3f}"
-    if f"{key}_min" in row:
-        text += f" [{row[f'{key}_min']:.3f}-{row[f'{key}_max']:.3f}]"
-    return text + ("" if target is None else (" ✓" if value <= target else " ✗"))
-
-
-def _optimizers(row: dict) -> str:
-    """The optimizer of the timings and, if another, of the memory rows (``--no-time`` keeps the
-    timings of an earlier run); rows written before ``train.optim`` used torch's loop."""
-    timed = row.get("optim", "adamw_torch")
-    memory = row.get("memory_optim", timed)
-    return timed if memory == timed else f"time: {timed}, memory: {memory}"
-
-
-def table(path: str) -> str:
-    """The markdown table of a results file, with the issue's targets: medians over rounds with
-    their [min-max], the FLOP limit of the fast path."""
-    with open(path) as f:
-        results = json.load(f)
-    meta = results.get("_meta", {})
-    lines = [
-        f"{meta.get('cpu', meta.get('machine', '?'))}, {meta.get('date', '?')}, torch {meta.get('torch', '?')}",
-        "",
-        "| case | plain step (s) | MIGU / plain time [min-max] | target | FLOP limit | dense MIGU / plain [min-max] "
-        "| target | MIGU / plain peak memory | dense / plain peak memory | rounds | optimizer |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, r in results.items():
-        if name.startswith("_"):
-            continue
-        fast_target, dense_target = TARGETS.get(name, (None, None))
-        limit = r.get("flop_limit")
-        lines.append(
-            f"| `{name}` | {r['plain_step_s']:.3f} | {_cell(r, 'time_ratio', fast_target)} | {fast_target or ''} | "
-            f"{'' if limit is None else f'{limit:.3f}'} | {_cell(r, 'dense_time_ratio', dense_target)} | "
-            f"{dense_target or ''} | {_cell(r, 'memory_ratio', 1.02)} | {_cell(r, 'dense_memory_ratio', 1.02)} | "
-            f"{r.get('rounds', 1)} | {_optimizers(r)} |"
-        )
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> None:
-    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--memory-child":
-        memory_child(sys.argv[2], sys.argv[3], float(sys.argv[4]), sys.argv[5])
+    args_ = sys.argv[1:] if argv is None else argv
+    child = args_[0] if args_ else ""
+    if child == "--memory-child":
+        name, variant, threshold, optim, seq = args_[1:6]
+        memory_child(name, variant, float(threshold), optim, int(seq))
         return
-    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--time-child":
-        name, repeats, warmup, threshold, optim = sys.argv[2:7]
-        print(json.dumps(measure_time(name, int(repeats), int(warmup), float(threshold), optim)))
+    if child == "--time-child":
+        name, repeats, warmup, threshold, optim, variants, seq = args_[1:8]
+        print(json.dumps(measure_time(name, int(repeats), int(warmup), float(threshold), optim,
+                                      tuple(variants.split(",")), int(seq))))  # fmt: skip
         return
-    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--table":
-        print(table(sys.argv[2]))
+    if child == "--fisher-child":
+        task, examples, size, repeats, warmup, threshold, optim, seq = args_[1:9]
+        print(json.dumps(measure_fisher(task, int(examples), int(size), int(repeats), int(warmup), float(threshold),
+                                        optim, int(seq))))  # fmt: skip
         return
+    if child == "--table":
+        print(table(args_[1]))
+        return
+    fisher = FisherConfig()
+    named = groups()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", default=DEFAULT, help=f"comma list of {', '.join(CASES)}")
+    parser.add_argument("--cases", default=DEFAULT, help=f"comma list of {', '.join([*named, *CASES])}")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3, help="independent rounds (fresh processes) per case")
     parser.add_argument("--threshold", type=float, default=0.7)
     parser.add_argument("--optim", default=OPTIM, choices=OPTIMIZERS, help="AdamW implementation (train.optim)")
+    parser.add_argument("--seq", type=int, default=SEQ, help="tokens per sequence (the tests' tiny runs)")
+    parser.add_argument("--scores", action="store_true", help="also time the random, gradient and given scores")
+    parser.add_argument("--fisher", action="store_true", help="also time the Fisher estimate of a task")
+    parser.add_argument("--fisher-task", default="amazon", help="the MiniLM task of --fisher")
+    parser.add_argument("--fisher-examples", type=int, default=fisher.fisher_examples)
+    parser.add_argument("--fisher-batch-size", type=int, default=fisher.fisher_batch_size)
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     parser.add_argument("--no-time", action="store_true", help="measure memory only (time kept from --out)")
     parser.add_argument("--out", help="write the results as JSON here (updated after every case)")
     args = parser.parse_args(argv)
-    results: dict[str, object] = {}
-    if args.out:
-        try:
-            with open(args.out) as f:
-                results = json.load(f)
-        except FileNotFoundError:
-            pass
-    for name in args.cases.split(","):
+    args.command = " ".join(sys.argv if argv is None else ["benchmarks/speed.py", *argv])
+    names = [n for part in args.cases.split(",") if part for n in named.get(part, [part])]
+    for name in names:
         if name not in CASES:
-            parser.error(f"unknown case {name!r}; choose from {', '.join(CASES)}")
+            parser.error(f"unknown case {name!r}; choose from {', '.join([*named, *CASES])}")
+    results: dict[str, object] = {}
+    if args.out and Path(args.out).exists():
+        results = json.loads(Path(args.out).read_text())
+    variants = (*VARIANTS, *SCORE_VARIANTS) if args.scores else VARIANTS
+    for name in names:
+        load = os.getloadavg()
         if args.no_time:
             row = dict(results.get(name, {}))  # type: ignore[call-overload]
         else:
             # keep the memory columns of an earlier run (with their own memory_date)
-            timed = measure_rounds(name, args.rounds, args.repeats, args.warmup, args.threshold, args.optim)
+            timed = measure_rounds(name, args.rounds, args.repeats, args.warmup, args.threshold, args.optim,
+                                   variants, args.seq)  # fmt: skip
             row = {**results.get(name, {}), **timed}  # type: ignore[dict-item]
         if not args.no_memory:
-            row.update(measure_memory(name, args.threshold, args.optim))
+            row.update(measure_memory(name, args.threshold, args.optim, args.seq))
         row["memory_date" if args.no_time else "date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        results[name] = row
+        results[name] = _provenance(row, load, args.command)
         print(name, json.dumps(row), flush=True)
-        results["_meta"] = {
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
-            "cpu": cpu_name(),
-            "torch": torch.__version__,
-            "threshold": args.threshold,
-            "command": " ".join(sys.argv),
-        }
-        if args.out:
-            with open(args.out, "w") as f:
-                json.dump(results, f, indent=2)
+        _save(results, args)
+    if args.fisher:
+        load = os.getloadavg()
+        results["_fisher"] = fisher_rounds(args.fisher_task, args.fisher_examples, args.fisher_batch_size,
+                                           args.rounds, args.repeats, args.warmup, args.threshold, args.optim,
+                                           args.seq)  # fmt: skip
+        _provenance(results["_fisher"], load, args.command)  # type: ignore[arg-type]
+        print("_fisher", json.dumps(results["_fisher"]), flush=True)
+        _save(results, args)
+
+
+def _provenance(row: dict[str, object], load: tuple[float, ...], command: str) -> dict[str, object]:
+    """The command, the commit and the load average (1, 5, 15 min) before and after a row: on a
+    shared machine the load says how far its numbers can be trusted."""
+    row.update(command=command, commit=source_revision(), load_average=[list(load), list(os.getloadavg())])
+    return row
+
+
+def _save(results: dict[str, object], args: argparse.Namespace) -> None:
+    results["_meta"] = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        "cpu": cpu_name(),
+        "torch": torch.__version__,
+        "threshold": args.threshold,
+        "command": args.command,
+    }
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
