@@ -26,6 +26,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from ..data.tasks import InstructionExample
 from .base import Batch, register_format, unwrap
+from .generation import forward_parameters, greedy, plain_greedy
 
 PLAIN_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
 MIN_PROMPT = 16
@@ -105,6 +106,10 @@ class InstructionFormat:
         tail = prompt[len(prompt) - (room - len(head)) :] if room - len(head) > 0 else []
         return head + tail, response
 
+    def eval_length(self, example: InstructionExample) -> int:
+        """The example's tokens in a batch (without padding): evaluators batch by it."""
+        return sum(map(len, self._cut(*self.encode(example))))
+
     # --- the Format protocol -----------------------------------------------------------------
 
     def batch(self, examples: list[InstructionExample]) -> Batch:
@@ -126,14 +131,20 @@ class InstructionFormat:
         return model(**{k: v.to(device) for k, v in batch.items()}).loss
 
     def token_loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
-        """Summed cross-entropy over the response tokens and their count (token-weighted means)."""
+        """Summed cross-entropy over the response tokens and their count (token-weighted means).
+        The vocabulary projection runs only at the positions that predict a response token of
+        some row, where the model takes ``logits_to_keep`` (Transformers' causal LMs)."""
         device = next(model.parameters()).device
-        logits = model(
-            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-        ).logits
-        labels = batch["labels"][:, 1:].to(device)
-        total = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels.flatten(), ignore_index=-100,
-                                reduction="sum")  # fmt: skip
+        labels = batch["labels"][:, 1:]
+        inputs = {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
+        wanted = (labels != -100).any(0).nonzero().flatten()  # (positions of logits[:, :-1])
+        if "logits_to_keep" in forward_parameters(model) and len(wanted):
+            logits = model(**inputs, logits_to_keep=wanted.to(device)).logits
+            labels = labels[:, wanted]
+        else:
+            logits = model(**inputs).logits[:, :-1]
+        labels = labels.to(device)
+        total = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
         return total, int((labels != -100).sum())
 
     @torch.no_grad()
@@ -146,7 +157,9 @@ class InstructionFormat:
     ) -> list[str]:
         """Greedy responses to the examples' prompts (each cut to its last ``max_length`` tokens),
         up to ``max_new_tokens`` each, decoded without special tokens; a response also ends as soon
-        as ``stop(text so far)`` is true (e.g. a closed code block: no tokens spent on prose after it)."""
+        as ``stop(text so far)`` is true (e.g. a closed code block: no tokens spent on prose after it).
+        Each row ends on its own and leaves the batch (``generation.greedy``), unless the model's
+        generation settings ask for more than greedy decoding (then Transformers' ``generate``)."""
         keep = self.max_length  # a longer prompt keeps its end (the question's end, the assistant header)
         prompts = [p[len(p) - keep :] if len(p) > keep else p for p in map(self.prompt_ids, examples)]
         width = max(len(p) for p in prompts)
@@ -154,11 +167,19 @@ class InstructionFormat:
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
         device = next(model.parameters()).device
-        out = unwrap(model).generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                                      max_new_tokens=max_new_tokens, pad_token_id=pad,
-                                      eos_token_id=self.tokenizer.eos_token_id,
-                                      stopping_criteria=StoppingCriteriaList([_TextStop(self.tokenizer, width, stop)])
-                                      if stop is not None else None)  # fmt: skip
+        inner, eos = unwrap(model), self.tokenizer.eos_token_id
+        if plain_greedy(inner):
+            decode = self.tokenizer.decode
+
+            def done(row: int, tokens: list[int]) -> bool:
+                return stop is not None and stop(decode(tokens, skip_special_tokens=True))
+
+            rows = greedy(inner, ids.to(device), mask.to(device), max_new_tokens, eos, done if stop else None)
+            return [decode(tokens, skip_special_tokens=True) for tokens in rows]
+        out = inner.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+                             max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos,
+                             stopping_criteria=StoppingCriteriaList([_TextStop(self.tokenizer, width, stop)])
+                             if stop is not None else None)  # fmt: skip
         return self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
 
 
