@@ -139,3 +139,31 @@ def test_packaged_mbpp_skill_is_disjoint_and_its_references_pass():
     held_out = task.test[:3]
     results = run_programs([build_program(e.response, dict(e.meta)) for e in held_out], SandboxLimits(timeout=10))
     assert [r.status for r in results] == ["passed"] * 3, [r.stderr for r in results]
+
+
+def test_pass_at_1_generates_in_batches_of_its_own_size(monkeypatch):
+    """``batch_size`` (64 by default: completions leave their batch when they end, so larger
+    batches cost fewer long tails) decides the generation batches, not the run's eval batch size."""
+    import torch
+
+    from migu.evaluators import code_exec
+
+    sizes = []
+
+    class Recording:
+        def generate(self, model, examples, max_new_tokens, stop=None):
+            sizes.append(len(examples))
+            return ["```python\ndef f():\n    pass\n```"] * len(examples)
+
+    monkeypatch.setattr(code_exec, "check_sandbox", lambda limits: None)  # (no program runs here)
+    passed = code_exec.ExecResult("passed", 0, 0.0, "")
+    monkeypatch.setattr(code_exec, "run_programs", lambda programs, limits, workers: [passed] * len(programs))
+    examples = [InstructionExample(f"p{i}", "", "code", META) for i in range(70)]
+    model, ctx = torch.nn.Linear(1, 1), EvalContext(batch_size=16)
+    assert code_exec.pass_results(model, Recording(), examples, ctx, PassAt1Config()) == [True] * 70
+    assert sizes == [64, 6]
+    sizes.clear()
+    code_exec.pass_results(model, Recording(), examples, ctx, PassAt1Config(batch_size=None))
+    assert sizes == [16, 16, 16, 16, 6]
+    with pytest.raises(ValueError, match="batch_size"):
+        PassAt1Config(batch_size=0)

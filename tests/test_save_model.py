@@ -93,7 +93,7 @@ def test_refused_where_accelerate_shards_the_model(bench_dir, tmp_path, monkeypa
     monkeypatch.setattr(
         runner,
         "make_accelerator",
-        lambda _: SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, num_processes=1),
+        lambda *_: SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, num_processes=1),
     )
     with pytest.raises(ValueError, match="save_model: not available when Accelerate shards"):
         run(_config(bench_dir, tmp_path / "out", "tiny-bert", "finetune", True))

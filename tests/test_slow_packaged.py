@@ -1,10 +1,12 @@
 """Real packaged models end to end (slow: run with ``python -m pytest -m slow``)."""
 
+import json
 from pathlib import Path
 
 import pytest
 
 from migu.bench import run, run_config
+from migu.bench.evaluate import evaluate_saved
 from migu.data import Example
 from migu.evaluators import EvalContext
 from migu.evaluators.classification import label_scores
@@ -102,3 +104,21 @@ def test_quickstart_resumes_after_sigterm(tmp_path):
     uninterrupted = json.loads((whole / run_dir.name / "results.json").read_text())
     assert resumed["resumed_at"] == [1]
     assert resumed["accuracy_matrix"] == uninterrupted["accuracy_matrix"]
+
+
+def test_an_instruct_point_scores_the_committed_row_0():
+    """One evaluation point of configs/cpu/instruct_smollm2.yaml as migu evaluates it now
+    (completions leaving their batch, pass@1 batches of 64, lm_loss by length, lm-eval contexts
+    once: about 57% of the CPU time before, issue 40) gives the committed run's scores before
+    training: pass@1, HumanEval and lm-eval exactly, the held-out loss to rounding (the committed
+    one was computed on another CPU; the code before gave 1.18432101 here, this 1.18432107)."""
+    run_dir = Path(__file__).parents[1] / "benchmarks/results/instruct_smollm2/smollm2_lora_code_mbpp_seed0"
+    committed = json.loads((run_dir / "results.json").read_text())["score_matrices"]
+    scores = evaluate_saved(run_dir, base=True)["scores"]
+    assert set(scores) == set(committed)
+    for name, matrix in committed.items():
+        row = dict(zip(matrix["columns"], matrix["matrix"][0], strict=True))
+        if name in ("loss", "perplexity"):
+            assert scores[name] == pytest.approx(row, rel=1e-5)
+        else:
+            assert scores[name] == row, name

@@ -211,7 +211,10 @@ def test_sft_trainer_masks_as_migu_own_loop(tmp_path, adapter, accumulation, pac
     moved = 0
     for name, p in replayed.items():
         if p.requires_grad:
-            torch.testing.assert_close(trained[name].detach(), p.detach(), rtol=1e-5, atol=1e-6, msg=name)
+            # (the trainer's fast path computes kept rows' gradients in another order than the
+            # loop's dense-then-mask path, and AdamW scales rounding up: 1e-4 is 1% of one step)
+            torch.testing.assert_close(trained[name].detach(), p.detach(), rtol=1e-4, atol=1e-4,
+                                       msg=lambda m, name=name: f"{name}: {m}")  # fmt: skip
             moved += 1
     assert moved
 

@@ -113,6 +113,21 @@ class Tracker(Protocol):
     def evaluated(self, state: dict[str, Any], trained: dict[str, Any] | None) -> None: ...
 
 
+Scores = tuple[dict[str, list[float | None]], dict[str, dict[str, Any]]]
+
+
+class SharedEvaluation(Protocol):
+    """Where runs that share their evaluation before training keep it (``eval_cache.EvalCache``):
+    ``load`` gives the kept ``(values, specs)`` with what is known of them (``run``, ``seconds``),
+    or None (the same answer on every rank); ``save`` keeps them (the main process writes)."""
+
+    digest: str
+
+    def load(self) -> tuple[Scores, dict[str, Any]] | None: ...
+
+    def save(self, scores: Scores, seconds: float) -> None: ...
+
+
 @dataclass
 class Setting:
     """Everything the protocol runs with (built by ``runner.run``)."""
@@ -128,6 +143,8 @@ class Setting:
     """Where the protocol saves (``checkpoint.RunCheckpointer`` in a run; nothing in ``migu eval``)."""
     tracker: Tracker | None = None
     """Where the protocol logs as it goes (``log_with``), if anywhere."""
+    shared: SharedEvaluation | None = None
+    """Where the evaluation before training may already be (runs of a grid share it), if anywhere."""
 
     @classmethod
     def for_evaluation(cls, config: RunConfig, sequence: TaskSequence, evaluators: list[Evaluator], fmt: Any,
@@ -173,6 +190,25 @@ def evaluate(setting: Setting, model: nn.Module, trained: int, when: str, final:
     return values, specs
 
 
+def before_training(setting: Setting, model: nn.Module) -> tuple[Scores, dict[str, Any] | None]:
+    """The evaluation before training: kept by an earlier run that shares it (``setting.shared``),
+    else computed (and kept for the next); with what the run records of the sharing, if any."""
+    shared, is_main = setting.shared, setting.accelerator.is_main_process
+    if shared is None:
+        return evaluate(setting, model, 0, "before training", final=False), None
+    found = shared.load()
+    if found is not None:
+        (values, specs), about = found
+        say(f"before training: the scores of run {about.get('run') or '?'} (evaluation cache {shared.digest}; "
+            f"it took {float(about.get('seconds') or 0):.1f} s there)", is_main)  # fmt: skip
+        return (values, specs), {"digest": shared.digest, "hit": True, "run": about.get("run"),
+                                 "seconds": about.get("seconds")}  # fmt: skip
+    start = time.perf_counter()
+    values, specs = evaluate(setting, model, 0, "before training", final=False)
+    shared.save((values, specs), time.perf_counter() - start)
+    return (values, specs), {"digest": shared.digest, "hit": False}
+
+
 def _brief(result: dict[str, Any]) -> str:
     parts = []
     for name, value in result.items():
@@ -210,12 +246,13 @@ def run_sequence(setting: Setting, model: nn.Module, state: dict[str, Any],
     total = len(sequence)
     if not board.rows:  # a new run: the model before any training
         start = time.perf_counter()
-        values, specs = evaluate(setting, model, 0, "before training", final=False)
+        (values, specs), shared = before_training(setting, model)
         board.add_row(values, specs)
         if curves is not None:
             curves.add_row(values, specs)
             state["curve_points"].append({"task_index": 0, "epoch": 0})
-        state["timings"].append({"task": None, "eval_seconds": time.perf_counter() - start})
+        timing: dict[str, Any] = {"task": None, "eval_seconds": time.perf_counter() - start}
+        state["timings"].append({**timing, "eval_cache": shared} if shared else timing)
         state["scores"] = board.to_state()
         if setting.tracker is not None:
             setting.tracker.evaluated(state, None)

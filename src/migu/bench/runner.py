@@ -38,6 +38,8 @@ from ..train.loop import set_dropout
 from ..train.sharding import migu_shards, shard_model
 from .checkpoint import RunCheckpointer, full_state_dict, load_into
 from .config import RunConfig
+from .eval_cache import FOLDER as EVAL_CACHE
+from .eval_cache import EvalCache, before_training_key
 from .fingerprint import config_fingerprint, fingerprint_matches, same_data
 from .protocol import Setting, run_sequence, say, task_context_for
 from .provenance import cpu_name, source_revision, versions
@@ -169,7 +171,9 @@ def _run(config: RunConfig, on_task_end: TaskHook | None, sequence: TaskSequence
     if config.log_with:
         steps_before = sum(int(t.get("steps", 0)) for t in state["timings"] if t.get("task") is not None)
         tracker = RunTracker(accelerator, store.dir.name, config.to_dict(), sequence.names, steps_before)
-    setting = Setting(config, sequence, methods, evaluators, fmt, accelerator, eval_context, checkpointer, tracker)
+    shared = _shared_evaluation(config, sequence, methods, accelerator, store) if not state["scores"]["rows"] else None
+    setting = Setting(config, sequence, methods, evaluators, fmt, accelerator, eval_context, checkpointer, tracker,
+                      shared)  # fmt: skip
     try:
         model = run_sequence(setting, model, state, on_task_end)
     finally:  # (trackers flush and close on every way out: a signal, an error)
@@ -182,6 +186,16 @@ def _run(config: RunConfig, on_task_end: TaskHook | None, sequence: TaskSequence
     results = results_record(config, sequence, methods, state, fingerprint, store)
     store.write_results(results)
     return results
+
+
+def _shared_evaluation(config: RunConfig, sequence: TaskSequence, methods: MethodStack, accelerator: Any,
+                       store: RunStore) -> EvalCache | None:  # fmt: skip
+    """The evaluation cache of this run's evaluation before training (``eval_cache``), shared with
+    the runs of ``output_dir`` that have the same key; None where the model's files are unknown."""
+    key = before_training_key(config, sequence, methods, accelerator)
+    if key is None:
+        return None
+    return EvalCache(Path(config.output_dir) / EVAL_CACHE, key, accelerator, store.dir.name)
 
 
 def _new_state(fingerprint: str, config: RunConfig) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from torch import nn
@@ -70,6 +70,11 @@ class PassAt1Config:
 
     max_new_tokens: int = 384
     """Tokens generated per completion at most (greedy; generation also stops after a code block)."""
+    batch_size: int | None = 64
+    """Prompts generated together (null: the run's ``train.eval_batch_size``). Each completion
+    leaves its batch when it ends, so a batch runs as long as its longest completion: on a CPU,
+    larger batches take fewer of those long tails (SmolLM2-135M, 50 MBPP problems, 1 thread:
+    121 CPU-s in batches of 16, 72 in one of 64)."""
     timeout: float = SandboxLimits.timeout
     """Wall-clock seconds a program may run, its tests included, before it is killed."""
     cpu_seconds: int = SandboxLimits.cpu_seconds
@@ -92,6 +97,8 @@ class PassAt1Config:
                              "positive")  # fmt: skip
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"evaluators pass_at_1/humaneval: limit must be at least 1; got {self.limit}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"evaluators pass_at_1/humaneval: batch_size must be at least 1; got {self.batch_size}")
 
     def sandbox(self) -> SandboxLimits:
         return SandboxLimits(timeout=self.timeout, cpu_seconds=self.cpu_seconds, memory_mb=self.memory_mb,
@@ -130,7 +137,8 @@ def pass_results(model: nn.Module, fmt: Any, examples: Sequence[InstructionExamp
     """Whether each of ``examples``' greedy completion passes its tests (sharded over ranks; every
     rank's results, rank by rank)."""
     local = shard(examples, ctx)
-    answers = completions(model, fmt, local, ctx, config.max_new_tokens)
+    batched = replace(ctx, batch_size=config.batch_size or ctx.batch_size)
+    answers = completions(model, fmt, local, batched, config.max_new_tokens)
     programs = [build_program(c, dict(e.meta)) for e, c in zip(local, answers, strict=True)]
     if programs:
         check_sandbox(config.sandbox())

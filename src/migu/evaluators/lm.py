@@ -13,10 +13,15 @@ from .base import EvalContext, ScoreSpec, batch_starts, evaluating, gather, regi
 
 
 def token_loss_sum(model: nn.Module, fmt: Any, examples: Sequence[Any], ctx: EvalContext) -> tuple[float, int]:
-    """Summed token loss and token count of ``examples`` under ``fmt.token_loss``."""
+    """Summed token loss and token count of ``examples`` under ``fmt.token_loss``; batched by
+    length where the format gives each example's length alone (``eval_length``: a format whose
+    rows do not depend on their batch mates)."""
     if not isinstance(fmt, TokenLoss):
         raise ValueError(f"the {type(fmt).__name__} format has no token loss: lm_loss scores corpus or instruction "
                          "tasks")  # fmt: skip
+    length = getattr(fmt, "eval_length", None)
+    if callable(length):  # batches of examples of similar lengths: less padding to compute
+        examples = sorted(examples, key=length)
     total, count = 0.0, 0
     with evaluating(model, ctx):
         for start in batch_starts(len(examples), ctx):

@@ -27,6 +27,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from ..data.tasks import InstructionExample
 from .base import Batch, register_format, unwrap
 from .causal import label_losses
+from .generation import greedy, plain_greedy
 
 PLAIN_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
 MIN_PROMPT = 16
@@ -106,6 +107,10 @@ class InstructionFormat:
         tail = prompt[len(prompt) - (room - len(head)) :] if room - len(head) > 0 else []
         return head + tail, response
 
+    def eval_length(self, example: InstructionExample) -> int:
+        """The example's tokens in a batch (without padding): evaluators batch by it."""
+        return sum(map(len, self._cut(*self.encode(example))))
+
     # --- the Format protocol -----------------------------------------------------------------
 
     def batch(self, examples: list[InstructionExample]) -> Batch:
@@ -140,7 +145,9 @@ class InstructionFormat:
     ) -> list[str]:
         """Greedy responses to the examples' prompts (each cut to its last ``max_length`` tokens),
         up to ``max_new_tokens`` each, decoded without special tokens; a response also ends as soon
-        as ``stop(text so far)`` is true (e.g. a closed code block: no tokens spent on prose after it)."""
+        as ``stop(text so far)`` is true (e.g. a closed code block: no tokens spent on prose after it).
+        Each row ends on its own and leaves the batch (``generation.greedy``), unless the model's
+        generation settings ask for more than greedy decoding (then Transformers' ``generate``)."""
         keep = self.max_length  # a longer prompt keeps its end (the question's end, the assistant header)
         prompts = [p[len(p) - keep :] if len(p) > keep else p for p in map(self.prompt_ids, examples)]
         width = max(len(p) for p in prompts)
@@ -148,11 +155,19 @@ class InstructionFormat:
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
         device = next(model.parameters()).device
-        out = unwrap(model).generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                                      max_new_tokens=max_new_tokens, pad_token_id=pad,
-                                      eos_token_id=self.tokenizer.eos_token_id,
-                                      stopping_criteria=StoppingCriteriaList([_TextStop(self.tokenizer, width, stop)])
-                                      if stop is not None else None)  # fmt: skip
+        inner, eos = unwrap(model), self.tokenizer.eos_token_id
+        if plain_greedy(inner):
+            decode = self.tokenizer.decode
+
+            def done(row: int, tokens: list[int]) -> bool:
+                return stop is not None and stop(decode(tokens, skip_special_tokens=True))
+
+            rows = greedy(inner, ids.to(device), mask.to(device), max_new_tokens, eos, done if stop else None)
+            return [decode(tokens, skip_special_tokens=True) for tokens in rows]
+        out = inner.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+                             max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos,
+                             stopping_criteria=StoppingCriteriaList([_TextStop(self.tokenizer, width, stop)])
+                             if stop is not None else None)  # fmt: skip
         return self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
 
 

@@ -55,6 +55,12 @@ class Method:
     rewrites_weights = False
     """Whether the method changes weights that no parameter it trains holds (OSF merges each
     task's update into the base weights): the run's checkpoints then keep every weight."""
+    setup_keeps_function = False
+    """Whether ``setup`` leaves what the model computes exactly as it was (it only freezes
+    parameters, or adds adapters that start as no change), so that the evaluation before training
+    is the same as without the method and runs of a grid may share it (``migu.bench.eval_cache``).
+    A method that does not override ``setup`` keeps the function whatever this says
+    (``keeps_function_at_setup``); one that overrides it declares it here, False by default."""
 
     def setup(self, model: nn.Module) -> nn.Module:
         """Once, before the first task; returns the model to train (possibly wrapped)."""
@@ -112,3 +118,9 @@ and traits: ``decides_training`` (it chooses what trains: finetune, the LoRA fam
 spec), ``chooses_rows`` (it masks gradient rows: migu, random_update; one per spec),
 ``migu_threshold`` (the paper's T for MIGU when combined with it: 0.1 with O-LoRA, 0.4 with
 replay)."""
+
+
+def keeps_function_at_setup(method: Method) -> bool:
+    """Whether ``method.setup`` leaves the model's function unchanged: it does not override
+    ``Method.setup``, or it declares ``setup_keeps_function``."""
+    return type(method).setup is Method.setup or bool(method.setup_keeps_function)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..data.tasks import Example
-from .base import Method, TaskContext, task_seed
+from .base import Method, TaskContext, keeps_function_at_setup, task_seed
 
 # seeds the draws of methods' before_task, apart from the loop's per-task seed (``task_seed``)
 STRUCTURE_SEED = 7_000_000
@@ -40,6 +40,12 @@ class MethodStack:
     def rewrites_weights(self) -> bool:
         """Whether a method changes weights outside what it trains (checkpoint every weight)."""
         return any(m.rewrites_weights for m in self.methods)
+
+    @property
+    def setup_keeps_function(self) -> bool:
+        """Whether ``setup`` leaves the model computing what it did (every method's does): the
+        model before training is then the same whatever these methods are."""
+        return all(keeps_function_at_setup(m) for m in self.methods)
 
     def setup(self, model: nn.Module) -> nn.Module:
         for method in self.methods:

@@ -52,6 +52,7 @@ class FreezeBottom(Method):
     """Sequential finetuning of every parameter above the frozen bottom."""
 
     name = "freeze_bottom"
+    setup_keeps_function = True  # (it only stops gradients)
     stage = "model"
 
     def __init__(self, config: FreezeBottomConfig | None = None) -> None:

@@ -58,6 +58,7 @@ class Lora(Method):
 
     name = "lora"
     stage = "model"
+    setup_keeps_function = True  # PEFT starts each adapter's B at zero: its update adds exactly 0
 
     def __init__(self, config: LoraMethodConfig | None = None) -> None:
         self.config = config or LoraMethodConfig()
