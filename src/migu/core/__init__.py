@@ -10,8 +10,9 @@ This package imports nothing from the rest of migu. Reading order, from the idea
    before each step, pauses, reports, removes every hook it added).
 
 Then, as needed: ``targets`` (which layers, and where each statistic is read), ``config``,
-``gradmask`` and ``updates`` (grad and update modes), ``fastpath`` (weight gradients of the kept
-rows only), ``backward`` (masking inside backward), ``sharding`` (FSDP2 row shards), ``report``.
+``gradmask`` and ``updates`` (grad and update modes), ``fastpath`` (which layers compute weight
+gradients of the kept rows only, and how), ``backward`` (masking inside backward), ``sharding``
+(FSDP2 row shards), ``runtime`` (the distributed world, the backward in progress), ``report``.
 """
 
 from .attach import attach

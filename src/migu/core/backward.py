@@ -27,8 +27,8 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from .config import MiguConfig
-from .statistics import current_backward, distributed_world
-from .targets import Source, Target
+from .runtime import current_backward, distributed_world
+from .targets import Source, Target, shaped
 
 
 class Host(Protocol):
@@ -47,12 +47,6 @@ class Host(Protocol):
     def mask_grad(self, target: Target, bias: bool, shaped: torch.Tensor, in_backward: bool = False) -> None: ...
 
     def mark_stale(self, param: torch.Tensor, entries: list[tuple[int, Target, bool]]) -> None: ...
-
-
-def shaped(target: Target, keep: torch.Tensor) -> torch.Tensor:
-    """``keep`` (one flag per row) shaped to broadcast over the weight."""
-    dims = target.weight.dim()
-    return keep.view(1, -1) if target.rows_last else keep.view(-1, *([1] * (dims - 1)))
 
 
 def _tensors(value: Any) -> list[torch.Tensor]:
@@ -123,6 +117,15 @@ class BackwardStart:
             self.armed = config.mask_mode in ("grad", "update")
         if self.host.decides_in_backward():
             self.host.decide()
+
+    def check_armed(self) -> None:
+        """Before the step (in-backward timing): the step's last backward has masked its gradients."""
+        if not self.armed:
+            raise RuntimeError(
+                f"MIGU mask_timing='in_backward' saw {self.backwards} backward pass(es) in this optimizer step, "
+                f"fewer than micro_batches_per_step={self.host.config.micro_batches_per_step}: no gradient was "
+                "masked. Set micro_batches_per_step to the real number of micro-batches per step"
+            )
 
     def reset(self) -> None:
         """A new optimizer step."""

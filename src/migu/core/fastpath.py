@@ -28,11 +28,16 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
 
+from .config import MiguConfig
 from .profiling import FAST_GRAD, scope
+from .runtime import distributed_world, in_backward
+from .sharding import is_sharded
+from .targets import Source, fast_path_layer
 
 CHUNK_VALUES = 1 << 19
 MIN_CHUNK_ROWS = 256
@@ -40,6 +45,67 @@ MIN_ROWS = 4  # fewest rows in one product (module docstring)
 KERNELS = ("gather", "index_select", "dense")
 TIMED = ("gather", "index_select")  # what auto chooses from: the same bits (module docstring)
 UNTIMED = "gather"  # what auto uses where it does not time (not a CPU)
+
+
+class FastPath:
+    """Which layers are on the fast path now, and the backward each of their outputs gets.
+
+    ``choose_rows(index)`` (the handle's) gives the rows a layer's backward computes, or None
+    for the dense gradient (paused, the statistic reset since the forward, not the step's last
+    backward under in-backward timing)."""
+
+    def __init__(
+        self, sources: list[Source], kernels: KernelChoice, choose_rows: Callable[[int], torch.Tensor | None]
+    ) -> None:
+        self.sources = sources
+        self.kernels = kernels
+        self.choose_rows = choose_rows
+        self.eligible = {i for i, s in enumerate(sources) if fast_path_layer(s)}
+        self.on: set[int] = set()  # the sources on the fast path now
+        self.world = 1  # ranks when they were chosen
+
+    def choose(self, config: MiguConfig) -> None:
+        """Put the eligible layers on the fast path when ``config`` allows it in this world."""
+        world = distributed_world()
+        # the rows come from the statistic all-reduced when the backward starts. Under DDP the
+        # step-timed path stays the reference (DDP's averaged dense gradient, then the mask)
+        sharded = world > 1 and any(is_sharded(t.weight) for s in self.sources for t in s.targets)
+        on = (
+            config.fast_path
+            and config.selection == "magnitude"
+            and config.mask_mode != "observe"
+            and (
+                config.mask_timing == "in_backward" or (config.micro_batches_per_step == 1 and (world <= 1 or sharded))
+            )
+        )
+        self.on = set(self.eligible) if on else set()
+        self.world = world
+
+    def world_changed(self) -> bool:
+        """A process group appeared (or went) since the fast path was chosen."""
+        return distributed_world() != self.world
+
+    def output(self, index: int, x: torch.Tensor, output: torch.Tensor, decided: bool) -> torch.Tensor:
+        """The layer's training ``output`` (input ``x``) with the fast path's backward."""
+        if decided and not in_backward():  # a recompute (gradient checkpointing) is fine
+            raise RuntimeError(
+                "MIGU's fast path saw a training forward after a backward in the same optimizer step "
+                "(gradient accumulation?): the rows kept by the first backward would ignore it. "
+                "Set micro_batches_per_step to the real number (or fast_path=False)"
+            )
+        target = self.sources[index].targets[0]  # read now: under FSDP2 the unsharded weight
+        kept = partial(self.kept_rows, index)
+        return RowSparseLinear.apply(x, target.weight, target.bias, output.detach(), target.rows_last, kept,
+                                     self.kernels)  # fmt: skip
+
+    def kept_rows(self, index: int) -> torch.Tensor:
+        """The rows whose weight gradient a backward computes; every row where none are chosen (a
+        process group appeared after attaching: the rows must come from the reduced statistic)."""
+        rows = None if self.world_changed() else self.choose_rows(index)
+        if rows is not None:
+            return rows
+        target = self.sources[index].targets[0]
+        return torch.arange(target.rows(), device=target.weight.device)
 
 
 class KernelChoice:

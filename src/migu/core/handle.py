@@ -11,16 +11,15 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from .backward import AccumulatedMasking, BackwardStart, shaped
+from .backward import AccumulatedMasking, BackwardStart
 from .config import MiguConfig
-from .fastpath import KernelChoice
+from .fastpath import FastPath, KernelChoice
 from .gradmask import GradMasks
 from .profiling import HOOKS, MASK, RESTORE, scope, scoped_call
 from .report import LayerReport
-from .sharding import is_sharded
-from .statistics import Recorder, distributed_world
-from .step import StepSelection
-from .targets import Source, Target, fast_path_layer, find_sources
+from .statistics import Recorder
+from .step import StepSelection, step_gradients
+from .targets import Source, Target, find_sources, shaped
 from .updates import UpdateKeeper
 
 
@@ -56,35 +55,17 @@ class MiguHandle:
 
     def _attach(self) -> None:
         self.sources: list[Source] = find_sources(self.model, self.config)
-        self._recorder = Recorder(self.model, self.sources, self.config.ignore_padding)
+        self._fast = FastPath(self.sources, self._kernels, self._choose_fast_rows)
+        self._recorder = Recorder(self.model, self.sources, self.config.ignore_padding, self._fast)
         self._recorder.enabled = not self._paused
-        self._recorder.choose_rows = self._choose_fast_rows
-        self._recorder.kernels = self._kernels
         self._start = BackwardStart(self, self.model)
-        self._fast_eligible = {i for i, s in enumerate(self.sources) if fast_path_layer(s)}
-        self._update_fast_path()
-
-    def _update_fast_path(self) -> None:
-        """Choose the layers whose weight gradient is computed for kept rows only (see config)."""
-        c = self.config
-        world = distributed_world()
-        # the rows come from the statistic all-reduced when the backward starts. Under DDP the
-        # step-timed path stays the reference (DDP's averaged dense gradient, then the mask)
-        sharded = world > 1 and any(is_sharded(t.weight) for s in self.sources for t in s.targets)
-        on = (
-            c.fast_path
-            and c.selection == "magnitude"
-            and c.mask_mode != "observe"
-            and (c.mask_timing == "in_backward" or (c.micro_batches_per_step == 1 and (world <= 1 or sharded)))
-        )
-        recorder = self._live()
-        recorder.fast_sources = set(self._fast_eligible) if on else set()
-        recorder.fast_world = world
+        self._fast.choose(self.config)
 
     @property
     def fast_path_layers(self) -> list[str]:
-        """Layers on the fast path now (empty when the reference path applies)."""
-        return [self.sources[i].name for i in sorted(self._live().fast_sources)]
+        """Layers on the fast path now (empty when the reference path applies; see config)."""
+        self._live()
+        return [self.sources[i].name for i in sorted(self._fast.on)]
 
     def fast_path_kernels(self) -> dict[str, str]:
         """The kernel the fast path uses per layer shape so far (``fast_path_kernel``; with
@@ -95,7 +76,7 @@ class MiguHandle:
         """Declare the forward/backward passes per optimizer step (1 enables the fast path)."""
         self.config = replace(self.config, micro_batches_per_step=count)
         self._step.config = self.config
-        self._update_fast_path()
+        self._fast.choose(self.config)
 
     # -- state ---------------------------------------------------------------------------------
     @property
@@ -192,19 +173,7 @@ class MiguHandle:
         if c.mask_timing == "in_backward":
             self._prepare_in_backward_step()
             return
-        with_grad = [(i, t) for i, s in enumerate(self.sources) for t in s.targets if t.weight.grad is not None]
-        if not with_grad:
-            raise RuntimeError(
-                "MIGU found no gradient on any of its layers, so masking would do nothing. Call it after "
-                "backward; under DeepSpeed ZeRO-2/3 gradients do not live in .grad: use "
-                "mask_timing='in_backward', which masks them during backward"
-            )
-        for i, target in with_grad:
-            if recorder.forwards[i] == 0:
-                raise ValueError(
-                    f"layer {target.name} has a gradient but MIGU recorded no training forward for it "
-                    "(was it run in eval mode or under torch.no_grad?)"
-                )
+        with_grad = step_gradients(recorder, self.sources)
         keeps = self.decide()
         self._masked = True
         with scope(MASK):
@@ -227,29 +196,11 @@ class MiguHandle:
                 self.mask_grad(target, True, keep)
 
     def _prepare_in_backward_step(self) -> None:  # the gradients were masked in the last backward
-        start = self._start
-        assert start is not None
-        if not start.armed:
-            raise RuntimeError(
-                f"MIGU mask_timing='in_backward' saw {start.backwards} backward pass(es) in this optimizer step, "
-                f"fewer than micro_batches_per_step={self.config.micro_batches_per_step}: no gradient was masked. "
-                "Set micro_batches_per_step to the real number of micro-batches per step"
-            )
+        assert self._start is not None
+        self._start.check_armed()
         keeps = self.decide()
         self._masked = True
-        if not self._updates.needed:
-            return
-        targets = [(i, t) for i, s in enumerate(self.sources) for t in s.targets if t.weight.requires_grad]
-        if self.config.mask_mode == "update" and not any(t.weight.grad is not None for _, t in targets):
-            raise RuntimeError(
-                "MIGU update mode restores the masked rows of the module's weights after the step, but no "
-                "weight has a .grad: this engine keeps its own master weights (DeepSpeed ZeRO) and would "
-                "overwrite them. Use mask_mode='grad'"
-            )
-        for i, target in targets:
-            keep = keeps[i]
-            if keep is not None:
-                self._updates.save(target, shaped(target, keep))
+        self._updates.save_selected(self.sources, keeps)
 
     def mask_grad(self, target: Target, bias: bool, shaped: torch.Tensor, in_backward: bool = False) -> None:
         """Multiply the weight's (or bias's) gradient by the 0/1 mask, unless this step did."""
@@ -289,19 +240,21 @@ class MiguHandle:
 
     def decides_in_backward(self) -> bool:
         """Whether the rows are chosen when the step's (last) backward starts (fast path, in_backward)."""
-        recorder = self._live()
         if not self.active or self.config.mask_mode == "observe":
             return False
-        return self.config.mask_timing == "in_backward" or bool(recorder.fast_sources and not recorder.world_changed())
+        return self.config.mask_timing == "in_backward" or bool(self._fast.on and not self._fast.world_changed())
 
     def decide(self, strict: bool = False) -> list[torch.Tensor | None]:
         """The step's selection, made once (see ``StepSelection.decide``)."""
-        return self._step.decide(self._live(), self.sources, strict)
+        return self._step.decide(self._live(), self.sources, self._fast.on, strict)
 
     def _choose_fast_rows(self, index: int) -> torch.Tensor | None:
-        """The rows whose weight gradient a fast-path backward computes; None: the dense gradient."""
+        """The rows whose weight gradient a fast-path backward computes; None: the dense gradient
+        (paused, the statistic reset since the forward, or not the step's last backward)."""
         start = self._start
-        if not self.active or (self.config.mask_timing == "in_backward" and not (start and start.armed)):
+        if not self.active or not self._live().forwards[index]:
+            return None
+        if self.config.mask_timing == "in_backward" and not (start and start.armed):
             return None
         self.decide()
         return self._step.fast_rows.get(index)
@@ -320,7 +273,7 @@ class MiguHandle:
             self._updates.after_step()
         self._reset_step()
         self._live().reset()
-        self._update_fast_path()
+        self._fast.choose(self.config)
 
     # -- reporting -----------------------------------------------------------------------------
     def report(self) -> dict[str, LayerReport]:

@@ -8,7 +8,7 @@ Under torch.distributed the buffers are summed over ranks in a single all-reduce
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -16,34 +16,20 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from .fastpath import KernelChoice, RowSparseLinear
+from .fastpath import FastPath
 from .profiling import STATISTIC, WRAP, scope
+from .runtime import distributed_world, in_backward
 from .targets import Side, Source
 
 CHUNK_VALUES = 1 << 20
 
 
-def distributed_world() -> int:
-    """Number of ranks when torch.distributed is initialized, else 1 (nothing called)."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def current_backward() -> int | None:
-    """Id of the backward pass autograd is running on this thread, or None outside backward."""
-    current = getattr(torch._C, "_current_graph_task_id", None)
-    task = current() if current is not None else -1
-    return None if task == -1 else int(task)
-
-
-def _in_backward() -> bool:
-    """True while autograd runs a backward pass (e.g. a checkpointed block recomputing its forward)."""
-    return current_backward() is not None
-
-
 class Recorder:
     """Owns the statistic buffers and the forward hooks that fill them."""
 
-    def __init__(self, root: nn.Module, sources: Sequence[Source], ignore_padding: bool) -> None:
+    def __init__(
+        self, root: nn.Module, sources: Sequence[Source], ignore_padding: bool, fast: FastPath | None = None
+    ) -> None:
         self.sources = list(sources)
         self.ignore_padding = ignore_padding
         self.enabled = True
@@ -54,12 +40,7 @@ class Recorder:
         self.recorded = 0  # forwards recorded in this step, over all sources
         self.outside = 0  # of which outside backward (not recomputed by gradient checkpointing)
         self._host_tokens = [0] * len(self.sources)
-        # fast path: sources whose weight gradient is computed for kept rows only, the number of
-        # ranks when they were chosen, and where their kept rows come from (all set by the handle)
-        self.fast_sources: set[int] = set()
-        self.fast_world = 1
-        self.choose_rows: Callable[[int], torch.Tensor | None] = lambda index: None
-        self.kernels = KernelChoice()  # the fast path's kernel per layer shape (set by the handle)
+        self.fast = fast  # hands the outputs of its layers to the fast path's backward
         self.decided = False  # this step's rows are chosen: a training forward now comes too late
         self._derived: dict[Side, torch.Tensor | None] = {}
         self._explicit: dict[Side, torch.Tensor | None] = {}
@@ -107,46 +88,13 @@ class Recorder:
             if self.enabled and module.training and torch.is_grad_enabled():
                 with scope(STATISTIC):
                     self._record(index, output)
-                if index in self.fast_sources and args and isinstance(output, torch.Tensor):
+                fast = self.fast
+                if fast is not None and index in fast.on and args and isinstance(output, torch.Tensor):
                     with scope(WRAP):
-                        return self._fast_output(index, module, args[0], output)
+                        return fast.output(index, args[0], output, self.decided)
             return None
 
         return record
-
-    def _fast_output(self, index: int, module: nn.Module, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-        if self.decided and not _in_backward():  # a recompute (gradient checkpointing) is fine
-            raise RuntimeError(
-                "MIGU's fast path saw a training forward after a backward in the same optimizer step "
-                "(gradient accumulation?): the rows kept by the first backward would ignore it. "
-                "Set micro_batches_per_step to the real number (or fast_path=False)"
-            )
-        target = self.sources[index].targets[0]  # read now: under FSDP2 the unsharded weight
-        return RowSparseLinear.apply(
-            x,
-            target.weight,
-            target.bias,
-            output.detach(),
-            target.rows_last,
-            lambda: self._kept_rows(index),
-            self.kernels,
-        )
-
-    def world_changed(self) -> bool:
-        """A process group appeared (or went) since the fast path was chosen."""
-        return distributed_world() != self.fast_world
-
-    def _kept_rows(self, index: int) -> torch.Tensor:
-        """The rows of a fast-path source whose weight gradient its backward computes."""
-        rows = None
-        if self.enabled and self.forwards[index] and not self.world_changed():
-            rows = self.choose_rows(index)
-        # None: paused, or the statistic was reset, between this forward and its backward (the
-        # reference path leaves this gradient dense), a process group appeared after attaching (the
-        # rows must come from the reduced statistic), or not the step's last backward (in-backward
-        # timing): the dense gradient, which the mask before the step treats as the reference does
-        buffer = self.buffers[index]
-        return rows if rows is not None else torch.arange(buffer.numel() - 1, device=buffer.device)
 
     def _record(self, index: int, output: Any) -> None:
         out = (output if isinstance(output, torch.Tensor) else output[0]).detach()
@@ -168,7 +116,7 @@ class Recorder:
             buffer[-1:].add_(weights.sum())
         self.forwards[index] += 1
         self.recorded += 1
-        if not _in_backward():
+        if not in_backward():
             self.outside += 1
 
     # -- per step ----------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from .report import KeptRowsLog
 from .scores import gradient_rows
 from .selection import fast_rows, magnitude_keep, random_keep
 from .statistics import Recorder
-from .targets import Source
+from .targets import Source, Target
 
 
 class StepSelection:
@@ -31,17 +31,22 @@ class StepSelection:
         self._recorded = -1
         self._lock = threading.Lock()  # autograd runs the hooks of each device on its own thread
 
-    def decide(self, recorder: Recorder, sources: list[Source], strict: bool = False) -> list[torch.Tensor | None]:
+    def decide(
+        self, recorder: Recorder, sources: list[Source], fast: set[int], strict: bool = False
+    ) -> list[torch.Tensor | None]:
         """The selection, made at the first call of the step; a training forward after it means it
         saw part of the statistic (``strict``: forwards recomputed inside backward count too).
+        The sources in ``fast`` (on the fast path) keep exactly the fast path's number of rows.
 
         A layer first recorded after that, inside backward (a block under reentrant gradient
         checkpointing runs its forward without gradients, and records only when recomputed), gets
         its rows at the next call, from its then complete statistic."""
         with self._lock, scope(SELECT):
-            return self._decide(recorder, sources, strict)
+            return self._decide(recorder, sources, fast, strict)
 
-    def _decide(self, recorder: Recorder, sources: list[Source], strict: bool) -> list[torch.Tensor | None]:
+    def _decide(
+        self, recorder: Recorder, sources: list[Source], fast: set[int], strict: bool
+    ) -> list[torch.Tensor | None]:
         first = self.keeps is None
         if self.keeps is None:
             self.keeps = [None] * len(sources)
@@ -58,7 +63,7 @@ class StepSelection:
             self._recorded = recorder.recorded
             late = [i for i, keep in enumerate(self.keeps) if keep is None and recorder.forwards[i]]
             if late:  # the first time, every buffer is all-reduced: the same sizes on every rank
-                self._select(recorder, sources, late, None if first else late)
+                self._select(recorder, sources, fast, late, None if first else late)
         return self.keeps
 
     def set_given(self, sources: list[Source], scores: dict[str, torch.Tensor]) -> None:
@@ -98,7 +103,9 @@ class StepSelection:
         self.keeps, self._forwards, self._recorded = None, ([], 0), -1
         self.fast_rows.clear()
 
-    def _select(self, recorder: Recorder, sources: list[Source], indices: list[int], reduce: list[int] | None) -> None:
+    def _select(
+        self, recorder: Recorder, sources: list[Source], fast: set[int], indices: list[int], reduce: list[int] | None
+    ) -> None:
         """Choose the rows of the sources ``indices`` (all recorded), stacking layers of equal width;
         the buffers of ``reduce`` (None: all) are first summed over ranks."""
         assert self.keeps is not None
@@ -113,7 +120,7 @@ class StepSelection:
                 keep = random_keep(stats, threshold, self.generator)
             else:
                 keep = magnitude_keep(stats, threshold)
-            on_fast = [row for row, i in enumerate(members) if i in recorder.fast_sources]
+            on_fast = [row for row, i in enumerate(members) if i in fast]
             if on_fast:  # the fast path computes a fixed number of rows: with exact ties, fewer
                 rows = fast_rows(stats[on_fast], threshold)
                 keep[on_fast] &= torch.zeros_like(keep[on_fast]).scatter_(1, rows, True)
@@ -122,3 +129,22 @@ class StepSelection:
             self.log.add([sources[i].name for i in members], keep)
             for row, i in enumerate(members):
                 self.keeps[i] = keep[row]
+
+
+def step_gradients(recorder: Recorder, sources: list[Source]) -> list[tuple[int, Target]]:
+    """The masked weights (with their source's index) that have a gradient in this step, checked:
+    at least one, and each recorded by a training forward."""
+    with_grad = [(i, t) for i, s in enumerate(sources) for t in s.targets if t.weight.grad is not None]
+    if not with_grad:
+        raise RuntimeError(
+            "MIGU found no gradient on any of its layers, so masking would do nothing. Call it after "
+            "backward; under DeepSpeed ZeRO-2/3 gradients do not live in .grad: use "
+            "mask_timing='in_backward', which masks them during backward"
+        )
+    for i, target in with_grad:
+        if recorder.forwards[i] == 0:
+            raise ValueError(
+                f"layer {target.name} has a gradient but MIGU recorded no training forward for it "
+                "(was it run in eval mode or under torch.no_grad?)"
+            )
+    return with_grad

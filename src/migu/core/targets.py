@@ -74,6 +74,12 @@ class Source:
         return self.targets[0].rows()
 
 
+def shaped(target: Target, keep: torch.Tensor) -> torch.Tensor:
+    """``keep`` (one flag per row) shaped to broadcast over the weight."""
+    dims = target.weight.dim()
+    return keep.view(1, -1) if target.rows_last else keep.view(-1, *([1] * (dims - 1)))
+
+
 def _conv1d_class() -> Any:
     mod = sys.modules.get("transformers.pytorch_utils")
     return getattr(mod, "Conv1D", None) if mod is not None else None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from .sharding import local, local_mask
-from .targets import Target
+from .targets import Source, Target, shaped
 
 
 class UpdateKeeper:
@@ -40,6 +40,23 @@ class UpdateKeeper:
             self._pending.append((target, mask, local(weight).clone(), saved_bias))
         if self.measure_leak:
             self._leak_pending.append((target, mask, local(weight).clone()))
+
+    def save_selected(self, sources: list[Source], keeps: list[torch.Tensor | None]) -> None:
+        """Before a step whose gradients were masked during backward: save every weight with rows
+        chosen (``keeps``, per source)."""
+        if not self.needed:
+            return
+        targets = [(i, t) for i, s in enumerate(sources) for t in s.targets if t.weight.requires_grad]
+        if self.restore and not any(t.weight.grad is not None for _, t in targets):
+            raise RuntimeError(
+                "MIGU update mode restores the masked rows of the module's weights after the step, but no "
+                "weight has a .grad: this engine keeps its own master weights (DeepSpeed ZeRO) and would "
+                "overwrite them. Use mask_mode='grad'"
+            )
+        for i, target in targets:
+            keep = keeps[i]
+            if keep is not None:
+                self.save(target, shaped(target, keep))
 
     def after_step(self) -> None:
         """Restore the masked rows (update mode) and add the step's update to the leak measure."""

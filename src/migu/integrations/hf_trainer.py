@@ -28,7 +28,7 @@ from transformers import TrainerCallback
 
 from ..core import MiguConfig, MiguHandle, attach
 from ..core.report import kept_share
-from ..core.statistics import distributed_world
+from ..core.runtime import distributed_world
 
 
 class MiguCallback(TrainerCallback):
