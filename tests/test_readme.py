@@ -124,3 +124,16 @@ def test_readme_links_resolve():
             headings = re.findall(r"^#+ (.+)$", target.read_text(encoding="utf-8"), flags=re.MULTILINE)
             slugs = {re.sub(r"[\s]+", "-", re.sub(r"[^\w\s-]", "", h.lower()).strip()) for h in headings}
             assert anchor in slugs, f"README links to {link}: {path} has no heading {anchor!r}"
+
+
+def test_readme_lists_every_way_to_choose_rows():
+    """The README's table of row choices names every registered method that chooses rows, and
+    the freeze-bottom and OSF controls, each with its source."""
+    from migu.methods.registry import METHODS
+
+    text = README.read_text(encoding="utf-8")
+    section = text.split("## Which rows to update", 1)[1].split("\n## ", 1)[0]
+    rows = {line.split("|")[1].strip(" `"): line for line in section.splitlines() if line.startswith("| `")}
+    expected = set(METHODS.with_trait("chooses_rows")) | {"freeze_bottom", "osf"}
+    assert set(rows) == expected, f"README's table lists {sorted(rows)}, the registry has {sorted(expected)}"
+    assert all(line.rstrip(" |").rsplit("|", 1)[1].strip() for line in rows.values())
