@@ -13,7 +13,7 @@ from PIL import Image
 
 from migu.artifacts import save_artifact
 from migu.cli import main
-from migu.report import figdata, figures
+from migu.report import agreement, drawing, figdata, figures
 from migu.report.html import markdown_to_html, write_report
 
 TASKS = ["a", "b", "c"]
@@ -95,8 +95,8 @@ def _csv(path: Path) -> list[dict[str, str]]:
 
 
 def _size(name: str, panels: int = 1) -> tuple[int, int]:
-    w, h = figures.OVERLAP_PANEL if name == "overlap" else figures.SIZES[name]
-    return round(w * panels * figures.DPI), round(h * figures.DPI)
+    w, h = drawing.OVERLAP_PANEL if name == "overlap" else drawing.SIZES[name]
+    return round(w * panels * drawing.DPI), round(h * drawing.DPI)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,8 @@ def test_every_figure_png_and_csv(results, report):
     out = report / "figs"
     images = list(out.glob("*.png"))
     names = sorted(p.name for p in images)
-    assert names == sorted(["ablation.png", "overlap_m_o1_seed0.png", "scatter.png", "seeds.png", "threshold.png",
+    assert names == sorted(["ablation.png", "agreement_m_o1_seed0.png", "overlap_m_o1_seed0.png", "scatter.png",
+                            "seeds.png", "threshold.png",
                             *[f"matrix_{d.name}.png" for d in results.iterdir()]])  # fmt: skip
     for image in images:
         kind = image.stem.split("_")[0]
@@ -168,6 +169,36 @@ def test_every_figure_png_and_csv(results, report):
     m = _csv(out / "matrix_ft_s0.csv")
     assert [r["after"] for r in m] == ["(start)", "after a", "after b", "after c"]
     assert m[0]["a"] == "" and float(m[3]["b"]) == 50.0
+
+
+def test_agreement_between_two_runs_rows(report):
+    # the reference is the run MIGU masked (finetune+migu_t0.7: b differs); the observing run is
+    # compared with it per task, on the widest FFN layer of the last block, counted here by hand
+    rows = {r["task"]: r for r in _csv(report / "figs" / "agreement_m_o1_seed0.csv")}
+    assert {(r["reference"], r["method"], r["layer"]) for r in rows.values()} == {
+        ("finetune+migu", "finetune+migu(observe)", "enc.layer.1.ffn.up")
+    }
+    assert [float(rows[t]["jaccard"]) for t in TASKS] == pytest.approx([1.0, 1 / 7, 1.0])  # b: {2} of 7 rows
+    # chance: 4 and 4 rows of 8 share 2 of 6 on average; 2 and 2 share 0.5 of 3.5
+    assert [float(rows[t]["chance"]) for t in TASKS] == pytest.approx([1 / 3, 1 / 3, 1 / 7])
+
+
+def test_chance_jaccard_matches_random_sets():
+    rng = np.random.default_rng(0)
+    n, a, b = 1536, 460, 300
+    draws = []
+    for _ in range(2000):
+        x, y = np.zeros(n, bool), np.zeros(n, bool)
+        x[rng.choice(n, a, replace=False)], y[rng.choice(n, b, replace=False)] = True, True
+        draws.append(figdata.jaccard(x, y))
+    assert agreement.chance_jaccard(a, b, n) == pytest.approx(np.mean(draws), rel=0.01)
+    assert np.isnan(agreement.chance_jaccard(0, 0, n))
+
+
+def test_agreement_needs_two_runs_with_rows(results, tmp_path):
+    with pytest.raises(figdata.NoMatchingRuns, match="two runs"):
+        figures.plot([results / "finetune+migu_t0.7"], tmp_path / "out", figures=["agreement"])
+    assert not (tmp_path / "out").exists()
 
 
 def test_overlap_layer_choice_and_mean(results):
@@ -259,7 +290,7 @@ def test_magnitudes_on_a_tiny_model(bench_dir, tmp_path):
     layer = "encoder.layer.1.intermediate.dense"  # the first FFN layer of tiny-bert's last block
     png = out / f"magnitudes_{layer}.png"
     with Image.open(png) as image:
-        assert image.size == tuple(round(v * figures.DPI) for v in figures.SIZES["magnitudes"])
+        assert image.size == tuple(round(v * drawing.DPI) for v in drawing.SIZES["magnitudes"])
     rows = _csv(png.with_suffix(".csv"))
     assert len(rows) == 3 * 2 * 64 and {r["task"] for r in rows} == {"alpha", "beta", "gamma"}
     first = np.array([float(r["normalised_magnitude"]) for r in rows if r["sample"] == "0"])

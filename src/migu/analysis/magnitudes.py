@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from ..report.drawing import SIZES, heat, plt, save, slug, write_csv
 from ..report.figdata import default_layer, jaccard
-from ..report.figures import SIZES, _heat, plt, save, slug, write_csv
 
 
 @dataclass
@@ -152,7 +152,7 @@ def draw(found: Magnitudes, out: str | Path, channels: int = 64, threshold: floa
     across = overlap[~same].mean() if (~same).any() else np.nan
     title = f"Jaccard of the top {1 - threshold:.0%} channels (T={threshold})"
     title += f"\nmean within a task {within:.2f}, across tasks {across:.2f}"
-    _heat(ax_ov, overlap, ticks, ticks, title, 0.0, 1.0, "{:.2f}")
+    heat(ax_ov, overlap, ticks, ticks, title, 0.0, 1.0, "{:.2f}")
     fig.suptitle("Normalised magnitude of a layer's output channels, per task", fontsize=10)
     path = out / f"magnitudes_{slug(found.layer)}.png"
     write_csv(path.with_suffix(".csv"), ["task", "sample", "channel", "normalised_magnitude"],

@@ -7,6 +7,9 @@ column per run) with its numbers in a CSV of the same name beside it:
 - ``overlap``: task-overlap heatmaps of MIGU's kept rows (Jaccard and overlap ratio between the
   rows updated on task i and task j; see ``figdata.overlap``), every run with ``kept_rows``
   artifacts side by side (finetune observing MIGU's choice beside finetune+MIGU), per model, order, seed;
+- ``agreement``: per task, the Jaccard index between the rows two runs of one order and seed
+  updated (MIGU's against random rows, gradient or Fisher scores), with chance beside it (see
+  ``agreement``);
 - ``threshold``: AA and BWT against MIGU's threshold T, one line per method (runs differing in T);
 - ``ablation``: AA and BWT per masked-layer choice (``methods.migu.layers``/``include``), bar chart
   plus a Markdown table (``ablation.md``);
@@ -17,30 +20,21 @@ column per run) with its numbers in a CSV of the same name beside it:
 
 from __future__ import annotations
 
-import csv
-import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 
 from . import figdata
+from .agreement import agreement_figures
+from .drawing import OVERLAP_PANEL, SIZES, heat, plt, save, slug, write_csv
 from .figdata import NoMatchingRuns, Point, Score
 from .runs import order_of
 
-FIGURES = ("matrix", "overlap", "threshold", "ablation", "scatter", "seeds")
-DPI = 100
-# (width, height) in inches; pixels = inches * DPI. The overlap figure is OVERLAP_PANEL wide per run.
-SIZES = {"matrix": (6.4, 4.8), "threshold": (10.0, 4.2), "ablation": (10.0, 4.6), "scatter": (9.6, 5.4),
-         "seeds": (9.0, 5.0), "magnitudes": (12.0, 4.8)}  # fmt: skip
-OVERLAP_PANEL = (4.2, 7.6)
+FIGURES = ("matrix", "overlap", "agreement", "threshold", "ablation", "scatter", "seeds")
 
 
 @dataclass
@@ -52,52 +46,12 @@ class Plotted:
     skipped: dict[str, str] = field(default_factory=dict)
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("_") or "run"
-
-
-def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
-    """A CSV beside a figure; floats as written by ``repr`` (exact), None and NaN as empty cells."""
-
-    def cell(v: Any) -> Any:
-        if v is None or (isinstance(v, float) and np.isnan(v)):
-            return ""
-        return repr(float(v)) if isinstance(v, float | np.floating) else v
-
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows([cell(v) for v in row] for row in rows)
-    return path
-
-
-def save(fig: Any, path: Path) -> Path:
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
-
-
-def _heat(ax: Any, values: np.ndarray, rows: list[str], cols: list[str], title: str, vmin: float | None = None,
-          vmax: float | None = None, fmt: str = "{:.1f}") -> None:  # fmt: skip
-    masked = np.ma.masked_invalid(values)
-    image = ax.imshow(masked, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
-    ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right", fontsize=8)
-    ax.set_yticks(range(len(rows)), rows, fontsize=8)
-    ax.set_title(title, fontsize=9)
-    lo, hi = image.get_clim()
-    for (i, j), v in np.ndenumerate(values):
-        if np.isfinite(v) and len(rows) * len(cols) <= 144:  # numbers in the cells while they are legible
-            light = (v - lo) / (hi - lo or 1) < 0.5
-            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=7, color="white" if light else "black")
-    ax.figure.colorbar(image, ax=ax, shrink=0.8)
-
-
 def heatmap_figure(rows: Sequence[Sequence[float | None]], columns: Sequence[str], title: str) -> Any:
     """A score matrix (rows: before training, then after each task) as a heatmap figure."""
     values = np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=float)
     labels = ["(start)", *[f"after {c}" for c in columns]][: len(rows)]
     fig, ax = plt.subplots(figsize=SIZES["matrix"], layout="constrained")
-    _heat(ax, values, labels, list(columns), title)
+    heat(ax, values, labels, list(columns), title)
     return fig
 
 
@@ -126,7 +80,7 @@ def matrix_figures(runs: list[tuple[dict[str, Any], Score]], out: Path, score: s
             title += f"\nAA {m['aa']:.2f}, BWT {m['bwt']:.2f}{direction}"
         except ValueError:  # a suite's own columns, or a schedule that leaves AA's entries out
             title += f"\n{direction.strip(' ()')}"
-        _heat(ax, values, rows, s.columns, title)
+        heat(ax, values, rows, s.columns, title)
         write_csv(path.with_suffix(".csv"), ["after", *s.columns],
                   [[r, *row] for r, row in zip(rows, values.tolist(), strict=True)])  # fmt: skip
         paths.append(save(fig, path))
@@ -163,7 +117,7 @@ def overlap_figures(runs: list[tuple[dict[str, Any], Score]], out: Path, layer: 
         rows = []
         for col, (run, ov) in enumerate(members):
             for row, (name, values) in enumerate((("Jaccard", ov.jaccard), ("overlap ratio", ov.ratio))):
-                _heat(axes[row][col], values, ov.tasks, ov.tasks, f"{figdata.method_label(run)}: {name}\n{ov.layer}",
+                heat(axes[row][col], values, ov.tasks, ov.tasks, f"{figdata.method_label(run)}: {name}\n{ov.layer}",
                       0.0, 1.0, "{:.2f}")  # fmt: skip
                 rows += [[figdata.method_label(run), ov.layer, name, a, b, values[i, j]]
                          for i, a in enumerate(ov.tasks) for j, b in enumerate(ov.tasks)]  # fmt: skip
@@ -355,11 +309,13 @@ def _draw(done: Plotted, runs: list[tuple[dict[str, Any], Score]], out: Path, fi
           layer: str, mask: str, by: tuple[str, ...]) -> None:  # fmt: skip
     for name in figures or FIGURES:
         try:
-            use = runs if name in ("matrix", "overlap") else figdata.summarisable(runs, score)
+            use = runs if name in ("matrix", "overlap", "agreement") else figdata.summarisable(runs, score)
             if name == "matrix":
                 done.images += matrix_figures(use, out, score)
             elif name == "overlap":
                 done.images += overlap_figures(use, out, layer, mask)
+            elif name == "agreement":
+                done.images += agreement_figures(use, out, layer, mask)
             elif name == "threshold":
                 done.images.append(threshold_figure(use, out, score))
             elif name == "ablation":
