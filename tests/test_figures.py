@@ -3,6 +3,7 @@ PNG of its documented size, every CSV equals an independent computation, no matc
 
 import csv
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -201,6 +202,38 @@ def test_agreement_needs_two_runs_with_rows(results, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_rates_figure_draws_each_method_through_its_rates(tmp_path):
+    from migu import metrics
+
+    root = tmp_path / "rates"
+    made = {}
+    for method in ("finetune", "finetune+migu"):
+        for lr, seed, learn, final in ((1e-4, 0, [90, 70, 90], [60, 50, 90]), (1e-4, 1, [80, 60, 80], [70, 40, 80]),
+                                       (3e-4, 0, [95, 75, 95], [50, 45, 95])):  # fmt: skip
+            name = f"{method}_lr{lr}_s{seed}"
+            folder = _write(root, name, method, seed, _matrix(learn, final))
+            run = json.loads((folder / "results.json").read_text())
+            run["config"]["train"]["lr"] = lr
+            run["config"]["name"] = name  # differs per run, as the queue's names do: not a setting
+            (folder / "results.json").write_text(json.dumps(run))
+            made[(method, lr, seed)] = metrics.summary(run["accuracy_matrix"], True)
+    out = tmp_path / "figs"
+    assert main(["plot", str(root), "--out", str(out), "--figure", "rates"]) == 0
+    rows = {(r["method"], float(r["lr"])): r for r in _csv(out / "rates.csv")}
+    assert set(rows) == {(m, lr) for m in ("finetune", "finetune+migu") for lr in (1e-4, 3e-4)}
+    for (method, lr), row in rows.items():
+        assert row["seeds"] == "0"  # seed 1 ran at 1e-4 only: every point averages the same seeds
+        assert float(row["learning_mean"]) == pytest.approx(made[(method, lr, 0)]["learning_accuracy"])
+        assert float(row["x_mean"]) == pytest.approx(made[(method, lr, 0)]["forgetting"])
+    with Image.open(out / "rates.png") as png:
+        assert png.size == tuple(round(v * drawing.DPI) for v in drawing.SIZES["rates"])
+
+
+def test_rates_figure_needs_two_rates(results, tmp_path):
+    with pytest.raises(figdata.NoMatchingRuns, match=r"train\.lr"):
+        figures.plot([results], tmp_path / "out", figures=["rates"])
+
+
 def test_overlap_layer_choice_and_mean(results):
     ov = figdata.overlap(results / "ft_observe", "mean")
     a, b = np.array(MASKS["a"], bool), np.array(MASKS["b"], bool)
@@ -240,7 +273,9 @@ def test_html_report(results, report, tmp_path):
     text = (report / "report.html").read_text()
     assert text.count("<img ") == len(list((report / "figs").glob("*.png")))
     assert "data:image/png;base64," in text and "<table>" in text and "Summary" in text
-    assert "Component ablation" in text and "Not drawn" not in text
+    # every figure drawn but the rates one (these runs share one learning rate), which says why
+    assert "Component ablation" in text and "Do the row choices agree?" in text
+    assert re.findall(r"Not drawn: (\w+)", text) == ["rates"]
     assert "http://" not in text and "https://" not in text and "<script" not in text
     # several benchmark folders: an index and one page each
     one, other = tmp_path / "one", tmp_path / "other"

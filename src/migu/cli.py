@@ -278,8 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_plot.add_argument("paths", nargs="+", help="results files or folders holding them")
     p_plot.add_argument("--out", required=True, help="folder for the figures")
     p_plot.add_argument("--figure", action="append", default=[], metavar="NAME",
-                        help="matrix, overlap, threshold, ablation, scatter or seeds (repeatable; default: "
-                        "every figure the runs allow)")  # fmt: skip
+                        help="matrix, overlap, agreement, threshold, rates, ablation, scatter or seeds "
+                        "(repeatable; default: every figure the runs allow)")  # fmt: skip
     p_plot.add_argument("--score", default="accuracy", help="score matrix to use (any name in score_matrices)")
     p_plot.add_argument("--layer", default="auto", help="overlap layer: auto (first FFN layer of the last "
                         "block), mean (over layers) or a layer name")  # fmt: skip

@@ -17,7 +17,7 @@ import numpy as np
 DPI = 100
 # (width, height) in inches; pixels = inches * DPI. The overlap figure is OVERLAP_PANEL wide per run.
 SIZES = {"matrix": (6.4, 4.8), "threshold": (10.0, 4.2), "ablation": (10.0, 4.6), "scatter": (9.6, 5.4),
-         "seeds": (9.0, 5.0), "magnitudes": (12.0, 4.8), "agreement": (8.0, 4.8)}  # fmt: skip
+         "seeds": (9.0, 5.0), "magnitudes": (12.0, 4.8), "agreement": (8.0, 4.8), "rates": (8.0, 5.4)}  # fmt: skip
 OVERLAP_PANEL = (4.2, 7.6)
 
 

@@ -163,7 +163,8 @@ class Point:
     forgetting: tuple[float, float] | None
 
 
-def _point(x: Any, members: list[tuple[dict[str, Any], Score]]) -> Point:
+def point(x: Any, members: list[tuple[dict[str, Any], Score]]) -> Point:
+    """The point at ``x`` of these runs: their metrics, mean and std over them."""
     sums = [s.summary() for _, s in members]
     forg = [m["forgetting"] for m in sums]
     return Point(
@@ -179,14 +180,16 @@ def series(
     x_of: Callable[[dict[str, Any]], Any],
     x_keys: tuple[str, ...],
     what: str,
+    config_keys: tuple[str, ...] = (),
 ) -> dict[str, list[Point]]:
     """Runs that differ in ``x_of`` (e.g. T) and agree on everything else but the seed: ``{series
     label: points sorted by x}``. A series is a (model, method) and the values of the other config
     keys that vary within it; only series with two or more x values are kept. ``x_keys`` (dotted
-    suffixes after ``methods.<component>.``) are not counted as other keys."""
+    suffixes after ``methods.<component>.``) and ``config_keys`` (whole dotted keys, e.g.
+    ``train.lr``) are not counted as other keys."""
 
     def is_x(key: str) -> bool:
-        return any(key == f"methods.{c}.{k}" for c in _COMPONENTS for k in x_keys)
+        return key in config_keys or any(key == f"methods.{c}.{k}" for c in _COMPONENTS for k in x_keys)
 
     by_method: dict[tuple[str, str], list[tuple[Any, dict[str, Any], Score]]] = defaultdict(list)
     for run, score in runs:
@@ -209,7 +212,7 @@ def series(
             for x, run, score in group:
                 xs[x].append((run, score))
             name = label(group[0][1], shown) + (f" ({model})" if len(models) > 1 else "")
-            out[name] = [_point(x, xs[x]) for x in sorted(xs)]
+            out[name] = [point(x, xs[x]) for x in sorted(xs)]
     if not out:
         raise NoMatchingRuns(f"no runs that differ only in {what} (and seed): need one method at two or more values")
     return out
@@ -248,7 +251,7 @@ def groups(runs: list[tuple[dict[str, Any], Score]], by: tuple[str, ...]) -> dic
         for run, score in members:
             name = f"{model} {label(run, keys)}" if several_models else label(run, keys)
             out[(name, order_of(run))].append((run, score))
-    return {k: _point(None, v) for k, v in sorted(out.items())}
+    return {k: point(None, v) for k, v in sorted(out.items())}
 
 
 def seed_groups(runs: list[tuple[dict[str, Any], Score]], by: tuple[str, ...]) -> dict[tuple[str, str], Point]:

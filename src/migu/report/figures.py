@@ -11,6 +11,8 @@ column per run) with its numbers in a CSV of the same name beside it:
   updated (MIGU's against random rows, gradient or Fisher scores), with chance beside it (see
   ``agreement``);
 - ``threshold``: AA and BWT against MIGU's threshold T, one line per method (runs differing in T);
+- ``rates``: learning against forgetting, one line per method through its learning rates
+  (``train.lr``; see ``tradeoff``);
 - ``ablation``: AA and BWT per masked-layer choice (``methods.migu.layers``/``include``), bar chart
   plus a Markdown table (``ablation.md``);
 - ``scatter``: stability-plasticity, learning accuracy (the diagonal) against forgetting (-BWT
@@ -33,8 +35,9 @@ from .agreement import agreement_figures
 from .drawing import OVERLAP_PANEL, SIZES, heat, plt, save, slug, write_csv
 from .figdata import NoMatchingRuns, Point, Score
 from .runs import order_of
+from .tradeoff import rates_figure
 
-FIGURES = ("matrix", "overlap", "agreement", "threshold", "ablation", "scatter", "seeds")
+FIGURES = ("matrix", "overlap", "agreement", "threshold", "rates", "ablation", "scatter", "seeds")
 
 
 @dataclass
@@ -318,6 +321,8 @@ def _draw(done: Plotted, runs: list[tuple[dict[str, Any], Score]], out: Path, fi
                 done.images += agreement_figures(use, out, layer, mask)
             elif name == "threshold":
                 done.images.append(threshold_figure(use, out, score))
+            elif name == "rates":
+                done.images.append(rates_figure(use, out, score))
             elif name == "ablation":
                 image, done.tables["ablation"] = ablation_figure(use, out, score)
                 done.images.append(image)

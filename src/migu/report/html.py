@@ -100,7 +100,7 @@ def benchmark_page(folder: str | Path, figures_dir: str | Path, by: Sequence[str
     parts.append("<h2>Figures</h2>")
     groups = [("Score matrices", "matrix"), ("Task overlap of the updated rows", "overlap"),
               ("Do the row choices agree?", "agreement"), ("Threshold sweep", "threshold"),
-              ("Component ablation", "ablation"),
+              ("Learning vs forgetting through the rates", "rates"), ("Component ablation", "ablation"),
               ("Stability vs plasticity", "scatter"), ("AA over seeds", "seeds")]  # fmt: skip
     for heading, kind in groups:
         images = "".join(_img(p) for p in done.images if p.stem.split("_")[0] == kind)
