@@ -62,14 +62,8 @@ def agreement(run_a: str | Path, run_b: str | Path, layer: str = "auto", which: 
     common = [n for n in names if all(which in m[t].get(n, {}) for m in masks for t in tasks)]
     if not common:
         raise ValueError(f"{run_a} and {run_b}: no task and layer with {which!r} masks in both")
-    if layer == "auto":
-        layers = [figdata.default_layer({n: first[tasks[0]][n][which].size for n in common})]
-    elif layer == "mean":
-        layers = common
-    elif layer in common:
-        layers = [layer]
-    else:
-        raise ValueError(f"{run_a}: no layer named {layer!r} in both runs (e.g. {', '.join(common[:3])})")
+    sizes = {n: first[tasks[0]][n][which].size for n in common}
+    layers = figdata.pick_layers(sizes, layer, f"{run_a}: no layer named {layer!r} in both runs")
     jaccard, chance = [], []
     for task in tasks:
         pairs = [(first[task][n][which].reshape(-1), second[task][n][which].reshape(-1)) for n in layers]

@@ -292,6 +292,18 @@ def default_layer(rows: Mapping[str, int]) -> str:
     return min(f[4] for f in block if f[3] == widest)
 
 
+def pick_layers(sizes: Mapping[str, int], layer: str, missing: str) -> list[str]:
+    """The layers a kept-rows figure shows, of those with masks (``sizes``: rows per layer, in
+    module order): ``auto`` (``default_layer``), ``mean`` (all) or one by name (else ``missing``)."""
+    if layer == "auto":
+        return [default_layer(sizes)]
+    if layer == "mean":
+        return list(sizes)
+    if layer in sizes:
+        return [layer]
+    raise ValueError(f"{missing} (e.g. {', '.join(list(sizes)[:3])})")
+
+
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
     """|A ∩ B| / |A ∪ B| of two row masks (NaN when both are empty)."""
     union = int(np.logical_or(a, b).sum())
@@ -336,14 +348,8 @@ def overlap(run_dir: str | Path, layer: str = "auto", which: str = "ever") -> Ov
     common = [n for n in masks[tasks[0]] if all(n in masks[t] and which in masks[t][n] for t in tasks)]
     if not common:
         raise ValueError(f"{run_dir}: no layer has {which!r} masks in every task")
-    if layer == "auto":
-        layers = [default_layer({n: masks[tasks[0]][n][which].size for n in common})]
-    elif layer == "mean":
-        layers = common
-    elif layer in common:
-        layers = [layer]
-    else:
-        raise ValueError(f"{run_dir}: no layer named {layer!r} in every task (e.g. {', '.join(common[:3])})")
+    sizes = {n: masks[tasks[0]][n][which].size for n in common}
+    layers = pick_layers(sizes, layer, f"{run_dir}: no layer named {layer!r} in every task")
     n = len(tasks)
     jac, rat = np.zeros((len(layers), n, n)), np.zeros((len(layers), n, n))
     for li, name in enumerate(layers):
