@@ -46,8 +46,10 @@ STANDARD = ROOT / "configs" / "cpu" / "minilm_standard_paper.yaml"
 LONG = ROOT / "configs" / "cpu" / "minilm_long_paper.yaml"
 INSTRUCT = ROOT / "configs" / "cpu" / "instruct_smollm2.yaml"
 # the paper's Figure 3 averages the first three; PIQA keeps the four-task mean comparable
-GENERAL_500 = ("evaluators={lm_loss: {}, lm_eval: {tasks: [hellaswag, winogrande, arc_challenge, piqa], "
-               "limit: 500, num_fewshot: 0}}")
+GENERAL_500 = (
+    "evaluators={lm_loss: {}, lm_eval: {tasks: [hellaswag, winogrande, arc_challenge, piqa], "
+    "limit: 500, num_fewshot: 0}}"
+)
 FT = ("finetune", "finetune+migu", "finetune+random_update")
 LORA = ("lora", "lora+migu")
 ORDERS = ("order1", "order2", "order3")
