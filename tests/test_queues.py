@@ -40,6 +40,19 @@ def test_the_fair_queue_plans_the_issues_runs_at_one_rate(fair, tmp_path):
     assert {c.train.lr for c in runs if Path(c.output_dir).name == "rates"} == {3e-5, 3e-4}
 
 
+def test_the_instruction_pairs_are_scored_at_both_ends_at_500_documents(fair, tmp_path):
+    runs = [c for c in fair.configs(tmp_path) if Path(c.output_dir).name == "instruct"]
+    # the LoRA seed-1 pair at its rate, the FT pair at its own: one rate within each pair
+    assert sorted((c.method, c.seed, c.train.lr) for c in runs) == [
+        ("finetune", 0, 2e-5), ("finetune+migu", 0, 2e-5), ("lora", 1, 1e-3), ("lora+migu", 1, 1e-3)]  # fmt: skip
+    for c in runs:
+        # evaluated before training and after the one task (not every epoch), models kept for migu eval
+        assert c.data.evaluate_every == "task" and c.save_model
+        assert set(c.evaluators) == {"lm_loss", "lm_eval"}
+        assert c.evaluators["lm_eval"]["limit"] == 500
+        assert c.evaluators["lm_eval"]["tasks"][:3] == ["hellaswag", "winogrande", "arc_challenge"]
+
+
 def test_row_scores_share_the_fair_folder_and_choose_blocks_on_validation(fair, scores, tmp_path):
     from migu.bench.queue import run_folder
 
