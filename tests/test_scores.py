@@ -211,3 +211,65 @@ def test_fisher_resumes_after_its_second_task_to_the_uninterrupted_numbers(bench
         run(config(tmp_path / "b"), on_task_end=stop)
     resumed = run(config(tmp_path / "b"))
     assert resumed["resumed_at"] == [2] and resumed["accuracy_matrix"] == whole["accuracy_matrix"]
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_osf_evaluates_a_merged_copy_that_computes_the_same(arch):
+    """``merged_eval``: evaluation points run a copy with the task's update merged (PEFT's OSF layer
+    adds a low-rank product to every forward); the trained wrapping is left exactly as it was."""
+    from peft import PeftModel
+
+    from migu.methods.osf import Osf, OsfMethodConfig
+
+    method = Osf()
+    plain = build(arch)
+    assert method.evaluation_model(plain) is plain  # before the first task: nothing to merge
+    model = method.before_task(plain, TaskContext(0, SimpleNamespace(name="t", train=[]), 2, 0, 1))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    torch.optim.AdamW(trainable, lr=1e-2).zero_grad()
+    model(**batch(arch)).loss.backward()
+    torch.optim.AdamW(trainable, lr=1e-2).step()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.eval()
+    evaluated = method.evaluation_model(model)
+    assert evaluated is not model and not isinstance(evaluated, PeftModel) and isinstance(model, PeftModel)
+    assert not any("osf" in name for name, _ in evaluated.named_modules())
+    inputs = batch(arch, seed=1)
+    with torch.no_grad():
+        assert torch.allclose(evaluated(**inputs).logits, model(**inputs).logits, atol=1e-5)
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert Osf(OsfMethodConfig(merged_eval=False)).evaluation_model(model) is model
+
+
+def test_osf_scores_are_the_same_with_and_without_the_merged_copy(bench_dir, tmp_path, monkeypatch):
+    """Through the runner: every evaluation point asks the methods for the model to run, and a
+    merged copy evaluates to the scores of the wrapped model."""
+    from peft import PeftModel
+
+    from migu.bench import run, run_config
+    from migu.methods.osf import Osf
+
+    handed = []  # (asked with the OSF wrapping, handed one back) per evaluation point
+    own = Osf.evaluation_model
+
+    def spy(self, model):
+        out = own(self, model)
+        handed.append((isinstance(model, PeftModel), isinstance(out, PeftModel)))
+        return out
+
+    monkeypatch.setattr(Osf, "evaluation_model", spy)
+
+    train = {"lr": 1e-2, "batch_size": 4, "micro_batch_size": 4, "max_length": 24}
+    data = {"root": str(bench_dir), "order": "tiny", "n_train": 8, "n_test": 8}
+
+    def scores(merged, out):
+        return run(run_config({"model": "tiny-bert", "method": "osf", "output_dir": str(out), "progress": False,
+                               "methods": {"osf": {"merged_eval": merged}}, "train": train, "data": data}))  # fmt: skip
+
+    merged = scores(True, tmp_path / "merged")
+    points = len(merged["accuracy_matrix"])  # before training and after each task
+    assert handed == [(False, False)] + [(True, False)] * (points - 1)
+    wrapped = scores(False, tmp_path / "wrapped")
+    assert merged["accuracy_matrix"] == wrapped["accuracy_matrix"]
+    assert merged["score_matrices"]["macro_f1"] == wrapped["score_matrices"]["macro_f1"]

@@ -92,6 +92,12 @@ class Method:
         """After training on a task (before evaluation); returns diagnostics to record."""
         return {}
 
+    def evaluation_model(self, model: nn.Module) -> nn.Module:
+        """The model to evaluate at an evaluation point: ``model`` itself by default. A method
+        whose trained form is slow to run may return one that computes the same (OSF: a merged
+        copy); training goes on with ``model``, and nothing is saved from the returned one."""
+        return model
+
     def step_log(self, model: nn.Module, ctx: TaskContext) -> dict[str, float]:
         """After an optimizer step, in runs that log to trackers (``log_with``) only: values to log
         at that step (MIGU: the share of rows it kept), by short name."""

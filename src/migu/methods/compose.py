@@ -95,6 +95,12 @@ class MethodStack:
     def after_task(self, model: nn.Module, ctx: TaskContext) -> dict[str, Any]:
         return {m.name: m.after_task(model, ctx) for m in self.methods}
 
+    def evaluation_model(self, model: nn.Module) -> nn.Module:
+        """The model an evaluation point runs (each method's ``evaluation_model``, in stage order)."""
+        for method in self.methods:
+            model = method.evaluation_model(model)
+        return model
+
     def step_log(self, model: nn.Module, ctx: TaskContext) -> dict[str, float]:
         """Every method's ``step_log``, as ``method/name``."""
         return {f"{m.name}/{key}": value for m in self.methods for key, value in m.step_log(model, ctx).items()}
