@@ -105,3 +105,34 @@ def test_report_of_one_task_runs_shows_curves_not_cl_metrics(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "## One-task runs" in out and "| forgetting |" not in out and "| AA |" not in out
     assert "| lm_eval/acc | mean | tiny | code_mbpp | lora | lora+migu | 1 | 0.00 | 8.00 |" in out
+
+
+def test_one_task_runs_evaluated_at_both_ends_are_tabled_and_drawn_as_curves(tmp_path, capsys):
+    """``data.evaluate_every: task`` on one task (the fair queue's instruction pairs at 500
+    documents): the evaluations before and after training are the run's curve (epochs 0 and E)."""
+    from migu.report.runs import with_end_points_as_curves
+
+    runs = tmp_path / "runs"
+    for method, after in (("lora", [36.0, 60.0]), ("lora+migu", [38.0, 61.0])):
+        folder = runs / f"{method}_code_mbpp_seed1"
+        folder.mkdir(parents=True)
+        general = {"higher_is_better": True, "columns": ["hellaswag", "winogrande", "arc_challenge", "mean"],
+                   "matrix": [[40.0, 50.0, 30.0, 40.0], [*after[:1], 52.0, 30.0, (after[0] + 82.0) / 3]]}  # fmt: skip
+        loss = {"higher_is_better": False, "columns": ["code_mbpp"], "matrix": [[1.2], [0.9]]}
+        results = {"model": "tiny", "method": method, "seed": 1, "sequence": ["code_mbpp"],
+                   "config": {"train": {"epochs": 4}},
+                   "score_matrices": {"lm_eval/acc": general, "loss": loss}}  # fmt: skip
+        (folder / "results.json").write_text(json.dumps(results))
+    assert main(["report", str(runs), "--effect-of", "migu", "--baseline", "",
+                 "--mean-of", "paper3=hellaswag,winogrande,arc_challenge"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "## One-task runs" in out and "| AA |" not in out and "| epoch 0 | epoch 4 |" in out
+    assert "| lm_eval/acc | hellaswag | tiny | code_mbpp | lora | lora+migu | 1 | 0.00 | 2.00 |" in out
+    assert "| lm_eval/acc | paper3 | tiny | code_mbpp | lora | lora+migu | 1 | 0.00 | 0.67 |" in out
+    assert "| loss | code_mbpp | tiny | code_mbpp | lora | 1 | 1.20 | 0.90 |" in out
+    assert len(collect([runs], "lm_eval/acc", "mean")[0].epochs) == 2  # (the figure reads them too)
+    # a run of several tasks, or one with curves of its own, is left as it is
+    several = {"sequence": ["a", "b"], "score_matrices": {"accuracy": {"matrix": [[None, None], [1, None]]}}}
+    assert "curves" not in with_end_points_as_curves(several)
+    own = {"sequence": ["a"], "curves": {"points": []}, "score_matrices": {"loss": {"matrix": [[1], [2]]}}}
+    assert with_end_points_as_curves(dict(own))["curves"] == {"points": []}

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .runs import with_end_points_as_curves
+
 RESULTS = "results.json"
 
 
@@ -76,7 +78,7 @@ def column_values(entry: dict[str, Any], index: int) -> list[Any]:
 
 def series(path: Path, score: str, column: str | None) -> Series | None:
     """One run's curve of ``score`` (None when the run has no such curve)."""
-    results = json.loads(path.read_text(encoding="utf-8"))
+    results = with_end_points_as_curves(json.loads(path.read_text(encoding="utf-8")))
     curves = results.get("curves")
     if not curves or score not in curves.get("scores", {}):
         return None

@@ -61,10 +61,34 @@ def load_results(paths: Iterable[str | Path], settings_of: SettingsOf | None = N
             raise ValueError(f"{path} is not a migu results file: missing {missing}; leave it out of the paths")
         check_schema(run, path)
         run["_path"] = str(path)
+        with_end_points_as_curves(run)
         runs.append(run)
     if settings_of is not None:
         with_effective_settings(runs, settings_of)
     return runs
+
+
+def with_end_points_as_curves(run: dict[str, Any]) -> dict[str, Any]:
+    """A one-task run evaluated only before and after training (``data.evaluate_every: task``)
+    gets those two evaluations as its curves (epoch 0 and its last epoch), so that it is tabled
+    and drawn as the per-epoch runs are: AA and BWT mean nothing for one task. Other runs, and
+    runs that have curves, are left as they are. Returns ``run``."""
+    matrices = score_matrices(run)
+    if len(run.get("sequence") or ()) != 1 or run.get("curves") or not matrices:
+        return run
+    if any(len(entry.get("matrix") or ()) != 2 for entry in matrices.values()):
+        return run
+    epochs = int((run.get("config") or {}).get("train", {}).get("epochs", 1))
+    run["curves"] = {
+        "points": [{"task_index": 0, "epoch": 0}, {"task_index": 0, "epoch": epochs}],
+        "scores": {
+            name: {"higher_is_better": entry.get("higher_is_better", True),
+                   "columns": list(entry.get("columns") or run["sequence"]),
+                   "values": [list(row) if row is not None else None for row in entry["matrix"]]}
+            for name, entry in matrices.items()
+        },
+    }  # fmt: skip
+    return run
 
 
 def with_effective_settings(runs: Iterable[dict[str, Any]], settings_of: SettingsOf) -> None:
