@@ -17,14 +17,15 @@ skipped, so run it twice side by side, one per core):
 2. ``no_names/``: the FT pair without the names in the input (orders 1-3, seed 0);
 3. ``rates/``: order 1, seed 0, the FT triple at 3e-5 and 3e-4 (1e-4 is in ``standard/``), for
    learning against forgetting across rates;
-4. ``instruct/``: the instruction setting at the paper's metric: SmolLM2's LoRA pair (seed 1, 1e-3)
+4. ``long/``: order 4 (14 tasks), seed 0: finetune, finetune+migu, finetune+random_update, lora,
+   lora+migu, all at 1e-4;
+5. ``instruct/``: the instruction setting at the paper's metric: SmolLM2's LoRA pair (seed 1, 1e-3)
    and FT pair (seed 0, 2e-5) of ``configs/cpu/instruct_smollm2.yaml`` trained again (the same
    training; its final held-out loss checks that against ``benchmarks/results/instruct_smollm2``),
    each scored before and after training on lm-eval's HellaSwag, WinoGrande, ARC-Challenge and
    PIQA at 500 documents a task (the before-training point is computed once and shared), their
-   models saved for ``migu eval``;
-5. ``long/``: order 4 (14 tasks), seed 0: finetune, finetune+migu, finetune+random_update, lora,
-   lora+migu, all at 1e-4; then orders 5 and 6 the same way.
+   models saved for ``migu eval`` and ``migu forgetting`` (paired per-document intervals);
+6. ``long/``: orders 5 and 6 as order 4, if the queue allows.
 
 Tables and figure:
 
@@ -67,10 +68,11 @@ def queue() -> list[tuple[Path, str, str, tuple[str, ...]]]:
     for lr in ("3e-5", "3e-4"):
         items += [(STANDARD, "rates", m, ("data.order=order1", "seed=0", f"train.lr={lr}", f"name=lr{lr}_{m}"))
                   for m in FT]  # fmt: skip
+    items += [(LONG, "long", m, ("data.order=order4", "seed=0")) for m in FT + LORA]
     at_ends = ("data.evaluate_every=task", GENERAL_500, "save_model=true")
     items += [(INSTRUCT, "instruct", m, ("seed=1", *at_ends)) for m in LORA]
     items += [(INSTRUCT, "instruct", m, ("seed=0", "train.lr=2e-5", *at_ends)) for m in ("finetune", "finetune+migu")]
-    for order in ("order4", "order5", "order6"):
+    for order in ("order5", "order6"):
         items += [(LONG, "long", m, (f"data.order={order}", "seed=0")) for m in FT + LORA]
     return items
 
