@@ -24,7 +24,8 @@ skipped, so run it twice side by side, one per core):
    training; its final held-out loss checks that against ``benchmarks/results/instruct_smollm2``),
    each scored before and after training on lm-eval's HellaSwag, WinoGrande, ARC-Challenge and
    PIQA at 500 documents a task (the before-training point is computed once and shared), their
-   models saved for ``migu eval`` and ``migu forgetting`` (paired per-document intervals);
+   models saved for ``migu eval``, each document's result kept (``keep_samples``) for the
+   report's paired per-document intervals between the arms of a pair;
 6. ``long/``: orders 5 and 6 as order 4, if the queue allows.
 
 Tables and figure:
@@ -69,7 +70,7 @@ def queue() -> list[tuple[Path, str, str, tuple[str, ...]]]:
         items += [(STANDARD, "rates", m, ("data.order=order1", "seed=0", f"train.lr={lr}", f"name=lr{lr}_{m}"))
                   for m in FT]  # fmt: skip
     items += [(LONG, "long", m, ("data.order=order4", "seed=0")) for m in FT + LORA]
-    at_ends = ("data.evaluate_every=task", GENERAL_500, "save_model=true")
+    at_ends = ("data.evaluate_every=task", GENERAL_500, "save_model=true", "keep_samples=true")
     items += [(INSTRUCT, "instruct", m, ("seed=1", *at_ends)) for m in LORA]
     items += [(INSTRUCT, "instruct", m, ("seed=0", "train.lr=2e-5", *at_ends)) for m in ("finetune", "finetune+migu")]
     for order in ("order5", "order6"):

@@ -47,7 +47,7 @@ def test_the_instruction_pairs_are_scored_at_both_ends_at_500_documents(fair, tm
         ("finetune", 0, 2e-5), ("finetune+migu", 0, 2e-5), ("lora", 1, 1e-3), ("lora+migu", 1, 1e-3)]  # fmt: skip
     for c in runs:
         # evaluated before training and after the one task (not every epoch), models kept for migu eval
-        assert c.data.evaluate_every == "task" and c.save_model
+        assert c.data.evaluate_every == "task" and c.save_model and c.keep_samples
         assert set(c.evaluators) == {"lm_loss", "lm_eval"}
         assert c.evaluators["lm_eval"]["limit"] == 500
         assert c.evaluators["lm_eval"]["tasks"][:3] == ["hellaswag", "winogrande", "arc_challenge"]

@@ -112,6 +112,10 @@ class RunConfig:
     """Save the trained model into ``RUN_DIR/model`` when the run ends (``save_pretrained``: a
     PEFT model saves its adapters, any other model its weights; the tokenizer beside it), to load
     with Transformers or PEFT. Not part of the run's identity: a finished run is not rerun for it."""
+    keep_samples: bool = False
+    """Keep each evaluation point's per-item results of the evaluators that have them (lm-eval's
+    documents, pass@1's problems) in ``results.json`` (``samples``), so that ``migu report`` can
+    give paired per-item intervals between runs. Not part of the run's identity."""
     name: str | None = None
     """Folder of the run under ``output_dir``; by default model-method-order-seed."""
     progress: bool | None = None

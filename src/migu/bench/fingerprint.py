@@ -27,7 +27,7 @@ _ADDED_LATER: dict[tuple[str | None, str], Any] = {
 }
 
 
-_NOT_IDENTITY = ("progress", "output_dir", "save_model", "log_with")
+_NOT_IDENTITY = ("progress", "output_dir", "save_model", "log_with", "keep_samples")
 
 
 def config_fingerprint(config: RunConfig, with_data_root: bool = False) -> str:

@@ -37,7 +37,7 @@ from ..models.loading import TINY, ModelBundle, arch_of, load_model, model_confi
 from ..train import make_accelerator
 from .config import RunConfig, run_config
 from .evaluate import adapter_folders, load_folder
-from .protocol import Setting, evaluate
+from .protocol import Samples, Setting, evaluate
 from .provenance import versions
 from .runner import eval_context_for, format_for, load_tasks
 from .store import read_json
@@ -194,19 +194,9 @@ def score(spec: ModelSpec, config: RunConfig, evaluators: list[Evaluator], label
     model = model.to(accelerator.device).eval()
     fmt = format_for(config, bundle, sequence.kind)
     setting = Setting.for_evaluation(config, sequence, evaluators, fmt, accelerator, eval_context_for(config, bundle))
-    keeping = [e for e in evaluators if hasattr(e, "samples")]
-    for evaluator in keeping:
-        evaluator.samples = {}  # type: ignore[attr-defined]
     start = time.perf_counter()
-    try:
-        values, specs = evaluate(setting, model, len(sequence), label, final=True)
-        samples: dict[str, dict[str, list[float]]] = {}
-        for evaluator in keeping:
-            for name, by_column in (evaluator.samples or {}).items():  # type: ignore[attr-defined]
-                samples[name if evaluator.per_task else f"{evaluator.name}/{name}"] = by_column
-    finally:
-        for evaluator in keeping:
-            evaluator.samples = None  # type: ignore[attr-defined]
+    samples: Samples = {}
+    values, specs = evaluate(setting, model, len(sequence), label, final=True, samples=samples)
     seconds = time.perf_counter() - start
     del model, setting
     gc.collect()

@@ -153,50 +153,75 @@ class Setting:
         return cls(config, sequence, MethodStack([]), evaluators, fmt, accelerator, eval_context, NoCheckpoints())
 
 
-def evaluate(setting: Setting, model: nn.Module, trained: int, when: str, final: bool
-             ) -> tuple[dict[str, list[float | None]], dict[str, dict[str, Any]]]:  # fmt: skip
-    """One evaluation point: every evaluator on the scheduled tasks (suites once)."""
+Samples = dict[str, dict[str, list[float]]]
+"""Per-item results of one evaluation point: score name -> column -> one value per item."""
+
+
+def evaluate(setting: Setting, model: nn.Module, trained: int, when: str, final: bool,
+             samples: Samples | None = None) -> Scores:  # fmt: skip
+    """One evaluation point: every evaluator on the scheduled tasks (suites once). ``samples``, when
+    given, receives the per-item results of the evaluators that keep them (lm-eval's documents,
+    pass@1's problems), under the names of their scores."""
     config, sequence = setting.config, setting.sequence
     wanted = scheduled(config.data.evaluate_tasks, trained, len(sequence))
     values: dict[str, list[float | None]] = {}
     specs: dict[str, dict[str, Any]] = {}
-    is_main = setting.accelerator.is_main_process
     model = setting.methods.evaluation_model(model)  # (OSF: a merged copy, faster to run)
     for evaluator in setting.evaluators:
         if evaluator.final_only and not final:
             continue
-        if not evaluator.per_task:
-            start = time.perf_counter()
-            ctx = _ctx(setting, f"{evaluator.name} ({when})")
-            result = evaluator.evaluate(model, setting.fmt, None, ctx)
-            directions = {s.name: s.higher_is_better for s in evaluator.specs()}
-            for score, by_column in result.items():
-                name = f"{evaluator.name}/{score}"
-                specs[name] = {"higher_is_better": directions.get(score, True), "columns": list(by_column)}
-                values[name] = [float(v) for v in by_column.values()]
-            say(f"{evaluator.name} ({when}): " + _brief(result) + f" ({time.perf_counter() - start:.1f} s)", is_main)
-            continue
-        for spec in evaluator.specs():
-            specs[spec.name] = {"higher_is_better": spec.higher_is_better, "columns": sequence.names}
-            values.setdefault(spec.name, [None] * len(sequence))
-        for j, task in enumerate(sequence):
-            if j not in wanted:
-                continue
-            start = time.perf_counter()
-            ctx = _ctx(setting, f"{task.name} ({when})", task)
-            result = evaluator.evaluate(model, setting.fmt, eval_split(task, config.data.evaluate_on), ctx)
-            for score, value in result.items():
-                values[score][j] = float(value)
-            say(f"eval {task.name} ({when}): {_brief(result)} ({time.perf_counter() - start:.1f} s)", is_main)
+        keep = samples is not None and hasattr(evaluator, "samples")
+        if keep:
+            evaluator.samples = {}  # type: ignore[attr-defined]
+        try:
+            _evaluate_one(setting, evaluator, model, wanted, when, values, specs)
+            if keep:
+                for name, by_column in (evaluator.samples or {}).items():  # type: ignore[attr-defined]
+                    key = name if evaluator.per_task else f"{evaluator.name}/{name}"
+                    samples.setdefault(key, {}).update(by_column)  # type: ignore[union-attr]
+        finally:
+            if keep:
+                evaluator.samples = None  # type: ignore[attr-defined]
     return values, specs
 
 
-def before_training(setting: Setting, model: nn.Module) -> tuple[Scores, dict[str, Any] | None]:
-    """The evaluation before training: kept by an earlier run that shares it (``setting.shared``),
-    else computed (and kept for the next); with what the run records of the sharing, if any."""
+def _evaluate_one(setting: Setting, evaluator: Evaluator, model: nn.Module, wanted: Any, when: str,
+                  values: dict[str, list[float | None]], specs: dict[str, dict[str, Any]]) -> None:  # fmt: skip
+    """One evaluator's scores at an evaluation point, into ``values`` and ``specs``."""
+    sequence, is_main = setting.sequence, setting.accelerator.is_main_process
+    if not evaluator.per_task:
+        start = time.perf_counter()
+        ctx = _ctx(setting, f"{evaluator.name} ({when})")
+        result = evaluator.evaluate(model, setting.fmt, None, ctx)
+        directions = {s.name: s.higher_is_better for s in evaluator.specs()}
+        for score, by_column in result.items():
+            name = f"{evaluator.name}/{score}"
+            specs[name] = {"higher_is_better": directions.get(score, True), "columns": list(by_column)}
+            values[name] = [float(v) for v in by_column.values()]
+        say(f"{evaluator.name} ({when}): " + _brief(result) + f" ({time.perf_counter() - start:.1f} s)", is_main)
+        return
+    for spec in evaluator.specs():
+        specs[spec.name] = {"higher_is_better": spec.higher_is_better, "columns": sequence.names}
+        values.setdefault(spec.name, [None] * len(sequence))
+    for j, task in enumerate(sequence):
+        if j not in wanted:
+            continue
+        start = time.perf_counter()
+        ctx = _ctx(setting, f"{task.name} ({when})", task)
+        result = evaluator.evaluate(model, setting.fmt, eval_split(task, setting.config.data.evaluate_on), ctx)
+        for score, value in result.items():
+            values[score][j] = float(value)
+        say(f"eval {task.name} ({when}): {_brief(result)} ({time.perf_counter() - start:.1f} s)", is_main)
+
+
+def before_training(setting: Setting, model: nn.Module, samples: Samples | None = None
+                    ) -> tuple[Scores, dict[str, Any] | None]:  # fmt: skip
+    """The evaluation before training: kept by an earlier run that shares it (``setting.shared``;
+    then without ``samples``), else computed (and kept for the next); with what the run records
+    of the sharing, if any."""
     shared, is_main = setting.shared, setting.accelerator.is_main_process
     if shared is None:
-        return evaluate(setting, model, 0, "before training", final=False), None
+        return evaluate(setting, model, 0, "before training", final=False, samples=samples), None
     found = shared.load()
     if found is not None:
         (values, specs), about = found
@@ -205,7 +230,7 @@ def before_training(setting: Setting, model: nn.Module) -> tuple[Scores, dict[st
         return (values, specs), {"digest": shared.digest, "hit": True, "run": about.get("run"),
                                  "seconds": about.get("seconds")}  # fmt: skip
     start = time.perf_counter()
-    values, specs = evaluate(setting, model, 0, "before training", final=False)
+    values, specs = evaluate(setting, model, 0, "before training", final=False, samples=samples)
     shared.save((values, specs), time.perf_counter() - start)
     return (values, specs), {"digest": shared.digest, "hit": False}
 
@@ -247,7 +272,9 @@ def run_sequence(setting: Setting, model: nn.Module, state: dict[str, Any],
     total = len(sequence)
     if not board.rows:  # a new run: the model before any training
         start = time.perf_counter()
-        (values, specs), shared = before_training(setting, model)
+        samples = _samples(config)
+        (values, specs), shared = before_training(setting, model, samples)
+        _keep(state, samples, 0, 0)
         board.add_row(values, specs)
         if curves is not None:
             curves.add_row(values, specs)
@@ -273,7 +300,10 @@ def run_sequence(setting: Setting, model: nn.Module, state: dict[str, Any],
 
         def epoch_end(epoch: EpochState, index: int = index, model: nn.Module = model, name: str = task.name) -> None:
             if curves is not None:
-                values, specs = evaluate(setting, model, index + 1, f"{name} epoch {epoch.epoch}", final=False)
+                samples = _samples(config)
+                values, specs = evaluate(setting, model, index + 1, f"{name} epoch {epoch.epoch}", final=False,
+                                         samples=samples)  # fmt: skip
+                _keep(state, samples, index, epoch.epoch)
                 curves.add_row(values, specs)
                 state["curve_points"].append({"task_index": index, "epoch": epoch.epoch})
                 state["curves"] = curves.to_state()
@@ -292,7 +322,9 @@ def run_sequence(setting: Setting, model: nn.Module, state: dict[str, Any],
             setting.checkpointer.save_artifacts(index, task.name, method, items)
         start = time.perf_counter()
         final = index + 1 == total
-        values, specs = evaluate(setting, model, index + 1, f"after {task.name}", final=final)
+        samples = _samples(config)
+        values, specs = evaluate(setting, model, index + 1, f"after {task.name}", final=final, samples=samples)
+        _keep(state, samples, index, config.train.epochs)
         board.add_row(values, specs)
         if curves is not None:
             curves.add_row(values, specs)
@@ -308,3 +340,15 @@ def run_sequence(setting: Setting, model: nn.Module, state: dict[str, Any],
         if on_task_end is not None:
             on_task_end(index, state)
     return model
+
+
+def _samples(config: RunConfig) -> Samples | None:
+    """Where an evaluation point's per-item results go (``keep_samples``), or None."""
+    return {} if config.keep_samples else None
+
+
+def _keep(state: dict[str, Any], samples: Samples | None, task_index: int, epoch: int) -> None:
+    """Record an evaluation point's per-item results in the run's state (``results["samples"]``):
+    the point as the curves name it (task index, epochs into it; before training: 0, 0)."""
+    if samples:
+        state.setdefault("samples", []).append({"task_index": task_index, "epoch": epoch, "scores": samples})

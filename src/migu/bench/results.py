@@ -62,6 +62,8 @@ def results_record(config: RunConfig, sequence: TaskSequence, methods: MethodSta
             "points": state["curve_points"],
             "scores": {n: {**spec, "values": curves["rows"][n]} for n, spec in curves["specs"].items()},
         }
+    if "samples" in state:  # (keep_samples: per-item results of each evaluation point)
+        results["samples"] = state["samples"]
     return results
 
 

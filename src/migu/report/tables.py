@@ -309,6 +309,9 @@ def report_markdown(
     from .curve_tables import curve_sections
 
     parts += curve_sections(runs, by, effect_of)
+    from .item_pairs import item_pair_sections
+
+    parts += item_pair_sections(runs, by, effect_of)
     if timings:
         parts += ["\n## Wall time per run\n", timing_table(runs, by)]
     if matrices:

@@ -1,0 +1,107 @@
+"""Paired per-item differences between two runs that kept their per-item results
+(``keep_samples``): both runs answer the same items (lm-eval's documents, pass@1's problems), so
+their difference has the standard error of the per-item differences, the interval a single
+pair of runs can give (``migu forgetting`` computes the same between two models).
+
+Per column: the mean difference (with minus without) at the last evaluation point both runs
+kept, and a Student-t 95% interval over the items. A mean over columns (the suite's ``mean``,
+and every ``--mean-of`` column) combines its columns' differences as independent: the mean of
+their means, with the square root of the sum of their squared standard errors over their
+number, and the degrees of freedom summed.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+from scipy import stats
+
+from .pairing import partners, without
+from .runs import label_of, order_of
+
+Diff = tuple[float, float, int]
+"""Mean difference, its standard error, and the degrees of freedom."""
+
+
+def last_samples(run: dict[str, Any]) -> tuple[tuple[int, int] | None, dict[str, dict[str, list[float]]]]:
+    """The run's last kept evaluation point (task index, epoch) and its per-item results."""
+    points = run.get("samples") or []
+    if not points:
+        return None, {}
+    last = points[-1]
+    return (int(last["task_index"]), int(last["epoch"])), last["scores"]
+
+
+def item_difference(without_items: list[float], with_items: list[float]) -> Diff:
+    """Mean of the per-item differences, its standard error and degrees of freedom (n - 1)."""
+    diffs = [w - b for b, w in zip(without_items, with_items, strict=True)]
+    n = len(diffs)
+    se = statistics.stdev(diffs) / math.sqrt(n) if n > 1 else float("nan")
+    return statistics.fmean(diffs), se, n - 1
+
+
+def combined(parts: list[Diff]) -> Diff:
+    """The difference of a mean over columns, the columns taken as independent."""
+    mean = statistics.fmean(p[0] for p in parts)
+    se = math.sqrt(sum(p[1] ** 2 for p in parts)) / len(parts)
+    return mean, se, sum(p[2] for p in parts)
+
+
+def _cells(diff: Diff) -> list[str]:
+    mean, se, dof = diff
+    if dof < 1 or math.isnan(se):
+        return [f"{mean:+.2f}", "–"]
+    half = float(stats.t.ppf(0.975, dof)) * se
+    return [f"{mean:+.2f}", f"[{mean - half:+.2f}, {mean + half:+.2f}]"]
+
+
+def _rows(without_run: dict[str, Any], with_run: dict[str, Any]) -> list[tuple[str, str, int, Diff]]:
+    """(score, column, items, difference) for every column both runs kept at the same last point."""
+    point_a, a = last_samples(without_run)
+    point_b, b = last_samples(with_run)
+    if point_a is None or point_a != point_b:
+        return []
+    means = {"mean": None, **(with_run.get("_means") or {})}
+    rows = []
+    for score in a:
+        if score not in b:
+            continue
+        diffs = {c: item_difference(a[score][c], b[score][c]) for c in a[score]
+                 if c in b[score] and len(a[score][c]) == len(b[score][c]) and a[score][c]}  # fmt: skip
+        rows += [(score, c, len(a[score][c]), d) for c, d in diffs.items()]
+        for name, columns in means.items():
+            chosen = list(diffs) if columns is None else list(columns)
+            if len(chosen) > 1 and all(c in diffs for c in chosen):
+                rows.append((score, name, sum(len(a[score][c]) for c in chosen), combined([diffs[c] for c in chosen])))
+    return rows
+
+
+def item_pair_table(runs: list[dict[str, Any]], component: str, by: tuple[str, ...] = ()) -> str:
+    """One row per (pair of ``X`` and ``X+component`` of the same model, order and seed, score,
+    column): the per-item paired difference at the last kept point and its 95% interval."""
+    kept = [r for r in runs if r.get("samples")]
+    lines = []
+    for run, base in partners(kept, lambda method: without(method, component), by):
+        if base is None:
+            continue
+        for score, column, items, diff in _rows(base, run):
+            cells = [score, column, run["model"], order_of(run), label_of(base, by), label_of(run, by),
+                     run["seed"], items, *_cells(diff)]  # fmt: skip
+            lines.append("| " + " | ".join(map(str, cells)) + " |")
+    if not lines:
+        return ""
+    head = "| score | column | model | order | without | with | seed | items | Δ (with - without) | 95% CI |"
+    return "\n".join([head, "|" + "---|" * 10, *lines]) + "\n"
+
+
+def item_pair_sections(runs: list[dict[str, Any]], by: tuple[str, ...], effect_of: tuple[str, ...]) -> list[str]:
+    """Per ``effect_of`` component, the per-item paired differences of the runs that kept them."""
+    parts = []
+    for component in effect_of:
+        table = item_pair_table(runs, component, by)
+        if table:
+            parts += [f"\n## Per-item differences with minus without {component} (same items, last evaluation "
+                      "point; Student-t 95% over the items)\n\n", table]  # fmt: skip
+    return parts
