@@ -123,3 +123,19 @@ def mean_std(values: Iterable[float]) -> tuple[float, float]:
     if len(xs) < 2:
         return mean, 0.0
     return mean, math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def paired_stderr(before: Sequence[float], after: Sequence[float]) -> float | None:
+    """The standard error of the mean per-item change when both answer the same items (sample
+    standard deviation of the differences / sqrt(n)); None with fewer than two items."""
+    n = len(after)
+    if n < 2 or len(before) != n:
+        return None
+    diffs = [a - b for a, b in zip(after, before, strict=True)]
+    mean = sum(diffs) / n
+    return math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n)
+
+
+def mean_of_stderrs(stderrs: Sequence[float]) -> float:
+    """The standard error of a mean over columns taken as independent: sqrt(sum of squares) / count."""
+    return math.sqrt(sum(s * s for s in stderrs)) / len(stderrs)

@@ -33,6 +33,7 @@ from torch import nn
 
 from ..data.tasks import TaskSequence
 from ..evaluators import EVALUATORS, Evaluator, build_evaluators
+from ..metrics import mean_of_stderrs, paired_stderr
 from ..models.loading import TINY, ModelBundle, arch_of, load_model, model_config
 from ..train import make_accelerator
 from .config import RunConfig, run_config
@@ -271,16 +272,6 @@ def stderr_of(items: list[float], kind: str) -> float | None:
     return None
 
 
-def paired_stderr(before: list[float], after: list[float]) -> float | None:
-    """The standard error of the mean per-item change (sample standard deviation / sqrt(n))."""
-    n = len(after)
-    if n < 2 or len(before) != n:
-        return None
-    diffs = [a - b for a, b in zip(after, before, strict=True)]
-    mean = sum(diffs) / n
-    return math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n)
-
-
 def _rows(name: str, points: list[dict[str, Any]], kind: str | None) -> dict[str, dict[str, Any]]:
     """Per column: before, after, change, their standard errors and the item count."""
     columns = points[1]["specs"][name]["columns"]
@@ -298,7 +289,7 @@ def _rows(name: str, points: list[dict[str, Any]], kind: str | None) -> dict[str
         parts = [r for c, r in rows.items() if c != "mean"]
         for key in ("se_before", "se_after", "se_change"):
             ses = [r[key] for r in parts]
-            rows["mean"][key] = None if any(s is None for s in ses) else math.sqrt(sum(s * s for s in ses)) / len(ses)
+            rows["mean"][key] = None if any(s is None for s in ses) else mean_of_stderrs(ses)
         counts = [r["n"] for r in parts]
         rows["mean"]["n"] = None if any(c is None for c in counts) else sum(counts)
     return rows

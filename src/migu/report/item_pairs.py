@@ -18,6 +18,7 @@ from typing import Any
 
 from scipy import stats
 
+from .. import metrics
 from .pairing import partners, without
 from .runs import label_of, order_of
 
@@ -36,17 +37,15 @@ def last_samples(run: dict[str, Any]) -> tuple[tuple[int, int] | None, dict[str,
 
 def item_difference(without_items: list[float], with_items: list[float]) -> Diff:
     """Mean of the per-item differences, its standard error and degrees of freedom (n - 1)."""
-    diffs = [w - b for b, w in zip(without_items, with_items, strict=True)]
-    n = len(diffs)
-    se = statistics.stdev(diffs) / math.sqrt(n) if n > 1 else float("nan")
-    return statistics.fmean(diffs), se, n - 1
+    se = metrics.paired_stderr(without_items, with_items)
+    mean = statistics.fmean(w - b for b, w in zip(without_items, with_items, strict=True))
+    return mean, float("nan") if se is None else se, len(with_items) - 1
 
 
 def combined(parts: list[Diff]) -> Diff:
     """The difference of a mean over columns, the columns taken as independent."""
     mean = statistics.fmean(p[0] for p in parts)
-    se = math.sqrt(sum(p[1] ** 2 for p in parts)) / len(parts)
-    return mean, se, sum(p[2] for p in parts)
+    return mean, metrics.mean_of_stderrs([p[1] for p in parts]), sum(p[2] for p in parts)
 
 
 def _cells(diff: Diff) -> list[str]:
