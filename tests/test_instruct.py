@@ -77,8 +77,8 @@ def test_token_loss_is_the_summed_loss_of_the_response_tokens(bundle):
             by_hand -= F.log_softmax(logits[row, p - 1], -1)[batch["input_ids"][row, p]].item()
             n += 1
     assert count == n == sum(len(fmt.encode(e)[1]) for e in examples())
-    assert float(total) == pytest.approx(by_hand, rel=1e-5)
-    assert float(fmt.loss(model, batch)) == pytest.approx(by_hand / n, rel=1e-5)  # the training loss: the mean
+    assert float(total.detach()) == pytest.approx(by_hand, rel=1e-5)
+    assert float(fmt.loss(model, batch).detach()) == pytest.approx(by_hand / n, rel=1e-5)  # the training loss: the mean
 
 
 def test_truncation_keeps_the_response_and_the_prompt_end(bundle):
@@ -102,7 +102,7 @@ def test_lm_loss_evaluator_and_generation(bundle):
     (lm_loss,) = build_evaluators(None, "instruction")
     scores = lm_loss.evaluate(model, fmt, examples(), EvalContext(batch_size=1))
     total, count = fmt.token_loss(model.eval(), fmt.batch(examples()))
-    assert scores["loss"] == pytest.approx(float(total) / count, rel=1e-5)  # token-weighted, not batch-weighted
+    assert scores["loss"] == pytest.approx(float(total.detach()) / count, rel=1e-5)  # token-weighted, not batch-weighted
     out = fmt.generate(model, examples(), max_new_tokens=6)
     assert len(out) == 2 and all(isinstance(o, str) for o in out)
     first = fmt.generate(model, examples(), max_new_tokens=6, stop=lambda text: True)  # each row ends after a token
