@@ -102,7 +102,7 @@ def test_lm_loss_evaluator_and_generation(bundle):
     (lm_loss,) = build_evaluators(None, "instruction")
     scores = lm_loss.evaluate(model, fmt, examples(), EvalContext(batch_size=1))
     total, count = fmt.token_loss(model.eval(), fmt.batch(examples()))
-    assert scores["loss"] == pytest.approx(float(total.detach()) / count, rel=1e-5)  # token-weighted, not batch-weighted
+    assert scores["loss"] == pytest.approx(float(total.detach()) / count, rel=1e-5)  # token-weighted
     out = fmt.generate(model, examples(), max_new_tokens=6)
     assert len(out) == 2 and all(isinstance(o, str) for o in out)
     first = fmt.generate(model, examples(), max_new_tokens=6, stop=lambda text: True)  # each row ends after a token
