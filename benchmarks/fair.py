@@ -26,7 +26,9 @@ skipped, so run it twice side by side, one per core):
    PIQA at 500 documents a task (the before-training point is computed once and shared), their
    models saved for ``migu eval``, each document's result kept (``keep_samples``) for the
    report's paired per-document intervals between the arms of a pair;
-6. ``long/``: orders 5 and 6 as order 4, if the queue allows.
+6. ``no_names/`` again at seed 1, orders 1 and 3: at seed 0 the ablation has two independent
+   units (orders 1 and 2 share their first tasks), too few for an interval; these make four;
+7. ``long/``: orders 5 and 6 as order 4, if the queue allows.
 
 Tables and figure:
 
@@ -57,6 +59,12 @@ LORA = ("lora", "lora+migu")
 ORDERS = ("order1", "order2", "order3")
 
 
+def no_names(seed: int, orders: tuple[str, ...]) -> list[tuple[Path, str, str, tuple[str, ...]]]:
+    """The FT pair without the task and dataset names in the input."""
+    extra = ("data.names_in_input=false", "protocol=paper_without_names")
+    return [(STANDARD, "no_names", m, (f"data.order={o}", f"seed={seed}", *extra)) for o in orders for m in FT[:2]]
+
+
 def queue() -> list[tuple[Path, str, str, tuple[str, ...]]]:
     """(config, folder under --out, method, extra overrides) in the order of work."""
     items: list[tuple[Path, str, str, tuple[str, ...]]] = []
@@ -64,8 +72,7 @@ def queue() -> list[tuple[Path, str, str, tuple[str, ...]]]:
         for order in ORDERS:
             methods = FT + (LORA if seed < 2 else ())
             items += [(STANDARD, "standard", m, (f"data.order={order}", f"seed={seed}")) for m in methods]
-    items += [(STANDARD, "no_names", m, (f"data.order={o}", "seed=0", "data.names_in_input=false",
-                                         "protocol=paper_without_names")) for o in ORDERS for m in FT[:2]]  # fmt: skip
+    items += no_names(0, ORDERS)
     for lr in ("3e-5", "3e-4"):
         items += [(STANDARD, "rates", m, ("data.order=order1", "seed=0", f"train.lr={lr}", f"name=lr{lr}_{m}"))
                   for m in FT]  # fmt: skip
@@ -73,6 +80,7 @@ def queue() -> list[tuple[Path, str, str, tuple[str, ...]]]:
     at_ends = ("data.evaluate_every=task", GENERAL_500, "save_model=true", "keep_samples=true")
     items += [(INSTRUCT, "instruct", m, ("seed=1", *at_ends)) for m in LORA]
     items += [(INSTRUCT, "instruct", m, ("seed=0", "train.lr=2e-5", *at_ends)) for m in ("finetune", "finetune+migu")]
+    items += no_names(1, ("order1", "order3"))  # two more independent units (orders 1 and 2 share a start)
     for order in ("order5", "order6"):
         items += [(LONG, "long", m, (f"data.order={order}", "seed=0")) for m in FT + LORA]
     return items
