@@ -71,8 +71,9 @@ def test_row_scores_share_the_fair_folder_and_choose_blocks_on_validation(fair, 
     assert scores.choose_blocks(tmp_path) == 3
     assert json.loads((tmp_path / "freeze_choice.json").read_text())["blocks"] == 3
     tests = scores.tests(tmp_path, 3)
-    assert len(tests) == 24 + 4 and {c.methods["freeze_bottom"]["blocks"] for c in tests} == {3}
+    assert len(tests) == 24 + 4 + 12 and {c.methods["freeze_bottom"]["blocks"] for c in tests} == {3}
+    assert [c.seed for c in tests[:24]] == [0] * 12 + [1] * 12 and {c.seed for c in tests[28:]} == {2}  # seed 2 last
     # a fair-queue run and a row-score run of the same setting live side by side: one folder, one protocol
     fair_standard = {run_folder(c).parent for c in fair.configs(tmp_path) if Path(c.output_dir).name == "standard"}
-    assert {run_folder(c).parent for c in tests[:24]} == fair_standard
+    assert {run_folder(c).parent for c in tests[:24] + tests[28:]} == fair_standard
     assert {c.protocol for c in tests} == {"paper"} and {c.train.lr for c in tests} == {1e-4}
