@@ -16,7 +16,9 @@ skipped, so run it twice side by side, one per core):
    0-2) and lora, lora+migu (seeds 0-1), seed by seed so that a partial table is of whole pairs;
 2. ``no_names/``: the FT pair without the names in the input (orders 1-3, seed 0);
 3. ``rates/``: order 1, seed 0, the FT triple at 3e-5 and 3e-4 (1e-4 is in ``standard/``), for
-   learning against forgetting across rates;
+   learning against forgetting across rates; then, beyond the issue's list, finetune at 1e-5
+   (order 1, seed 0) and finetune at 3e-5 on the other eight (order, seed) units of the standard
+   runs: order 1 showed finetuning at 3e-5 as good as FT+MIGU at 1e-4, and one unit is no answer;
 4. ``long/``: order 4 (14 tasks), seed 0: finetune, finetune+migu, finetune+random_update, lora,
    lora+migu, all at 1e-4;
 5. ``instruct/``: the instruction setting at the paper's metric: SmolLM2's LoRA pair (seed 1, 1e-3)
@@ -76,6 +78,12 @@ def queue() -> list[tuple[Path, str, str, tuple[str, ...]]]:
     for lr in ("3e-5", "3e-4"):
         items += [(STANDARD, "rates", m, ("data.order=order1", "seed=0", f"train.lr={lr}", f"name=lr{lr}_{m}"))
                   for m in FT]  # fmt: skip
+    # beyond the issue's list: finetune at 1e-5 (does its line bend?) and at 3e-5 on every other
+    # standard unit, for finetuning at a third of the rate against FT+MIGU at 1e-4 over 9 pairs
+    items += [(STANDARD, "rates", "finetune", ("data.order=order1", "seed=0", "train.lr=1e-5", "name=lr1e-5_finetune"))]
+    items += [(STANDARD, "rates", "finetune", (f"data.order={o}", f"seed={s}", "train.lr=3e-5",
+                                               f"name=lr3e-5_finetune_{o}_seed{s}"))
+              for s in (0, 1, 2) for o in ORDERS if (o, s) != ("order1", 0)]  # fmt: skip
     items += [(LONG, "long", m, ("data.order=order4", "seed=0")) for m in FT + LORA]
     at_ends = ("data.evaluate_every=task", GENERAL_500, "save_model=true", "keep_samples=true")
     items += [(INSTRUCT, "instruct", m, ("seed=1", *at_ends)) for m in LORA]

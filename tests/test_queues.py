@@ -31,7 +31,7 @@ def test_the_fair_queue_plans_the_issues_runs_at_one_rate(fair, tmp_path):
     runs = fair.configs(tmp_path)
     folders = [Path(c.output_dir).name for c in runs]
     assert folders.count("standard") == 27 + 12 and folders.count("no_names") == 6 + 4
-    assert folders.count("rates") == 6 and folders.count("long") == 15
+    assert folders.count("rates") == 6 + 1 + 8 and folders.count("long") == 15
     standard = [c for c in runs if Path(c.output_dir).name == "standard"]
     assert {c.train.lr for c in standard} == {1e-4} and {c.protocol for c in standard} == {"paper"}
     assert all(c.data.names_in_input and c.train.batch_size == 8 for c in standard)
@@ -40,7 +40,11 @@ def test_the_fair_queue_plans_the_issues_runs_at_one_rate(fair, tmp_path):
     # seed 1 adds orders 1 and 3 (independent of each other), after the issue's own runs
     assert sorted((c.seed, c.data.order) for c in names if c.seed == 1) == [(1, "order1")] * 2 + [(1, "order3")] * 2
     assert folders.index("instruct") < len(folders) - folders[::-1].index("no_names") - 1
-    assert {c.train.lr for c in runs if Path(c.output_dir).name == "rates"} == {3e-5, 3e-4}
+    rates = [c for c in runs if Path(c.output_dir).name == "rates"]
+    assert {c.train.lr for c in rates} == {1e-5, 3e-5, 3e-4}
+    # finetune at 3e-5 on all nine (order, seed) units of the standard FT runs, one run each
+    units = sorted((c.data.order, c.seed) for c in rates if c.method == "finetune" and c.train.lr == 3e-5)
+    assert units == sorted((o, s) for o in ("order1", "order2", "order3") for s in (0, 1, 2))
 
 
 def test_the_instruction_pairs_are_scored_at_both_ends_at_500_documents(fair, tmp_path):
