@@ -229,6 +229,13 @@ def test_rates_figure_draws_each_method_through_its_rates(tmp_path):
         assert png.size == tuple(round(v * drawing.DPI) for v in drawing.SIZES["rates"])
 
 
+def test_rates_figure_spreads_a_collapsed_rate_on_a_log_axis():
+    from migu.report.tradeoff import wide_spread
+
+    assert wide_spread([0.4, 1.1, 7.3, 29.7])  # the fair queue's order 1: 3e-4 collapsed
+    assert not wide_spread([25.0, 37.5]) and not wide_spread([0.3, 2.0, 9.0])  # nothing to spread
+
+
 def test_rates_figure_needs_two_rates(results, tmp_path):
     with pytest.raises(figdata.NoMatchingRuns, match=r"train\.lr"):
         figures.plot([results], tmp_path / "out", figures=["rates"])

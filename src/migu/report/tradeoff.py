@@ -43,6 +43,18 @@ def rate_lines(runs: list[tuple[dict[str, Any], Score]]) -> dict[str, list[figda
     return out
 
 
+def wide_spread(values: list[float]) -> bool:
+    """Whether forgetting values span so much (a collapsed rate beside working ones) that a linear
+    axis would crowd the working rates into one corner: the largest more than 10x the smallest
+    (both in magnitude, the smallest taken as at least 1)."""
+    sizes = [abs(v) for v in values]
+    return max(sizes) > 10 * max(min(sizes), 1.0)
+
+
+def _xs(points: list[figdata.Point], use_forgetting: bool) -> list[float]:
+    return [p.forgetting[0] if use_forgetting and p.forgetting else -p.bwt[0] for p in points]
+
+
 def rates_figure(runs: list[tuple[dict[str, Any], Score]], out: Path, score: str) -> Path:
     """Learning (the diagonal) against forgetting, one line per method through its rates."""
     lines = rate_lines(runs)
@@ -51,14 +63,17 @@ def rates_figure(runs: list[tuple[dict[str, Any], Score]], out: Path, score: str
     fig, ax = plt.subplots(figsize=SIZES["rates"], layout="constrained")
     rows = []
     for k, (name, points) in enumerate(lines.items()):
-        xs = [p.forgetting[0] if use_forgetting and p.forgetting else -p.bwt[0] for p in points]
+        xs = _xs(points, use_forgetting)
         ys = [p.learning[0] for p in points]
         ax.plot(xs, ys, marker="osD^v<>pP*Xh"[k % 12], color=f"C{k % 10}", label=name)
         for p, x, y in zip(points, xs, ys, strict=True):
             ax.annotate(f"{p.x:g}", (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7, color=f"C{k % 10}")
             seeds = sorted({r["seed"] for r in p.runs})
             rows.append([name, p.x, " ".join(map(str, seeds)), y, p.learning[1], x, p.aa[0], measure])
-    ax.set_xlabel(f"{measure} (lower: more stable)")
+    wide = wide_spread([x for points in lines.values() for x in _xs(points, use_forgetting)])
+    if wide:
+        ax.set_xscale("symlog", linthresh=0.1)
+    ax.set_xlabel(f"{measure} (lower: more stable){'; symmetric log scale' if wide else ''}")
     ax.set_ylabel(f"learning {score} (diagonal; higher: more plastic)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
