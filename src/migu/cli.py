@@ -65,15 +65,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report.tables import report_markdown
 
     runs = load_results(args.paths, effective_method_settings)
+    mean_of: dict[str, tuple[str, ...]] = {}
     for spec in args.mean_of:
         name, columns = parse_mean_of(spec)
         if not sum(add_mean_column(run, name, columns) for run in runs):
             raise ValueError(f"--mean-of {spec}: no suite score of these runs has the columns {', '.join(columns)}")
+        mean_of[name] = columns
     score = choose_score(runs, args.score)
     check_options(runs, args.baseline, tuple(args.by), tuple(args.effect_of), score)
     baseline = "finetune" if args.baseline is None else args.baseline or None
     print(report_markdown(runs, baseline, matrices=args.matrices, by=tuple(args.by), timings=args.timings,
-                          effect_of=tuple(args.effect_of), score=score))  # fmt: skip
+                          effect_of=tuple(args.effect_of), score=score, mean_of=mean_of))  # fmt: skip
     return 0
 
 

@@ -300,10 +300,8 @@ def run_sequence(setting: Setting, model: nn.Module, state: dict[str, Any],
 
         def epoch_end(epoch: EpochState, index: int = index, model: nn.Module = model, name: str = task.name) -> None:
             if curves is not None:
-                samples = _samples(config)
-                values, specs = evaluate(setting, model, index + 1, f"{name} epoch {epoch.epoch}", final=False,
-                                         samples=samples)  # fmt: skip
-                _keep(state, samples, index, epoch.epoch)
+                values, specs = _kept_point(setting, model, state, index, epoch.epoch, f"{name} epoch {epoch.epoch}",
+                                            final=False)  # fmt: skip
                 curves.add_row(values, specs)
                 state["curve_points"].append({"task_index": index, "epoch": epoch.epoch})
                 state["curves"] = curves.to_state()
@@ -322,9 +320,7 @@ def run_sequence(setting: Setting, model: nn.Module, state: dict[str, Any],
             setting.checkpointer.save_artifacts(index, task.name, method, items)
         start = time.perf_counter()
         final = index + 1 == total
-        samples = _samples(config)
-        values, specs = evaluate(setting, model, index + 1, f"after {task.name}", final=final, samples=samples)
-        _keep(state, samples, index, config.train.epochs)
+        values, specs = _kept_point(setting, model, state, index, config.train.epochs, f"after {task.name}", final)
         board.add_row(values, specs)
         if curves is not None:
             curves.add_row(values, specs)
@@ -345,6 +341,15 @@ def run_sequence(setting: Setting, model: nn.Module, state: dict[str, Any],
 def _samples(config: RunConfig) -> Samples | None:
     """Where an evaluation point's per-item results go (``keep_samples``), or None."""
     return {} if config.keep_samples else None
+
+
+def _kept_point(setting: Setting, model: nn.Module, state: dict[str, Any], task_index: int, epoch: int, when: str,
+                final: bool) -> Scores:  # fmt: skip
+    """``evaluate`` after ``epoch`` epochs of task ``task_index``, its per-item results kept."""
+    samples = _samples(setting.config)
+    scores = evaluate(setting, model, task_index + 1, when, final=final, samples=samples)
+    _keep(state, samples, task_index, epoch)
+    return scores
 
 
 def _keep(state: dict[str, Any], samples: Samples | None, task_index: int, epoch: int) -> None:

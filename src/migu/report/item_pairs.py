@@ -56,13 +56,15 @@ def _cells(diff: Diff) -> list[str]:
     return [f"{mean:+.2f}", f"[{mean - half:+.2f}, {mean + half:+.2f}]"]
 
 
-def _rows(without_run: dict[str, Any], with_run: dict[str, Any]) -> list[tuple[str, str, int, Diff]]:
-    """(score, column, items, difference) for every column both runs kept at the same last point."""
+def _rows(without_run: dict[str, Any], with_run: dict[str, Any], mean_of: dict[str, tuple[str, ...]]
+          ) -> list[tuple[str, str, int, Diff]]:  # fmt: skip
+    """(score, column, items, difference) for every column both runs kept at the same last point,
+    then the suite's ``mean`` over all of them and each ``mean_of`` column."""
     point_a, a = last_samples(without_run)
     point_b, b = last_samples(with_run)
     if point_a is None or point_a != point_b:
         return []
-    means = {"mean": None, **(with_run.get("_means") or {})}
+    means: dict[str, tuple[str, ...] | None] = {"mean": None, **mean_of}
     rows = []
     for score in a:
         if score not in b:
@@ -77,7 +79,8 @@ def _rows(without_run: dict[str, Any], with_run: dict[str, Any]) -> list[tuple[s
     return rows
 
 
-def item_pair_table(runs: list[dict[str, Any]], component: str, by: tuple[str, ...] = ()) -> str:
+def item_pair_table(runs: list[dict[str, Any]], component: str, by: tuple[str, ...] = (),
+                    mean_of: dict[str, tuple[str, ...]] | None = None) -> str:  # fmt: skip
     """One row per (pair of ``X`` and ``X+component`` of the same model, order and seed, score,
     column): the per-item paired difference at the last kept point and its 95% interval."""
     kept = [r for r in runs if r.get("samples")]
@@ -85,7 +88,7 @@ def item_pair_table(runs: list[dict[str, Any]], component: str, by: tuple[str, .
     for run, base in partners(kept, lambda method: without(method, component), by):
         if base is None:
             continue
-        for score, column, items, diff in _rows(base, run):
+        for score, column, items, diff in _rows(base, run, mean_of or {}):
             cells = [score, column, run["model"], order_of(run), label_of(base, by), label_of(run, by),
                      run["seed"], items, *_cells(diff)]  # fmt: skip
             lines.append("| " + " | ".join(map(str, cells)) + " |")
@@ -95,11 +98,12 @@ def item_pair_table(runs: list[dict[str, Any]], component: str, by: tuple[str, .
     return "\n".join([head, "|" + "---|" * 10, *lines]) + "\n"
 
 
-def item_pair_sections(runs: list[dict[str, Any]], by: tuple[str, ...], effect_of: tuple[str, ...]) -> list[str]:
+def item_pair_sections(runs: list[dict[str, Any]], by: tuple[str, ...], effect_of: tuple[str, ...],
+                       mean_of: dict[str, tuple[str, ...]]) -> list[str]:  # fmt: skip
     """Per ``effect_of`` component, the per-item paired differences of the runs that kept them."""
     parts = []
     for component in effect_of:
-        table = item_pair_table(runs, component, by)
+        table = item_pair_table(runs, component, by, mean_of)
         if table:
             parts += [f"\n## Per-item differences with minus without {component} (same items, last evaluation "
                       "point; Student-t 95% over the items)\n\n", table]  # fmt: skip

@@ -224,7 +224,6 @@ def add_mean_column(run: dict[str, Any], name: str, columns: tuple[str, ...]) ->
     curves and score-matrix rows) that has all of them, e.g. the paper's three-task general-ability
     mean beside the suite's own mean over every task. Returns how many scores got it."""
     added = 0
-    run.setdefault("_means", {})[name] = tuple(columns)  # (per-item differences combine these columns too)
     tables = [(e, "values") for e in run.get("curves", {}).get("scores", {}).values()]
     tables += [(e, "matrix") for e in run.get("score_matrices", {}).values() if e.get("columns")]
     for entry, key in tables:

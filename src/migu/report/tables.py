@@ -281,13 +281,15 @@ def report_markdown(
     timings: bool = False,
     effect_of: tuple[str, ...] = (),
     score: str | None = None,
+    mean_of: dict[str, tuple[str, ...]] | None = None,
 ) -> str:
     """Summary table, paired differences against ``baseline`` and, optionally, every matrix.
 
     ``by``: dotted config keys (``train.lr``, ``methods.migu.threshold``) whose values split a
     method into variants, for sweeps and ablations. Labels show only the keys that vary over
     ``runs``, and only where a run sets them. ``score``: the score matrix the tables are of
-    (``choose_score``: accuracy by default); runs without it are counted under the summary."""
+    (``choose_score``: accuracy by default); runs without it are counted under the summary.
+    ``mean_of``: the ``--mean-of`` columns (name -> columns) that per-item differences combine too."""
     score = choose_score(runs, score)
     lacking = [r for r in runs if score not in score_matrices(r)]
     runs = [r for r in runs if score in score_matrices(r)]
@@ -311,7 +313,7 @@ def report_markdown(
     parts += curve_sections(runs, by, effect_of)
     from .item_pairs import item_pair_sections
 
-    parts += item_pair_sections(runs, by, effect_of)
+    parts += item_pair_sections(runs, by, effect_of, mean_of or {})
     if timings:
         parts += ["\n## Wall time per run\n", timing_table(runs, by)]
     if matrices:

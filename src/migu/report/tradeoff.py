@@ -51,26 +51,23 @@ def wide_spread(values: list[float]) -> bool:
     return max(sizes) > 10 * max(min(sizes), 1.0)
 
 
-def _xs(points: list[figdata.Point], use_forgetting: bool) -> list[float]:
-    return [p.forgetting[0] if use_forgetting and p.forgetting else -p.bwt[0] for p in points]
-
-
 def rates_figure(runs: list[tuple[dict[str, Any], Score]], out: Path, score: str) -> Path:
     """Learning (the diagonal) against forgetting, one line per method through its rates."""
     lines = rate_lines(runs)
     use_forgetting = all(p.forgetting is not None for points in lines.values() for p in points)
     measure = "forgetting" if use_forgetting else "-BWT"
     fig, ax = plt.subplots(figsize=SIZES["rates"], layout="constrained")
-    rows = []
+    rows, every_x = [], []
     for k, (name, points) in enumerate(lines.items()):
-        xs = _xs(points, use_forgetting)
+        xs = [p.forgetting[0] if use_forgetting and p.forgetting else -p.bwt[0] for p in points]
+        every_x += xs
         ys = [p.learning[0] for p in points]
         ax.plot(xs, ys, marker="osD^v<>pP*Xh"[k % 12], color=f"C{k % 10}", label=name)
         for p, x, y in zip(points, xs, ys, strict=True):
             ax.annotate(f"{p.x:g}", (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7, color=f"C{k % 10}")
             seeds = sorted({r["seed"] for r in p.runs})
             rows.append([name, p.x, " ".join(map(str, seeds)), y, p.learning[1], x, p.aa[0], measure])
-    wide = wide_spread([x for points in lines.values() for x in _xs(points, use_forgetting)])
+    wide = wide_spread(every_x)
     if wide:
         ax.set_xscale("symlog", linthresh=0.1)
     ax.set_xlabel(f"{measure} (lower: more stable){'; symmetric log scale' if wide else ''}")
