@@ -71,3 +71,12 @@ def test_a_run_keeps_each_points_documents_and_they_average_to_its_scores(tmp_pa
         for column, items in point["scores"]["lm_eval/acc"].items():
             assert len(items) == 3 and sum(items) / 3 == pytest.approx(row[matrix["columns"].index(column)])
     assert "samples" not in run(run_config({**config.to_dict(), "keep_samples": False, "name": "plain"}))
+
+
+def test_the_evaluators_that_keep_items_say_so_and_the_others_do_not():
+    from migu.evaluators import EVALUATORS, KeepsSamples
+
+    keeps = {name for name in ("lm_eval", "pass_at_1", "humaneval", "classification", "lm_loss", "embedding_geometry")
+             if isinstance(EVALUATORS.build(name, {}), KeepsSamples)}  # fmt: skip
+    assert keeps == {"lm_eval", "pass_at_1", "humaneval"}
+    assert EVALUATORS.build("lm_eval", {}).samples is None  # keeps nothing unless the caller asks

@@ -32,13 +32,13 @@ import torch
 from torch import nn
 
 from ..data.tasks import TaskSequence
-from ..evaluators import EVALUATORS, Evaluator, build_evaluators
+from ..evaluators import EVALUATORS, Evaluator, Samples, build_evaluators
 from ..metrics import mean_of_stderrs, paired_stderr
 from ..models.loading import TINY, ModelBundle, arch_of, load_model, model_config
 from ..train import make_accelerator
 from .config import RunConfig, run_config
 from .evaluate import adapter_folders, load_folder
-from .protocol import Samples, Setting, evaluate
+from .protocol import Setting, evaluate
 from .provenance import versions
 from .runner import eval_context_for, format_for, load_tasks
 from .store import read_json

@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.tasks import Task, TaskSequence
-from ..evaluators import EvalContext, Evaluator
+from ..evaluators import EvalContext, Evaluator, KeepsSamples, Samples
 from ..methods import TaskContext
 from ..methods.compose import MethodStack
 from ..train import train_task
@@ -153,10 +153,6 @@ class Setting:
         return cls(config, sequence, MethodStack([]), evaluators, fmt, accelerator, eval_context, NoCheckpoints())
 
 
-Samples = dict[str, dict[str, list[float]]]
-"""Per-item results of one evaluation point: score name -> column -> one value per item."""
-
-
 def evaluate(setting: Setting, model: nn.Module, trained: int, when: str, final: bool,
              samples: Samples | None = None) -> Scores:  # fmt: skip
     """One evaluation point: every evaluator on the scheduled tasks (suites once). ``samples``, when
@@ -170,18 +166,17 @@ def evaluate(setting: Setting, model: nn.Module, trained: int, when: str, final:
     for evaluator in setting.evaluators:
         if evaluator.final_only and not final:
             continue
-        keep = samples is not None and hasattr(evaluator, "samples")
-        if keep:
-            evaluator.samples = {}  # type: ignore[attr-defined]
+        if samples is None or not isinstance(evaluator, KeepsSamples):
+            _evaluate_one(setting, evaluator, model, wanted, when, values, specs)
+            continue
+        evaluator.samples = {}
         try:
             _evaluate_one(setting, evaluator, model, wanted, when, values, specs)
-            if keep:
-                for name, by_column in (evaluator.samples or {}).items():  # type: ignore[attr-defined]
-                    key = name if evaluator.per_task else f"{evaluator.name}/{name}"
-                    samples.setdefault(key, {}).update(by_column)  # type: ignore[union-attr]
+            for name, by_column in (evaluator.samples or {}).items():
+                key = name if evaluator.per_task else f"{evaluator.name}/{name}"
+                samples.setdefault(key, {}).update(by_column)
         finally:
-            if keep:
-                evaluator.samples = None  # type: ignore[attr-defined]
+            evaluator.samples = None
     return values, specs
 
 

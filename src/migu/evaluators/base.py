@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -72,6 +72,19 @@ class Evaluator(Protocol):
     def evaluate(self, model: nn.Module, fmt: Any, examples: Sequence[Any] | None, ctx: EvalContext) -> dict[str, Any]:
         """Per task: ``{score: value}``; a suite: ``{score: {column: value}}``."""
         ...
+
+
+Samples = dict[str, dict[str, list[float]]]
+"""Per-item results of one evaluation point: score name -> column -> one value per item."""
+
+
+@runtime_checkable
+class KeepsSamples(Protocol):
+    """An evaluator that can keep each item's result (lm-eval's documents, pass@1's problems), for
+    the paired per-item intervals between two models. The caller sets ``samples`` to ``{}`` before
+    ``evaluate`` and reads it after; ``None`` (the default) keeps nothing."""
+
+    samples: Samples | None
 
 
 EVALUATORS: Registry[Evaluator] = Registry("evaluator", "evaluators")

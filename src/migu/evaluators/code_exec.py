@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ..data.tasks import InstructionExample
 from ..precision import autocast
-from .base import EvalContext, ScoreSpec, gather, register_evaluator, shard
+from .base import EvalContext, Samples, ScoreSpec, gather, register_evaluator, shard
 from .sandbox import GUARD_EXIT, ExecResult, SandboxLimits, check_sandbox, isolated, run_program, run_programs
 
 __all__ = ["GUARD_EXIT", "ExecResult", "SandboxLimits", "run_program", "run_programs"]  # (re-exported)
@@ -147,7 +147,7 @@ def pass_results(model: nn.Module, fmt: Any, examples: Sequence[InstructionExamp
 
 
 def pass_at_1(model: nn.Module, fmt: Any, examples: Sequence[InstructionExample], ctx: EvalContext,
-              config: PassAt1Config, samples: dict[str, dict[str, list[float]]] | None = None,
+              config: PassAt1Config, samples: Samples | None = None,
               column: str = "") -> float:  # fmt: skip
     """Percent of ``examples`` whose greedy completion passes its tests (sharded over ranks); with
     ``samples``, each problem's result (0 or 100) is kept in ``samples["pass@1"][column]``."""
@@ -167,7 +167,7 @@ class PassAt1:
     def __init__(self, config: PassAt1Config | None = None) -> None:
         self.config = config or PassAt1Config()
         isolated(self.config.sandbox())  # (refused here, before training, where code cannot be isolated)
-        self.samples: dict[str, dict[str, list[float]]] | None = None
+        self.samples: Samples | None = None
         """Per-problem results when set to a dict (``migu.evaluators.base``: kept samples)."""
 
     def specs(self) -> list[ScoreSpec]:
@@ -216,7 +216,7 @@ class HumanEval:
         self.config = config or PassAt1Config()
         isolated(self.config.sandbox())  # (refused here, before training, where code cannot be isolated)
         self._examples: list[InstructionExample] | None = None
-        self.samples: dict[str, dict[str, list[float]]] | None = None
+        self.samples: Samples | None = None
         """Per-problem results when set to a dict (``migu.evaluators.base``: kept samples)."""
 
     def specs(self) -> list[ScoreSpec]:

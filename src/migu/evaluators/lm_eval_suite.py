@@ -44,7 +44,7 @@ import torch
 import yaml
 from torch import nn
 
-from .base import EvalContext, ScoreSpec, register_evaluator
+from .base import EvalContext, Samples, ScoreSpec, register_evaluator
 from .lm_eval_shared import shared_context_lm
 
 PAPER_SUITE = ("hellaswag", "winogrande", "arc_challenge")
@@ -179,7 +179,7 @@ class LmEvalSuite:
     def __init__(self, config: LmEvalConfig | None = None) -> None:
         self.config = config or LmEvalConfig()
         self._loaded: dict[str, Any] | None = None
-        self.samples: dict[str, dict[str, list[float]]] | None = None
+        self.samples: Samples | None = None
         """Per-document scores when set to a dict (``migu.evaluators.base``: kept samples)."""
 
     def specs(self) -> list[ScoreSpec]:
