@@ -18,7 +18,9 @@ shared, not rerun. The queue:
 4. ``standard/`` again at seed 2 (beyond the issue's list, if the queue allows): the six
    independent units of the FT triple's pairs, where seeds 0-1 give four.
 
-``osf`` (PEFT's ``OSFConfig``) runs with the scores in steps 2 and 3. Tables:
+``osf`` (PEFT's ``OSFConfig``) runs with the scores in steps 2 and 3. ``--list`` prints the queue
+with each run's state; ``--only TEXT`` keeps the runs whose ``FOLDER/RUN`` contains TEXT (e.g.
+``--only long/`` for step 3 alone). Tables:
 
     migu report benchmarks/results/fair/standard --baseline finetune+random_update
     migu report benchmarks/results/fair/standard --baseline finetune
@@ -32,7 +34,7 @@ from pathlib import Path
 
 from migu import metrics
 from migu.bench import RunConfig, apply_overrides, load_yaml, run_config
-from migu.bench.queue import run_folder, run_queue
+from migu.bench.queue import matching, run_folder, run_queue
 
 ROOT = Path(__file__).resolve().parents[1]
 STANDARD = ROOT / "configs" / "cpu" / "minilm_standard_paper.yaml"
@@ -88,15 +90,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fair"),
                         help="the fair queue's folder (an absolute path from another worktree)")  # fmt: skip
     parser.add_argument("--list", action="store_true", help="print the queue and each run's state; train nothing")
+    parser.add_argument("--only", metavar="TEXT", help="only the runs whose FOLDER/RUN (as --list prints it) "
+                        "contains TEXT, e.g. seed1 or long/")  # fmt: skip
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
-    status = run_queue(selection(out), "scores.py", args.list)
+    select = matching(selection(out), args.only)
+    status = run_queue(select, "scores.py", args.list) if select else 0
     blocks = choose_blocks(out)
     if blocks is None:
         print("scores.py: the freeze_bottom selection is not finished; the test runs wait for it")
         parser.exit(status)
+    runs = matching(tests(out, blocks), args.only)
+    if not select and not runs:
+        parser.exit(2, f"scores.py: no run of the queue matches --only {args.only!r}\n")
     print(f"freeze_bottom: {blocks} block(s) frozen (validation, {out / 'freeze_choice.json'})")
-    parser.exit(status or run_queue(tests(out, blocks), "scores.py", args.list))
+    parser.exit(status or (run_queue(runs, "scores.py", args.list) if runs else 0))
 
 
 if __name__ == "__main__":

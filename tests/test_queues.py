@@ -81,3 +81,17 @@ def test_row_scores_share_the_fair_folder_and_choose_blocks_on_validation(fair, 
     fair_standard = {run_folder(c).parent for c in fair.configs(tmp_path) if Path(c.output_dir).name == "standard"}
     assert {run_folder(c).parent for c in tests[:24] + tests[28:]} == fair_standard
     assert {c.protocol for c in tests} == {"paper"} and {c.train.lr for c in tests} == {1e-4}
+
+
+def test_only_narrows_the_row_score_queue_and_a_text_that_matches_nothing_is_an_error(scores, tmp_path, capsys):
+    (tmp_path / "freeze_choice.json").write_text(json.dumps({"blocks": 2}))
+    with pytest.raises(SystemExit) as stop:
+        scores.main(["--out", str(tmp_path), "--list", "--only", "long/"])
+    assert stop.value.code == 0
+    listed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("== ")]
+    assert [line.split()[1] for line in listed] == [
+        f"long/minilm_{m}_order4_seed0" for m in ("finetune+fisher", "finetune+gradient", "freeze_bottom", "osf")
+    ]
+    with pytest.raises(SystemExit) as stop:
+        scores.main(["--out", str(tmp_path), "--list", "--only", "no such run"])
+    assert stop.value.code == 2 and "--only 'no such run'" in capsys.readouterr().err

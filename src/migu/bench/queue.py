@@ -57,6 +57,11 @@ def task_logger(name: str) -> Callable[[int, dict[str, Any]], None]:
     return log
 
 
+def matching(configs: Sequence[RunConfig], only: str | None) -> list[RunConfig]:
+    """The runs whose ``FOLDER/RUN`` (as ``--list`` prints it) contains ``only`` (all for None)."""
+    return [c for c in configs if only is None or only in f"{run_folder(c).parent.name}/{c.run_name()}"]
+
+
 def run_queue(configs: Sequence[RunConfig], prog: str, list_only: bool = False, check_data: bool = False,
               only: str | None = None) -> int:  # fmt: skip
     """Work through ``configs`` in order (see the module docstring); ``list_only`` prints each run's
@@ -66,7 +71,7 @@ def run_queue(configs: Sequence[RunConfig], prog: str, list_only: bool = False, 
     number when SIGTERM, SIGHUP or SIGINT stopped it (``migu.signals``: the running run keeps its
     finished tasks and leaves no lock)."""
     if only:
-        configs = [c for c in configs if only in f"{run_folder(c).parent.name}/{c.run_name()}"]
+        configs = matching(configs, only)
         if not configs:
             print(f"{prog}: no run of the queue matches --only {only!r}", file=sys.stderr)
             return 2
