@@ -168,7 +168,7 @@ class PassAt1:
         self.config = config or PassAt1Config()
         isolated(self.config.sandbox())  # (refused here, before training, where code cannot be isolated)
         self.samples: Samples | None = None
-        """Per-problem results when set to a dict (``migu.evaluators.base``: kept samples)."""
+        """Per-problem results when set to a dict (``KeepsSamples``)."""
 
     def specs(self) -> list[ScoreSpec]:
         return [ScoreSpec("pass@1", True)]
@@ -217,7 +217,7 @@ class HumanEval:
         isolated(self.config.sandbox())  # (refused here, before training, where code cannot be isolated)
         self._examples: list[InstructionExample] | None = None
         self.samples: Samples | None = None
-        """Per-problem results when set to a dict (``migu.evaluators.base``: kept samples)."""
+        """Per-problem results when set to a dict (``KeepsSamples``)."""
 
     def specs(self) -> list[ScoreSpec]:
         return [ScoreSpec("pass@1", True)]

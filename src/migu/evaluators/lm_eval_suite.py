@@ -180,7 +180,7 @@ class LmEvalSuite:
         self.config = config or LmEvalConfig()
         self._loaded: dict[str, Any] | None = None
         self.samples: Samples | None = None
-        """Per-document scores when set to a dict (``migu.evaluators.base``: kept samples)."""
+        """Per-document scores when set to a dict (``KeepsSamples``)."""
 
     def specs(self) -> list[ScoreSpec]:
         return [ScoreSpec("acc", True), ScoreSpec("acc_norm", True)]
