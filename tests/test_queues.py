@@ -31,7 +31,7 @@ def test_the_fair_queue_plans_the_issues_runs_at_one_rate(fair, tmp_path):
     runs = fair.configs(tmp_path)
     folders = [Path(c.output_dir).name for c in runs]
     assert folders.count("standard") == 27 + 12 and folders.count("no_names") == 6 + 4
-    assert folders.count("rates") == 6 + 1 + 8 and folders.count("long") == 15
+    assert folders.count("rates") == 6 + 1 + 8 + 1 and folders.count("long") == 15
     standard = [c for c in runs if Path(c.output_dir).name == "standard"]
     assert {c.train.lr for c in standard} == {1e-4} and {c.protocol for c in standard} == {"paper"}
     assert all(c.data.names_in_input and c.train.batch_size == 8 for c in standard)
@@ -43,8 +43,14 @@ def test_the_fair_queue_plans_the_issues_runs_at_one_rate(fair, tmp_path):
     rates = [c for c in runs if Path(c.output_dir).name == "rates"]
     assert {c.train.lr for c in rates} == {1e-5, 3e-5, 3e-4}
     # finetune at 3e-5 on all nine (order, seed) units of the standard FT runs, one run each
-    units = sorted((c.data.order, c.seed) for c in rates if c.method == "finetune" and c.train.lr == 3e-5)
+    units = sorted((c.data.order, c.seed) for c in rates if c.method == "finetune" and c.train.lr == 3e-5
+                   and c.data.order != "order4")  # fmt: skip
     assert units == sorted((o, s) for o in ("order1", "order2", "order3") for s in (0, 1, 2))
+    # and on long order 4, straight after its five arms at 1e-4 and before the instruction runs
+    long_slow = [i for i, c in enumerate(runs) if c.data.order == "order4" and c.train.lr == 3e-5]
+    long_fast = [i for i, c in enumerate(runs) if c.data.order == "order4" and c.train.lr == 1e-4]
+    assert len(long_slow) == 1 and long_slow[0] == max(long_fast) + 1 == folders.index("instruct") - 1
+    assert runs[long_slow[0]].method == "finetune" and Path(runs[long_slow[0]].output_dir).name == "rates"
 
 
 def test_the_instruction_pairs_are_scored_at_both_ends_at_500_documents(fair, tmp_path):

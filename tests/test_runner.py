@@ -3,7 +3,10 @@
 import hashlib
 import json
 import os
+import platform
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,6 +16,7 @@ import yaml
 
 from migu.bench import RunConfig, RunInProgress, apply_overrides, load_tasks, load_yaml, run, run_config
 from migu.bench.provenance import cpu_name
+from migu.bench.queue import run_status
 from migu.bench.store import RunStore
 from migu.cli import main
 from migu.methods import build_methods
@@ -134,6 +138,20 @@ def test_a_run_held_by_another_process_is_refused_and_then_resumed(bench_dir, tm
     assert not (run_dir / "run.lock").exists() and (run_dir / "state").exists()
     assert run(config)["resumed_at"] == [1]
     assert not (run_dir / "run.lock").exists()  # finished runs keep only their results
+
+
+def test_a_queue_listing_names_the_process_running_a_run(bench_dir, tmp_path):
+    config = _config(bench_dir, tmp_path)
+    store = RunStore(tmp_path / config.run_name())
+    assert store.holder() is None and run_status(config) == "pending"
+    with store.exclusive():
+        me = f"pid {os.getpid()} on {platform.node()}"
+        assert store.holder() == me and run_status(config) == f"pending, running ({me})"
+    assert store.holder() is None
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    store.dir.mkdir()
+    (store.dir / "run.lock").write_text(f"pid {ended.stdout.strip()} on {platform.node()}\n")
+    assert store.holder() is None  # left by a killed process: nobody holds it
 
 
 def test_resume_refuses_other_config(bench_dir, tmp_path):

@@ -20,6 +20,7 @@ from ..signals import Stopped, stop_on_signals
 from .config import RunConfig
 from .fingerprint import fingerprint_matches
 from .runner import RunInProgress, load_tasks, run
+from .store import RunStore
 
 DIFFERENT = "different config"
 
@@ -30,10 +31,12 @@ def run_folder(config: RunConfig) -> Path:
 
 
 def run_status(config: RunConfig, check_data: bool = False) -> str:
-    """``done``, ``done through task N`` or ``pending``; ``different config`` when the folder holds
-    another config's run (a changed setting or rate), which the queue must not take as this run's;
-    with ``check_data`` (another data root), also when it was trained on other data."""
+    """``done``, ``done through task N`` or ``pending``, followed by ``, running (pid N on HOST)``
+    while a process holds the run; ``different config`` when the folder holds another config's run
+    (a changed setting or rate), which the queue must not take as this run's; with ``check_data``
+    (another data root), also when it was trained on other data."""
     folder = run_folder(config)
+    state = "pending"
     for path in (folder / "results.json", folder / "state" / "progress.json"):
         if path.is_file():
             saved = json.loads(path.read_text())
@@ -41,8 +44,12 @@ def run_status(config: RunConfig, check_data: bool = False) -> str:
                 return DIFFERENT
             if check_data and saved.get("data_digest") not in (None, load_tasks(config).digest()):
                 return DIFFERENT
-            return "done" if path.name == "results.json" else f"done through task {saved.get('completed', 0)}"
-    return "pending"
+            if path.name == "results.json":
+                return "done"
+            state = f"done through task {saved.get('completed', 0)}"
+            break
+    holder = RunStore(folder).holder()
+    return f"{state}, running ({holder})" if holder else state
 
 
 def task_logger(name: str) -> Callable[[int, dict[str, Any]], None]:

@@ -88,6 +88,24 @@ class RunStore:
                 if created and not any(self.dir.iterdir()):
                     self.dir.rmdir()  # a run that failed before writing anything leaves no folder
 
+    def holder(self) -> str | None:
+        """Who runs the run now (``pid N on HOST``, as its ``run.lock`` says), read without taking
+        the lock; None when no live process on this machine holds it. A holder on another machine
+        is taken at its word."""
+        try:
+            holder = (self.dir / LOCK).read_text().strip()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        pid, _, host = holder.removeprefix("pid ").partition(" on ")
+        if host == platform.node():
+            try:
+                os.kill(int(pid), 0)
+            except (ValueError, ProcessLookupError):
+                return None  # a stale file (its process was killed): the lock died with it
+            except PermissionError:
+                pass  # alive, another user's
+        return holder or None
+
     def _lock_file(self, path: Path, fcntl: Any) -> IO[str]:
         """``path`` opened and locked, and still the file at ``path``: a holder that ends between
         this process's open and lock removes the file it locked (and, having written nothing, the
