@@ -112,12 +112,50 @@ def test_another_evaluator_setting_evaluates_again(bench_dir, tmp_path, counted,
     assert len(_before(counted)) == 6  # (the same setting: shared)
 
 
+class KeptAccuracy(ScaledAccuracy):
+    """Accuracy that keeps its per-item results (``KeepsSamples``): here the accuracy, twice."""
+
+    name = "kept"
+    samples = None
+
+    def evaluate(self, model, fmt, examples, ctx):
+        result = super().evaluate(model, fmt, examples, ctx)
+        if self.samples is not None:
+            self.samples.setdefault("accuracy", {})[ctx.task.name] = [result["accuracy"]] * 2
+        return result
+
+
+@pytest.fixture
+def kept():
+    EVALUATORS._entries["kept"] = Entry("kept", KeptAccuracy, ScaledConfig, {"kinds": ("options",)})
+    yield
+    del EVALUATORS._entries["kept"]
+
+
+def test_a_run_that_keeps_per_item_results_gets_those_of_the_shared_evaluation_too(bench_dir, tmp_path, counted, kept):
+    config = {"evaluators": {"kept": {}}, "keep_samples": True}
+    plain = run(_config(bench_dir, tmp_path, method="finetune", evaluators={"kept": {}}))  # keeps none
+    first = run(_config(bench_dir, tmp_path, method="finetune+migu", **config))
+    assert not first["timings"][0]["eval_cache"]["hit"]  # the entry had no per-item results: computed again
+    assert len(_before(counted)) == 6
+    second = run(_config(bench_dir, tmp_path, method="finetune+migu", name="second", **config))
+    assert second["timings"][0]["eval_cache"]["hit"] and len(_before(counted)) == 6
+    before = first["samples"][0]
+    assert (before["task_index"], before["epoch"]) == (0, 0) and second["samples"][0] == before
+    assert before["scores"]["accuracy"] == {
+        t: [a, a] for t, a in zip(("alpha", "beta", "gamma"), plain["accuracy_matrix"][0], strict=True)
+    }
+    third = run(_config(bench_dir, tmp_path, method="finetune", name="third", evaluators={"kept": {}}))
+    assert third["timings"][0]["eval_cache"]["hit"] and "samples" not in third  # (and none kept for it)
+
+
 def test_a_damaged_cache_file_is_computed_again(bench_dir, tmp_path, counted):
     first = run(_config(bench_dir, tmp_path, method="finetune"))
     path = tmp_path / FOLDER / f"{first['timings'][0]['eval_cache']['digest']}.json"
     good = json.loads(path.read_text())
     for damage in ("{not json", "", json.dumps({**good, "values": {"accuracy": [0.5]}}), "[]",
-                   json.dumps({**good, "key": {**good["key"], "seed": 5}})):  # fmt: skip
+                   json.dumps({**good, "key": {**good["key"], "seed": 5}}),
+                   json.dumps({**good, "samples": {"accuracy": {"alpha": ["x"]}}})):  # fmt: skip
         path.write_text(damage)
         counted.clear()
         again = run(_config(bench_dir, tmp_path, method="finetune+migu", name="again"))

@@ -27,6 +27,10 @@ add exactly zero; freeze_bottom, which only stops gradients) shares the evaluati
 other such method. Any other method (a plug-in overriding ``setup`` without declaring it) keys on
 the method and its effective settings: it shares only with the same method.
 
+A run that keeps its per-item results (``keep_samples``) keeps those of the evaluation before
+training in the file too, and reads them back with the scores; an entry written by a run that kept
+none is computed again (and replaced, with them) for a run that wants them.
+
 The main process writes the file (a temporary file renamed into place); a file that cannot be read,
 is not JSON, or holds another key is ignored and replaced (recomputed, never an error). Under
 several processes, rank 0 reads and every rank gets its answer, so that all evaluate or none.
@@ -46,7 +50,7 @@ from typing import Any
 import torch
 
 from ..data.tasks import TaskSequence
-from ..evaluators import DEFAULTS, EVALUATORS, check_evaluators
+from ..evaluators import DEFAULTS, EVALUATORS, Samples, check_evaluators
 from ..methods.compose import MethodStack
 from ..methods.registry import method_settings
 from ..settings import to_dict
@@ -186,7 +190,8 @@ class EvalCache:
 
     def load(self) -> tuple[Scores, dict[str, Any]] | None:
         """The cached ``(values, specs)`` and what the file says about them (the run that computed
-        them, the seconds it took); None when there is none to use (on every rank alike)."""
+        them, the seconds it took, the per-item results when that run kept them, else None);
+        None when there is none to use (on every rank alike)."""
         found = self._read() if self.is_main else None
         if self.accelerator.num_processes > 1:
             box = [found]
@@ -205,17 +210,23 @@ class EvalCache:
         specs: Any = record.get("specs")
         if not _well_formed(values, specs):
             return None
-        about = {"run": record.get("run"), "seconds": record.get("seconds")}
+        samples = record.get("samples")
+        if samples is not None and not _well_formed_samples(samples):
+            return None
+        about = {"run": record.get("run"), "seconds": record.get("seconds"), "samples": samples}
         scores: Scores = (values, specs)  # (checked by _well_formed)
         return scores, about
 
-    def save(self, scores: Scores, seconds: float) -> None:
-        """Keep ``scores`` (main process only), written whole or not at all."""
+    def save(self, scores: Scores, seconds: float, samples: Samples | None = None) -> None:
+        """Keep ``scores``, and ``samples`` (the per-item results) when the run kept them (main
+        process only), written whole or not at all."""
         if not self.is_main:
             return
         values, specs = scores
         record = {"key": self.key, "values": values, "specs": specs, "run": self.run, "seconds": seconds,
                   "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
+        if samples is not None:
+            record["samples"] = samples
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             handle, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.digest}.", suffix=".tmp")
@@ -227,6 +238,16 @@ class EvalCache:
             os.replace(tmp, self.path)
         except OSError:  # (a full disk)
             Path(tmp).unlink(missing_ok=True)
+
+
+def _well_formed_samples(samples: Any) -> bool:
+    return isinstance(samples, dict) and all(
+        isinstance(by_column, dict)
+        and all(
+            isinstance(items, list) and all(isinstance(v, int | float) for v in items) for items in by_column.values()
+        )
+        for by_column in samples.values()
+    )
 
 
 def _well_formed(values: Any, specs: Any) -> bool:

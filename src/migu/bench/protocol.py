@@ -118,14 +118,15 @@ Scores = tuple[dict[str, list[float | None]], dict[str, dict[str, Any]]]
 
 class SharedEvaluation(Protocol):
     """Where runs that share their evaluation before training keep it (``eval_cache.EvalCache``):
-    ``load`` gives the kept ``(values, specs)`` with what is known of them (``run``, ``seconds``),
-    or None (the same answer on every rank); ``save`` keeps them (the main process writes)."""
+    ``load`` gives the kept ``(values, specs)`` with what is known of them (``run``, ``seconds``,
+    ``samples``: the per-item results, or None), or None (the same answer on every rank); ``save``
+    keeps them, with the per-item results when the run kept them (the main process writes)."""
 
     digest: str
 
     def load(self) -> tuple[Scores, dict[str, Any]] | None: ...
 
-    def save(self, scores: Scores, seconds: float) -> None: ...
+    def save(self, scores: Scores, seconds: float, samples: Samples | None = None) -> None: ...
 
 
 @dataclass
@@ -212,21 +213,24 @@ def _evaluate_one(setting: Setting, evaluator: Evaluator, model: nn.Module, want
 def before_training(setting: Setting, model: nn.Module, samples: Samples | None = None
                     ) -> tuple[Scores, dict[str, Any] | None]:  # fmt: skip
     """The evaluation before training: kept by an earlier run that shares it (``setting.shared``;
-    then without ``samples``), else computed (and kept for the next); with what the run records
-    of the sharing, if any."""
+    its per-item results go into ``samples`` when the run wants them: an entry without them is
+    computed again), else computed (and kept for the next); with what the run records of the
+    sharing, if any."""
     shared, is_main = setting.shared, setting.accelerator.is_main_process
     if shared is None:
         return evaluate(setting, model, 0, "before training", final=False, samples=samples), None
     found = shared.load()
-    if found is not None:
+    if found is not None and (samples is None or found[1].get("samples") is not None):
         (values, specs), about = found
+        if samples is not None:
+            samples.update(about["samples"])
         say(f"before training: the scores of run {about.get('run') or '?'} (evaluation cache {shared.digest}; "
             f"it took {float(about.get('seconds') or 0):.1f} s there)", is_main)  # fmt: skip
         return (values, specs), {"digest": shared.digest, "hit": True, "run": about.get("run"),
                                  "seconds": about.get("seconds")}  # fmt: skip
     start = time.perf_counter()
     values, specs = evaluate(setting, model, 0, "before training", final=False, samples=samples)
-    shared.save((values, specs), time.perf_counter() - start)
+    shared.save((values, specs), time.perf_counter() - start, samples)
     return (values, specs), {"digest": shared.digest, "hit": False}
 
 
